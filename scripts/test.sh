@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, then builds and runs the whole test suite twice,
+# once optimised with -Wall -Wextra -Wpedantic -Werror and once under AddressSanitizer and
+# UndefinedBehaviorSanitizer. The optimised run includes the out-of-tree consumer checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/require_packages.sh
+require_packages "${SQZ_BUILD_PACKAGES[@]}"
+jobs=$(nproc)
+
+echo "== sqz: optimised build (-Werror) and tests"
+cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DSQZ_WERROR=ON
+cmake --build build/release -j "$jobs"
+ctest --test-dir build/release --output-on-failure -j "$jobs"
+
+echo "== sqz: sanitizer build (address, undefined) and tests"
+cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DSQZ_SANITIZE=ON \
+      -DSQZ_WERROR=ON -DSQZ_BUILD_EXAMPLES=OFF -DSQZ_BUILD_BENCH=OFF -DSQZ_BUILD_TOOLS=OFF -DSQZ_CUDA=OFF
+cmake --build build/sanitize -j "$jobs"
+ctest --test-dir build/sanitize --output-on-failure -j "$jobs"
+
+echo "== sqz: all tests passed"

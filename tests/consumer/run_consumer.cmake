@@ -1,0 +1,27 @@
+# Runs the consumer project against sqz. Called by CTest with MODE (find_package or add_subdirectory),
+# SQZ_SOURCE_DIR, SQZ_BINARY_DIR, WORK_DIR and CMAKE_GENERATOR.
+file(REMOVE_RECURSE "${WORK_DIR}")
+set(consumer_args -DSQZ_CONSUMER_MODE=${MODE})
+if(MODE STREQUAL "find_package")
+  execute_process(COMMAND ${CMAKE_COMMAND} --install "${SQZ_BINARY_DIR}" --prefix "${WORK_DIR}/prefix"
+                  RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "installing sqz into ${WORK_DIR}/prefix failed (${rc})")
+  endif()
+  list(APPEND consumer_args -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
+else()
+  list(APPEND consumer_args -DSQZ_SOURCE_DIR=${SQZ_SOURCE_DIR})
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S "${SQZ_SOURCE_DIR}/tests/consumer" -B "${WORK_DIR}/build"
+                        -G "${CMAKE_GENERATOR}" -DCMAKE_BUILD_TYPE=Release ${consumer_args} RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "configuring the consumer (${MODE}) failed (${rc})")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build "${WORK_DIR}/build" RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "building the consumer (${MODE}) failed (${rc})")
+endif()
+execute_process(COMMAND "${WORK_DIR}/build/sqz-consumer" RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "the consumer (${MODE}) exited with ${rc}")
+endif()

@@ -5,6 +5,7 @@
 // tensor and the problem). Output files are written atomically: a failed run leaves none behind.
 #include "common.hpp"
 #include "inspect.hpp"
+#include "quantize_command.hpp"
 
 #include <sqz/io.hpp>
 #include <sqz/version.hpp>
@@ -24,6 +25,35 @@ int main(int argc, char** argv) {
     auto* inspect = app.add_subcommand("inspect", "List the tensors of a safetensors file: formats, sizes, bits per weight");
     inspect->add_option("FILE", inspect_path, "a model, an sqz quantized file or a SqueezeLLM checkpoint")->required();
 
+    sqz::cli::quantize_options q;
+    auto* quantize = app.add_subcommand("quantize", "Quantize the 2-D weights of a safetensors model into an sqz quantized file");
+    quantize->add_option("MODEL", q.model, "model safetensors file (F32, F16 or BF16 weights)")->required();
+    quantize->add_option("-o,--output", q.output, "output safetensors file (written atomically)")->required();
+    auto* fisher = quantize->add_option("--fisher", q.fisher, "Fisher diagonal: a safetensors file with the model's weight names and shapes");
+    auto* activations = quantize->add_option(
+        "--activations", q.activations,
+        "activation statistics: per weight name a [in] vector of E[x^2] per input channel, or [tokens, in] raw activations");
+    auto* uniform = quantize->add_flag("--uniform", q.uniform, "equal weights: plain k-means (the default without --fisher/--activations)");
+    fisher->excludes(activations)->excludes(uniform);
+    activations->excludes(uniform);
+    quantize->add_option("--bits", q.bits, "bits per code, 1..8")->check(CLI::Range(1, 8))->capture_default_str();
+    auto* outliers = quantize->add_option("--outliers", q.outliers_percent, "percent of entries kept exact as percentile outliers (paper: 0.40)")
+                         ->check(CLI::Range(0.0, 99.999));
+    auto* iqr = quantize->add_option("--iqr", q.iqr, "keep entries beyond the reference's IQR fence with range R instead of --outliers")
+                    ->check(CLI::NonNegativeNumber);
+    outliers->excludes(iqr);
+    quantize->add_option("--sensitive", q.sensitive_percent, "percent of entries kept exact as the most sensitive (paper: 0.05)")
+        ->check(CLI::Range(0.0, 99.999));
+    quantize->add_flag("--per-row", q.per_row, "count outliers and sensitive values per row instead of per matrix");
+    quantize->add_option("--include", q.include, "quantize only tensors whose name matches this regex")->capture_default_str();
+    quantize->add_option("--exclude", q.exclude, "keep tensors whose name matches this regex unquantized ('' for none)")->capture_default_str();
+    quantize->add_option("--lut", q.lut, "codebook storage precision")->check(CLI::IsMember({"fp16", "fp32"}))->capture_default_str();
+    quantize->add_option("--codebook", q.codebook, "kmeans (SqueezeLLM) or rtn (uniform round-to-nearest baseline)")
+        ->check(CLI::IsMember({"kmeans", "rtn"}))
+        ->capture_default_str();
+    quantize->add_option("--kmeans", q.kmeans, "exact (optimal) or lloyd")->check(CLI::IsMember({"exact", "lloyd"}))->capture_default_str();
+    quantize->add_option("--threads", q.threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
+
     std::string convert_input, convert_output, convert_to;
     auto* convert = app.add_subcommand("convert", "Convert between sqz quantized files and SqueezeLLM reference checkpoints");
     convert->add_option("INPUT", convert_input, "input safetensors file")->required();
@@ -35,11 +65,14 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? 0 : 1;
+        if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+        std::fprintf(stderr, "sqz: error: %s (see sqz --help)\n", sqz::cli::one_line(e.what()).c_str());
+        return 1;
     }
 
     try {
         if (*inspect) return sqz::cli::inspect(inspect_path);
+        if (*quantize) return sqz::cli::quantize_model(q);
         if (*convert) {
             if (convert_to == "squeezellm") {
                 sqz::io::squeezellm::export_checkpoint(sqz::io::quantized_reader(convert_input), convert_output);

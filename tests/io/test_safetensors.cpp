@@ -260,3 +260,19 @@ TEST_CASE("a file in memory can be owned or viewed", "[io][safetensors]") {
     CHECK(owned.read_integers<std::uint8_t>("a") == std::vector<std::uint8_t>{7, 8, 9});
     CHECK(owned.source() == "buffer");
 }
+
+TEST_CASE("read_rows streams rows of a tensor and checks the range", "[io][safetensors]") {
+    std::vector<std::uint8_t> data(4 * 12);
+    for (std::size_t i = 0; i < 12; ++i) {
+        const float v = static_cast<float>(i);
+        std::memcpy(data.data() + 4 * i, &v, 4);
+    }
+    const auto bytes = image(R"({"t":{"dtype":"F32","shape":[3,2,2],"data_offsets":[0,48]}})", data);
+    const auto file = safetensors_file::view(bytes);
+    std::vector<double> rows(8);
+    file.read_rows<double>(file.at("t"), 1, 2, rows);
+    CHECK(rows == std::vector<double>{4, 5, 6, 7, 8, 9, 10, 11});
+    std::vector<double> one(4);
+    CHECK_THROWS_WITH(file.read_rows<double>(file.at("t"), 2, 2, rows), Catch::Contains("has 3 rows"));
+    CHECK_THROWS_WITH(file.read_rows<double>(file.at("t"), 0, 2, one), Catch::Contains("need 8 values"));
+}

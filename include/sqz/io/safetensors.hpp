@@ -473,6 +473,23 @@ public:
         detail::convert_floats(info.type, data(info).data(), out.size(), out.data());
     }
 
+    /// Converts rows [first, first + count) of a floating-point tensor of rank >= 1 (a row is one index
+    /// of the first dimension) into `out`, which must hold exactly count rows; for streaming large tensors.
+    template <working_scalar T>
+    void read_rows(const tensor_info& info, std::uint64_t first, std::uint64_t count, std::span<T> out) const {
+        require_float(info);
+        if (info.rank() == 0) fail_tensor(info, "is a scalar, it has no rows");
+        const auto rows = static_cast<std::uint64_t>(info.shape[0]);
+        if (first > rows || count > rows - first)
+            fail_tensor(info, "has ", rows, " rows, cannot read rows ", first, "..", first + count);
+        const std::uint64_t row_elements = rows == 0 ? 0 : info.elements() / rows;
+        if (out.size() != count * row_elements)
+            fail_tensor(info, "rows of ", row_elements, " elements: ", count, " rows need ", count * row_elements,
+                        " values but the output holds ", out.size());
+        const std::size_t offset = static_cast<std::size_t>(first * row_elements * dtype_size(info.type));
+        detail::convert_floats(info.type, data(info).data() + offset, out.size(), out.data());
+    }
+
     /// A floating-point tensor of any shape, flattened in row-major order and converted to T.
     template <working_scalar T>
     std::vector<T> read_vector(std::string_view name) const {

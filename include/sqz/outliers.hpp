@@ -169,7 +169,7 @@ inline void mark(std::vector<std::uint8_t>& mask, std::span<const std::int32_t> 
 /// Internal knobs of the per-matrix selection (tests shrink them to exercise every path).
 struct selection_tuning {
     std::uint64_t collect_all_below = std::uint64_t{1} << 16;  ///< smaller matrices: every entry is a candidate
-    std::uint64_t sample_elements = std::uint64_t{1} << 18;     ///< entries in the row sample for thresholds
+    std::uint64_t sample_elements = std::uint64_t{1} << 18;     ///< row sample for thresholds (at most 1/16)
     std::uint64_t candidate_cap = std::uint64_t{1} << 22;       ///< more candidates: radix selection instead
     bool force_radix = false;
 };
@@ -230,7 +230,7 @@ bool select_by_sampling(Eigen::Index rows, Eigen::Index cols, const std::array<s
     // column for each kind; full_key(row, col, kind, thread) -> rank_key, valid right after keys_of_row for
     // the same row and thread.
     if (total > tuning.collect_all_below) {
-        const auto sampled = sample_rows(rows, cols, tuning.sample_elements);
+        const auto sampled = sample_rows(rows, cols, std::min(tuning.sample_elements, std::max<std::uint64_t>(total / 16, 1)));
         std::vector<std::array<std::vector<std::uint64_t>, 3>> per_row(sampled.size());
         parallel_for(static_cast<Eigen::Index>(sampled.size()), threads, [&](Eigen::Index k, int thread) {
             const auto& keys = keys_of_row(sampled[static_cast<std::size_t>(k)], thread);
@@ -302,7 +302,7 @@ std::vector<double> order_statistics_by_sampling(const Eigen::Ref<const row_matr
     std::vector<std::uint64_t> high(brackets, std::numeric_limits<std::uint64_t>::max());
     if (total > tuning.collect_all_below) {
         std::vector<std::uint64_t> sample;
-        for (const auto i : sample_rows(rows, cols, tuning.sample_elements))
+        for (const auto i : sample_rows(rows, cols, std::min(tuning.sample_elements, std::max<std::uint64_t>(total / 16, 1))))
             for (Eigen::Index j = 0; j < cols; ++j) sample.push_back(order_key(static_cast<double>(w(i, j))));
         std::sort(sample.begin(), sample.end());
         const double margin = 4.0 * std::sqrt(static_cast<double>(sample.size())) + 16.0;

@@ -45,10 +45,14 @@
 #include <ranges>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__AVX2__)
+#include <immintrin.h>
 #endif
 
 namespace sqz {
@@ -116,120 +120,216 @@ private:
     [[no_unique_address]] std::conditional_t<eigen_dense<C>, char, std::ranges::iterator_t<const C>> first_{};
 };
 
-/// Sort key for a float or double whose unsigned order is the numeric order (-0.0 becomes +0.0 first, so
-/// that the two zeros merge).
+/// Sort key for a float or double whose unsigned order is the numeric order: 2^(b-1) + magnitude for
+/// positive values and 2^(b-1) - magnitude for negative ones. Both zeros map to 2^(b-1), so they merge, and
+/// trailing zero bits of the input survive (fp16 data in a float leaves 13 of them for the sort to skip).
 template <class T>
 using key_t = std::conditional_t<std::is_same_v<T, float>, std::uint32_t, std::uint64_t>;
 
 template <class T>
 inline key_t<T> sort_key(T value) noexcept {
     using K = key_t<T>;
-    const K bits = std::bit_cast<K>(static_cast<T>(value + T(0)));
     constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
-    return (bits & sign) ? ~bits : (bits | sign);
+    const K bits = std::bit_cast<K>(value);
+    const K magnitude = bits & (sign - 1);
+    return (bits & sign) ? sign - magnitude : sign + magnitude;
 }
 
-template <class T>
-struct keyed_index {
+template <class T, class W>
+struct sort_item {
     key_t<T> key;
-    std::uint32_t index;
+    W weight;
 };
 
-/// Per-thread scratch memory, grown on demand and reused across rows.
-template <class T>
-struct workspace {
-    std::vector<keyed_index<T>> items, items_scratch;  // (key, original position), sorted by key
-    std::vector<std::uint32_t> histogram;
-    std::vector<std::uint32_t> group_end;  // sorted items [group_end[g-1], group_end[g]) share a value
-    std::vector<T> group_value;
-    std::vector<double> group_weight;
-    std::vector<double> value, weight;     // positive-weight groups, ascending
-    std::vector<double> p0, p1, p2;        // prefix sums of w, w y, w y^2 with y = value - pivot
-    std::vector<double> previous, current; // DP layers
-    std::vector<std::uint32_t> choice;     // DP argmins, (k - 1) layers of (m - k + 1)
-    std::vector<std::uint32_t> cluster_end;  // clusters as [cluster_end[c-1], cluster_end[c]) of groups
-    std::vector<double> centre;              // lloyd scratch
-    std::vector<double> best_centre;
-    std::vector<std::uint32_t> boundary;
-    std::vector<T> distinct_centroid;
-    std::vector<std::uint8_t> distinct_first;
+/// Prefix sums of w, w y and w y^2 over sorted groups; sum(a, b) covers groups [a, b).
+struct prefix_sums {
+    const double* s0;
+    const double* s1;
+    const double* s2;
+
+    /// Within-cluster cost of groups [a, b) around their weighted mean (a < b).
+    double interval_cost(std::size_t a, std::size_t b) const {
+        const double w = s0[b] - s0[a];
+        const double wy = s1[b] - s1[a];
+        return (s2[b] - s2[a]) - wy * wy / w;
+    }
+    /// Cost of groups [a, b) around the centre c (a <= b), never negative.
+    double cost_around(std::size_t a, std::size_t b, double c) const {
+        const double w = s0[b] - s0[a];
+        const double wy = s1[b] - s1[a];
+        const double wyy = s2[b] - s2[a];
+        return std::max(0.0, wyy - 2.0 * c * wy + c * c * w);
+    }
 };
 
-/// LSD radix sort of (key, index) pairs by key, 11 bits per pass; passes where every key has the same
-/// digit are skipped. Stable, so equal keys keep ascending original positions.
-template <class T>
-void radix_sort(workspace<T>& ws, std::size_t n) {
-    constexpr int digit_bits = 11;
-    constexpr std::size_t radix = std::size_t{1} << digit_bits;
-    constexpr int key_bits = static_cast<int>(sizeof(key_t<T>) * 8);
-    constexpr int passes = (key_bits + digit_bits - 1) / digit_bits;
-    ws.histogram.assign(radix * passes, 0);
-    ws.items_scratch.resize(n);
-    auto* source = ws.items.data();
-    auto* target = ws.items_scratch.data();
-    for (std::size_t i = 0; i < n; ++i) {
-        const auto key = source[i].key;
-        for (int p = 0; p < passes; ++p)
-            ++ws.histogram[static_cast<std::size_t>(p) * radix + ((key >> (p * digit_bits)) & (radix - 1))];
-    }
-    for (int p = 0; p < passes; ++p) {
-        std::uint32_t* count = ws.histogram.data() + static_cast<std::size_t>(p) * radix;
-        const auto first_digit = (source[0].key >> (p * digit_bits)) & (radix - 1);
-        if (count[first_digit] == n) continue;  // every key has this digit: the pass would not move anything
-        std::uint32_t offset = 0;
-        for (std::size_t d = 0; d < radix; ++d) {
-            const auto c = count[d];
-            count[d] = offset;
-            offset += c;
-        }
-        for (std::size_t i = 0; i < n; ++i) {
-            const auto digit = (source[i].key >> (p * digit_bits)) & (radix - 1);
-            target[count[digit]++] = source[i];
-        }
-        std::swap(source, target);
-    }
-    if (source != ws.items.data()) std::copy(source, source + n, ws.items.data());
-}
-
-inline double interval_cost(const double* p0, const double* p1, const double* p2, std::size_t a, std::size_t b) {
-    const double s0 = p0[b] - p0[a];
-    const double s1 = p1[b] - p1[a];
-    return (p2[b] - p2[a]) - s1 * s1 / s0;
-}
-
-/// One DP layer by divide and conquer over j in [j_begin, j_end): current[j] = min over a in
-/// [a_begin, a_end] (a < j) of previous[a] + cost(a, j), choice[j - offset] = the smallest minimiser. The
-/// minimiser is non-decreasing in j, and at least lower_bound[j] (the previous layer's choice) when given.
+/// One layer of the dynamic programme: for j in a range,
+///   D[j] = s2[j] + min_a g(a, j),   g(a, j) = reduced[a] - (s1[j] - s1[a])^2 / (s0[j] - s0[a]),
+/// with reduced[a] = D_previous[a] - s2[a], over a in [lower(j), min(j - 1, cap)]. The smallest minimiser
+/// is non-decreasing in j (the cost satisfies the quadrangle inequality) and at least the previous layer's
+/// minimiser at j, so a divide and conquer over j narrows every search to the minimisers of its
+/// neighbours. Cells above `bound` cannot lie on an optimal path; once one is found, the cells right of it
+/// are skipped (D is non-decreasing in j).
 struct layer_solver {
-    const double* p0;
-    const double* p1;
-    const double* p2;
-    const double* previous;
-    double* current;
-    std::uint32_t* choice;              // indexed by j - choice_offset
-    std::size_t choice_offset;
-    const std::uint32_t* lower_bound;   // indexed by j - lower_offset, valid for j < lower_end; may be null
-    std::size_t lower_offset;
-    std::size_t lower_end;
+    static constexpr std::size_t sweep_candidates = 16;  // measured: 8..16 is fastest
+    prefix_sums s;
+    const double* reduced;
+    double* value;                      // D of this layer, indexed by j
+    std::uint32_t* choice;              // minimiser of this layer, indexed by j
+    const std::uint32_t* lower;         // previous layer's minimisers, indexed by j; null for layer 2
+    std::size_t lower_reach;            // lower[j] is known for j <= lower_reach
+    double bound;
+    mutable std::size_t first_pruned;   // leftmost cell found beyond the bound; every cell left of it is set
 
-    void solve(std::size_t j_begin, std::size_t j_end, std::size_t a_begin, std::size_t a_end) const {
-        while (j_begin < j_end) {
-            const std::size_t j = j_begin + (j_end - j_begin) / 2;
-            std::size_t lo = a_begin;
-            if (lower_bound != nullptr && j < lower_end) lo = std::max<std::size_t>(lo, lower_bound[j - lower_offset]);
-            const std::size_t hi = std::min(a_end, j - 1);
-            double best = std::numeric_limits<double>::infinity();
-            std::size_t best_a = lo;
-            for (std::size_t a = lo; a <= hi; ++a) {
-                const double value = previous[a] + interval_cost(p0, p1, p2, a, j);
-                if (value < best) {
-                    best = value;
+    double g(std::size_t a, std::size_t j) const {
+        const double w = s.s0[j] - s.s0[a];
+        const double wy = s.s1[j] - s.s1[a];
+        return reduced[a] - wy * wy / w;
+    }
+
+    /// min_a g(a, j) over a in [lo, hi] (lo <= hi < j) and its smallest minimiser.
+    std::pair<double, std::size_t> scan(std::size_t j, std::size_t lo, std::size_t hi) const {
+#if defined(__AVX2__)
+        if (hi - lo >= 4) {
+            const __m256d w_j = _mm256_set1_pd(s.s0[j]);
+            const __m256d wy_j = _mm256_set1_pd(s.s1[j]);
+            const auto evaluate = [&](std::size_t a) {
+                const __m256d w = _mm256_sub_pd(w_j, _mm256_loadu_pd(s.s0 + a));
+                const __m256d wy = _mm256_sub_pd(wy_j, _mm256_loadu_pd(s.s1 + a));
+                return _mm256_sub_pd(_mm256_loadu_pd(reduced + a), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
+            };
+            const __m256d lanes = _mm256_setr_pd(0, 1, 2, 3);
+            const __m256d four = _mm256_set1_pd(4);
+            __m256d index0 = _mm256_add_pd(lanes, _mm256_set1_pd(static_cast<double>(lo)));
+            __m256d best0 = evaluate(lo);
+            __m256d at0 = index0;
+            __m256d best1 = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+            __m256d at1 = index0;
+            std::size_t a = lo + 4;
+            index0 = _mm256_add_pd(index0, four);
+            // Two independent accumulators hide the latency of compare and blend.
+            for (; a + 7 <= hi; a += 8) {
+                const __m256d index1 = _mm256_add_pd(index0, four);
+                const __m256d v0 = evaluate(a);
+                const __m256d v1 = evaluate(a + 4);
+                const __m256d better0 = _mm256_cmp_pd(v0, best0, _CMP_LT_OQ);
+                const __m256d better1 = _mm256_cmp_pd(v1, best1, _CMP_LT_OQ);
+                best0 = _mm256_blendv_pd(best0, v0, better0);
+                at0 = _mm256_blendv_pd(at0, index0, better0);
+                best1 = _mm256_blendv_pd(best1, v1, better1);
+                at1 = _mm256_blendv_pd(at1, index1, better1);
+                index0 = _mm256_add_pd(index1, four);
+            }
+            for (; a <= hi; a += 4) {
+                // The last vector may overlap the previous one: repeated candidates change nothing.
+                const std::size_t first = a + 3 <= hi ? a : hi - 3;
+                const __m256d index = _mm256_add_pd(lanes, _mm256_set1_pd(static_cast<double>(first)));
+                const __m256d v = evaluate(first);
+                const __m256d better = _mm256_cmp_pd(v, best1, _CMP_LT_OQ);
+                best1 = _mm256_blendv_pd(best1, v, better);
+                at1 = _mm256_blendv_pd(at1, index, better);
+            }
+            // Reduce to one lane: the smaller value, and the smaller index on ties.
+            const auto merge = [](__m256d& value, __m256d& at, __m256d other_value, __m256d other_at) {
+                const __m256d take = _mm256_or_pd(
+                    _mm256_cmp_pd(other_value, value, _CMP_LT_OQ),
+                    _mm256_and_pd(_mm256_cmp_pd(other_value, value, _CMP_EQ_OQ), _mm256_cmp_pd(other_at, at, _CMP_LT_OQ)));
+                value = _mm256_blendv_pd(value, other_value, take);
+                at = _mm256_blendv_pd(at, other_at, take);
+            };
+            merge(best0, at0, best1, at1);
+            merge(best0, at0, _mm256_permute2f128_pd(best0, best0, 1), _mm256_permute2f128_pd(at0, at0, 1));
+            merge(best0, at0, _mm256_permute_pd(best0, 0b0101), _mm256_permute_pd(at0, 0b0101));
+            return {_mm256_cvtsd_f64(best0), static_cast<std::size_t>(_mm256_cvtsd_f64(at0))};
+        }
+#endif
+        double best = g(lo, j);
+        std::size_t best_a = lo;
+        for (std::size_t a = lo + 1; a <= hi; ++a) {
+            const double v = g(a, j);
+            if (v < best) {
+                best = v;
+                best_a = a;
+            }
+        }
+        return {best, best_a};
+    }
+
+    std::size_t lower_at(std::size_t j) const { return lower[std::min(j, lower_reach)]; }
+
+    /// Every cell j in [j_begin, j_end) by trying each candidate in [a_begin, a_end] (within the cell's
+    /// own bounds): once the candidates are few, this beats halving further. Vectorised over j.
+    void sweep(std::size_t j_begin, std::size_t j_end, std::size_t a_begin, std::size_t a_end) const {
+        std::size_t j = j_begin;
+#if defined(__AVX2__)
+        for (; j + 4 <= j_end || (j < j_end && j_end - j_begin >= 4); j += 4) {
+            if (j + 4 > j_end) j = j_end - 4;  // the last block may overlap the previous one
+            const __m256d w_j = _mm256_loadu_pd(s.s0 + j);
+            const __m256d wy_j = _mm256_loadu_pd(s.s1 + j);
+            const std::size_t first = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
+            const std::size_t last = std::min(a_end, j + 2);  // lane 3 (cell j + 3) allows a <= j + 2
+            __m256d from = _mm256_set1_pd(static_cast<double>(a_begin));
+            if (lower != nullptr)
+                from = _mm256_max_pd(from, _mm256_setr_pd(static_cast<double>(lower_at(j)), static_cast<double>(lower_at(j + 1)),
+                                                          static_cast<double>(lower_at(j + 2)), static_cast<double>(lower_at(j + 3))));
+            const __m256d to = _mm256_min_pd(_mm256_set1_pd(static_cast<double>(a_end)),
+                                             _mm256_setr_pd(static_cast<double>(j) - 1, static_cast<double>(j),
+                                                            static_cast<double>(j) + 1, static_cast<double>(j) + 2));
+            __m256d best = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+            __m256d at = from;
+            for (std::size_t a = first; a <= last; ++a) {
+                const __m256d index = _mm256_set1_pd(static_cast<double>(a));
+                const __m256d w = _mm256_sub_pd(w_j, _mm256_set1_pd(s.s0[a]));
+                const __m256d wy = _mm256_sub_pd(wy_j, _mm256_set1_pd(s.s1[a]));
+                const __m256d v = _mm256_sub_pd(_mm256_set1_pd(reduced[a]), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
+                const __m256d valid = _mm256_and_pd(_mm256_cmp_pd(index, from, _CMP_GE_OQ), _mm256_cmp_pd(index, to, _CMP_LE_OQ));
+                const __m256d better = _mm256_and_pd(valid, _mm256_cmp_pd(v, best, _CMP_LT_OQ));
+                best = _mm256_blendv_pd(best, v, better);
+                at = _mm256_blendv_pd(at, index, better);
+            }
+            const __m256d result = _mm256_add_pd(_mm256_loadu_pd(s.s2 + j), best);
+            _mm256_storeu_pd(value + j, result);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(choice + j), _mm256_cvttpd_epi32(at));
+            const int beyond = _mm256_movemask_pd(_mm256_cmp_pd(result, _mm256_set1_pd(bound), _CMP_GT_OQ));
+            if (beyond != 0) first_pruned = std::min(first_pruned, j + static_cast<std::size_t>(std::countr_zero(static_cast<unsigned>(beyond))));
+        }
+#endif
+        for (; j < j_end; ++j) {
+            const std::size_t first = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
+            const std::size_t last = std::min(a_end, j - 1);
+            double best = g(first, j);
+            std::size_t best_a = first;
+            for (std::size_t a = first + 1; a <= last; ++a) {
+                const double v = g(a, j);
+                if (v < best) {
+                    best = v;
                     best_a = a;
                 }
             }
-            current[j] = best;
-            choice[j - choice_offset] = static_cast<std::uint32_t>(best_a);
-            // Recurse on the smaller half, loop on the larger one (bounded stack depth).
+            value[j] = s.s2[j] + best;
+            choice[j] = static_cast<std::uint32_t>(best_a);
+            if (value[j] > bound) first_pruned = std::min(first_pruned, j);
+        }
+    }
+
+    /// Fills j in [j_begin, j_end) knowing that their minimisers lie in [a_begin, a_end].
+    void solve(std::size_t j_begin, std::size_t j_end, std::size_t a_begin, std::size_t a_end) const {
+        while (j_begin < j_end) {
+            if (a_end - a_begin < sweep_candidates) {
+                sweep(j_begin, j_end, a_begin, a_end);
+                return;
+            }
+            const std::size_t j = j_begin + (j_end - j_begin) / 2;
+            const std::size_t lo = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
+            const auto [best, best_a] = scan(j, lo, std::min(a_end, j - 1));
+            value[j] = s.s2[j] + best;
+            choice[j] = static_cast<std::uint32_t>(best_a);
+            if (value[j] > bound) {  // j and everything right of it are beyond the bound
+                first_pruned = std::min(first_pruned, j);
+                j_end = j;
+                a_end = best_a;
+                continue;
+            }
+            // Recurse into the smaller half and loop on the larger one: the stack stays O(log m) deep.
             if (j - j_begin < j_end - (j + 1)) {
                 solve(j_begin, j, a_begin, best_a);
                 j_begin = j + 1;
@@ -243,298 +343,506 @@ struct layer_solver {
     }
 };
 
-/// Exact clustering of the m positive-weight groups into k >= 2 intervals (m > k); fills cluster_end.
-template <class T>
-void exact_partition(workspace<T>& ws, std::size_t m, std::size_t k) {
-    const double* p0 = ws.p0.data();
-    const double* p1 = ws.p1.data();
-    const double* p2 = ws.p2.data();
-    const std::size_t width = m - k + 1;  // layer l (1-based) needs j in [l, m - k + l]
-    ws.previous.resize(m + 1);
-    ws.current.resize(m + 1);
-    ws.choice.resize((k - 1) * width);
-    for (std::size_t j = 1; j <= width; ++j) ws.previous[j] = interval_cost(p0, p1, p2, 0, j);
-    for (std::size_t l = 2; l < k; ++l) {
-        layer_solver solver{p0, p1, p2, ws.previous.data(), ws.current.data(),
-                            ws.choice.data() + (l - 2) * width, l, nullptr, 0, 0};
-        if (l > 2) {
-            solver.lower_bound = ws.choice.data() + (l - 3) * width;
-            solver.lower_offset = l - 1;
-            solver.lower_end = l - 1 + width;
-        }
-        solver.solve(l, l + width, l - 1, m - 1);
-        std::swap(ws.previous, ws.current);
-    }
-    // The last layer needs only j = m.
-    double best = std::numeric_limits<double>::infinity();
-    std::size_t best_a = k - 1;
-    for (std::size_t a = k - 1; a < m; ++a) {
-        const double value = ws.previous[a] + interval_cost(p0, p1, p2, a, m);
-        if (value < best) {
-            best = value;
-            best_a = a;
-        }
-    }
-    ws.cluster_end.resize(k);
-    ws.cluster_end[k - 1] = static_cast<std::uint32_t>(m);
-    std::size_t end = best_a;
-    for (std::size_t l = k - 1; l >= 1; --l) {
-        ws.cluster_end[l - 1] = static_cast<std::uint32_t>(end);
-        if (l >= 2) end = ws.choice[(l - 2) * width + (end - l)];
-    }
-}
+/// The dynamic programme in one direction over the sorted groups (forward, or backward on the mirrored
+/// groups), for layers 1..layers of a k-clustering. Layer l only needs prefixes j in [l, m - (k - l)]
+/// (the other k - l clusters need a group each), and only those with D_l[j] <= bound: reach[l] is the
+/// last such j.
+struct dp_direction {
+    std::vector<double> s0, s1, s2;  // prefix sums in this direction
+    std::vector<double> value, next_value, reduced;
+    std::vector<std::uint32_t> choice;  // layer l >= 2 at (l - 2) * (m + 1) + j
+    std::vector<std::size_t> reach;
 
-/// Sum of w (y - c)^2 over positive groups [a, b) with c in shifted coordinates, from the prefix sums.
-inline double cell_cost(const double* p0, const double* p1, const double* p2, std::size_t a, std::size_t b,
-                        double c) {
-    const double s0 = p0[b] - p0[a];
-    const double s1 = p1[b] - p1[a];
-    const double s2 = p2[b] - p2[a];
-    return std::max(0.0, s2 - 2.0 * c * s1 + c * c * s0);
-}
+    prefix_sums sums() const { return {s0.data(), s1.data(), s2.data()}; }
 
-/// Lloyd's algorithm on the m positive-weight groups from greedy weighted k-means++ seeds; fills
-/// ws.best_centre with k sorted centres in shifted coordinates.
-template <class T>
-void lloyd_centres(workspace<T>& ws, std::size_t m, std::size_t k, const kmeans_options& options) {
-    const double* p0 = ws.p0.data();
-    const double* p1 = ws.p1.data();
-    const double* p2 = ws.p2.data();
-    const double* y = ws.value.data();  // shifted values (filled by the caller)
-    synthetic::rng random(options.seed);
-    // First index of groups >= c: Voronoi boundaries are midpoints between sorted centres.
-    const auto first_at_least = [&](double c) {
+    /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound).
+    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound) {
+        const prefix_sums s = sums();
+        const std::size_t stride = m + 1;
+        value.resize(stride);
+        next_value.resize(stride);
+        reduced.resize(stride);
+        choice.resize((layers - 1) * stride);
+        reach.assign(layers + 1, 0);
+        std::size_t last = 0;
+        for (std::size_t j = 1; j <= m - (k - 1); ++j) {
+            value[j] = s.interval_cost(0, j);
+            if (!(value[j] <= bound)) break;
+            last = j;
+        }
+        if (last == 0) return false;
+        reach[1] = last;
+        for (std::size_t l = 2; l <= layers; ++l) {
+            const std::size_t previous_reach = reach[l - 1];
+            for (std::size_t a = l - 1; a <= previous_reach; ++a) reduced[a] = value[a] - s.s2[a];
+            const std::size_t j_last = m - (k - l);
+            layer_solver solver{s, reduced.data(), next_value.data(), choice.data() + (l - 2) * stride,
+                                l >= 3 ? choice.data() + (l - 3) * stride : nullptr, previous_reach, bound, j_last + 1};
+            // Minimisers never exceed the previous layer's reach: a cell within the bound has its
+            // (l - 1)-cluster prefix within the bound too.
+            solver.solve(l, j_last + 1, l - 1, previous_reach);
+            if (solver.first_pruned <= l) return false;
+            reach[l] = solver.first_pruned - 1;
+            std::swap(value, next_value);
+        }
+        return true;
+    }
+};
+
+/// Greedy weighted k-means++ seeding and Lloyd iterations on sorted groups y (ascending, shifted) with
+/// prefix sums s. Cells are intervals between midpoints of sorted centres, found by binary search, and
+/// their costs come from the prefix sums, so an iteration costs O(k log m).
+struct lloyd_solver {
+    const double* y;
+    prefix_sums s;
+    std::size_t m;
+    std::vector<double>& centre;       // sorted
+    std::vector<std::uint32_t>& start;  // cell c is groups [start[c], start[c + 1])
+    std::vector<double>& cell;         // cell costs
+
+    std::size_t first_at_least(double c) const {
         return static_cast<std::size_t>(std::lower_bound(y, y + m, c) - y);
-    };
-    // Total cost of the Voronoi cells of sorted centres.
-    std::vector<double>& centre = ws.centre;
-    std::vector<std::uint32_t>& boundary = ws.boundary;
-    const auto total_cost = [&](const double* cs, std::size_t count) {
-        double total = 0;
-        std::size_t begin = 0;
-        for (std::size_t c = 0; c < count; ++c) {
-            const std::size_t end = c + 1 < count ? first_at_least(0.5 * (cs[c] + cs[c + 1])) : m;
-            total += cell_cost(p0, p1, p2, begin, end, cs[c]);
-            begin = end;
-        }
-        return total;
-    };
-    // Samples a group with probability proportional to w (y - nearest centre)^2 (or to w without centres).
-    std::vector<double> cell(k);
-    const auto sample = [&](std::size_t count) -> std::size_t {
-        if (count == 0) {
-            const double target = random.uniform() * p0[m];
-            return std::min<std::size_t>(m - 1, static_cast<std::size_t>(std::upper_bound(p0 + 1, p0 + m + 1, target) - (p0 + 1)));
-        }
-        double total = 0;
-        std::size_t begin = 0;
-        std::vector<std::size_t> begins(count + 1);
-        for (std::size_t c = 0; c < count; ++c) {
-            const std::size_t end = c + 1 < count ? first_at_least(0.5 * (centre[c] + centre[c + 1])) : m;
-            begins[c] = begin;
-            cell[c] = cell_cost(p0, p1, p2, begin, end, centre[c]);
-            total += cell[c];
-            begin = end;
-        }
-        begins[count] = m;
+    }
+    std::size_t split(std::size_t c) const { return first_at_least(0.5 * (centre[c] + centre[c + 1])); }
+
+    /// A group drawn with probability proportional to w (y - nearest centre)^2; m if none can be drawn.
+    std::size_t sample(synthetic::rng& random, double total) const {
         double target = random.uniform() * total;
         std::size_t c = 0;
-        while (c + 1 < count && target >= cell[c]) {
+        while (c + 1 < centre.size() && target >= cell[c]) {
             target -= cell[c];
             ++c;
         }
-        // Within the cell: smallest t with cumulative cost over [begins[c], t + 1) > target.
-        std::size_t lo = begins[c], hi = begins[c + 1];
-        if (lo >= hi) return m;  // empty cell (rounding): no sample
+        std::size_t lo = start[c], hi = start[c + 1];
+        if (lo >= hi) return m;
+        // Smallest t whose cumulative cost over [start[c], t + 1) exceeds the target.
         while (hi - lo > 1) {
             const std::size_t mid = lo + (hi - lo) / 2;
-            if (cell_cost(p0, p1, p2, begins[c], mid, centre[c]) > target)
+            if (s.cost_around(start[c], mid, centre[c]) > target)
                 hi = mid;
             else
                 lo = mid;
         }
         return lo;
-    };
-    const std::size_t trials = 2 + static_cast<std::size_t>(std::log(static_cast<double>(k)));
-    double best_objective = std::numeric_limits<double>::infinity();
-    ws.best_centre.assign(k, 0.0);
-    std::vector<double> candidate_centres;
-    for (int restart = 0; restart < std::max(1, options.restarts); ++restart) {
-        // Greedy k-means++ (as scikit-learn): of `trials` samples, keep the one that lowers the cost most.
-        centre.clear();
-        centre.push_back(y[sample(0)]);
+    }
+
+    /// Change of the total cost if v (not a centre) were added at sorted position `at`.
+    double insertion_delta(double v, std::size_t at) const {
+        const std::size_t count = centre.size();
+        const bool has_left = at > 0, has_right = at < count;
+        const std::size_t region_begin = has_left ? start[at - 1] : 0;
+        const std::size_t region_end = has_right ? start[at + 1] : m;
+        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v)) : region_begin;
+        const std::size_t right_begin = has_right ? std::max(left_end, first_at_least(0.5 * (v + centre[at]))) : region_end;
+        double before = 0, after = s.cost_around(left_end, right_begin, v);
+        if (has_left) {
+            before += cell[at - 1];
+            after += s.cost_around(region_begin, left_end, centre[at - 1]);
+        }
+        if (has_right) {
+            before += cell[at];
+            after += s.cost_around(right_begin, region_end, centre[at]);
+        }
+        return after - before;
+    }
+
+    void recompute_cells() {
+        const std::size_t count = centre.size();
+        start.resize(count + 1);
+        start[0] = 0;
+        start[count] = static_cast<std::uint32_t>(m);
+        for (std::size_t c = 0; c + 1 < count; ++c) start[c + 1] = static_cast<std::uint32_t>(split(c));
+        cell.resize(count);
+        for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
+    }
+
+    double total() const {
+        double t = 0;
+        for (double c : cell) t += c;
+        return t;
+    }
+
+    /// Greedy k-means++ (as scikit-learn): each new centre is the best of 2 + ln k weighted D^2 samples.
+    void seed(synthetic::rng& random, std::size_t k) {
+        const std::size_t first = std::min<std::size_t>(
+            m - 1, static_cast<std::size_t>(std::upper_bound(s.s0 + 1, s.s0 + m + 1, random.uniform() * s.s0[m]) - (s.s0 + 1)));
+        centre.assign(1, y[first]);
+        recompute_cells();
+        const std::size_t trials = 2 + static_cast<std::size_t>(std::log(static_cast<double>(k)));
         while (centre.size() < k) {
-            double best_cost = std::numeric_limits<double>::infinity();
+            const double current = total();
+            double best_delta = std::numeric_limits<double>::infinity();
             double best_value = 0;
-            bool found = false;
             for (std::size_t t = 0; t < trials; ++t) {
-                const std::size_t g = sample(centre.size());
+                const std::size_t g = sample(random, current);
                 if (g >= m) continue;
                 const double v = y[g];
-                if (std::binary_search(centre.begin(), centre.end(), v)) continue;
-                candidate_centres = centre;
-                candidate_centres.insert(std::upper_bound(candidate_centres.begin(), candidate_centres.end(), v), v);
-                const double cost = total_cost(candidate_centres.data(), candidate_centres.size());
-                if (cost < best_cost) {
-                    best_cost = cost;
+                const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
+                if (at < centre.size() && centre[at] == v) continue;
+                const double delta = insertion_delta(v, at);
+                if (delta < best_delta) {
+                    best_delta = delta;
                     best_value = v;
-                    found = true;
                 }
             }
-            if (!found) {  // degenerate sampling: take the smallest group that is not a centre yet
-                for (std::size_t g = 0; g < m; ++g)
-                    if (!std::binary_search(centre.begin(), centre.end(), y[g])) {
+            if (!(best_delta < std::numeric_limits<double>::infinity())) {
+                // Degenerate sampling (rounding): take the first group that is not a centre yet.
+                for (std::size_t g = 0, c = 0; g < m; ++g) {
+                    while (c < centre.size() && centre[c] < y[g]) ++c;
+                    if (c == centre.size() || centre[c] != y[g]) {
                         best_value = y[g];
                         break;
                     }
+                }
             }
             centre.insert(std::upper_bound(centre.begin(), centre.end(), best_value), best_value);
+            recompute_cells();
         }
-        // Lloyd iterations: cells are intervals between midpoints; stop when no boundary moves.
-        boundary.assign(k + 1, 0);
-        boundary[k] = static_cast<std::uint32_t>(m);
-        for (int iteration = 0; iteration < options.max_iterations; ++iteration) {
-            bool moved = iteration == 0;
-            for (std::size_t c = 0; c + 1 < k; ++c) {
-                const auto b = static_cast<std::uint32_t>(first_at_least(0.5 * (centre[c] + centre[c + 1])));
-                moved |= b != boundary[c + 1];
-                boundary[c + 1] = b;
+    }
+
+    /// Lloyd iterations until no cell boundary moves; returns the final cost.
+    double iterate(int max_iterations) {
+        for (int iteration = 0; iteration < max_iterations; ++iteration) {
+            for (std::size_t c = 0; c < centre.size(); ++c) {
+                const std::size_t a = start[c], b = start[c + 1];
+                if (a < b) centre[c] = std::clamp((s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]), y[a], y[b - 1]);
+            }
+            bool moved = false;
+            for (std::size_t c = 0; c + 1 < centre.size(); ++c) {
+                const auto b = static_cast<std::uint32_t>(split(c));
+                moved |= b != start[c + 1];
+                start[c + 1] = b;
             }
             if (!moved) break;
-            for (std::size_t c = 0; c < k; ++c) {
-                const std::size_t a = boundary[c], b = boundary[c + 1];
-                if (a < b) centre[c] = std::clamp((p1[b] - p1[a]) / (p0[b] - p0[a]), y[a], y[b - 1]);
+        }
+        recompute_cells();
+        return total();
+    }
+};
+
+/// Per-thread scratch memory, grown on demand and reused across rows (no allocation per row once warm).
+template <class T, class W>
+struct workspace {
+    std::vector<T> x;                                  // the row's values, contiguous
+    std::vector<sort_item<T, W>> items, items_scratch;  // (key, weight), sorted by key
+    std::vector<std::uint32_t> histogram;
+    key_t<T> key_low = 0;  // sorted keys are (key - key_low) >> key_shift
+    int key_shift = 0;
+    std::vector<double> value, weight, shifted;  // positive-weight groups, ascending; shifted = value - pivot
+    dp_direction forward, backward;              // forward.s0..s2 are the prefix sums of the groups
+    std::vector<std::uint32_t> cluster_end;      // cluster c is groups [cluster_end[c - 1], cluster_end[c])
+    std::vector<double> centre, best_centre, cell;  // lloyd
+    std::vector<std::uint32_t> start;
+    std::vector<T> threshold;                  // labels: x >= threshold[i] means past distinct centroid i
+    std::vector<std::uint8_t> distinct_first;  // first index of each distinct centroid
+};
+
+/// LSD radix sort of the items by key. Keys are first reduced to the bits that vary,
+/// (key - min) >> (trailing zeros common to all), so fp16 rows need two passes over at most 11-bit digits
+/// and float rows three.
+template <class T, class W>
+void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high, key_t<T> ones) {
+    using K = key_t<T>;
+    ws.key_low = 0;
+    ws.key_shift = 0;
+    if (low == high) return;
+    sort_item<T, W>* source = ws.items.data();
+    const int shift = std::countr_zero(ones);  // every key, so every key - low, has this many trailing zeros
+    const int width = static_cast<int>(std::bit_width(static_cast<K>((high - low) >> shift)));
+    const int passes = (width + 10) / 11;
+    const int digit_bits = (width + passes - 1) / passes;
+    const std::size_t radix = std::size_t{1} << digit_bits;
+    const K mask = static_cast<K>(radix - 1);
+    ws.key_low = low;
+    ws.key_shift = shift;
+    ws.histogram.assign(radix * static_cast<std::size_t>(passes), 0);
+    std::uint32_t* histogram = ws.histogram.data();
+    for (std::size_t i = 0; i < n; ++i) {
+        const K key = (source[i].key - low) >> shift;
+        source[i].key = key;
+        for (int p = 0; p < passes; ++p) ++histogram[static_cast<std::size_t>(p) * radix + ((key >> (p * digit_bits)) & mask)];
+    }
+    ws.items_scratch.resize(n);
+    sort_item<T, W>* target = ws.items_scratch.data();
+    for (int p = 0; p < passes; ++p) {
+        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * radix;
+        std::uint32_t offset = 0;
+        for (std::size_t d = 0; d < radix; ++d) {
+            const std::uint32_t c = count[d];
+            count[d] = offset;
+            offset += c;
+        }
+        const int digit_shift = p * digit_bits;
+        for (std::size_t i = 0; i < n; ++i) target[count[(source[i].key >> digit_shift) & mask]++] = source[i];
+        std::swap(source, target);
+    }
+    if (source != ws.items.data()) std::copy(source, source + n, ws.items.data());
+}
+
+/// How many Lloyd iterations the exact method spends on its upper bound: the bound only has to be
+/// reasonably tight, and a few iterations from greedy k-means++ seeds get within a few percent.
+inline constexpr int bound_iterations = 8;
+
+/// Exact clustering of the m > k >= 2 positive-weight groups (forward prefix sums in ws.forward, shifted
+/// values in ws.shifted); fills ws.cluster_end.
+///
+/// The optimal k-partition splits into its first k/2 clusters (a prefix) and its last k - k/2 (a
+/// suffix), so the programme runs k/2 layers forward and k - k/2 layers backward (on the mirrored groups)
+/// and meets in the middle: OPT = min_j F[j] + B[m - j]. Every cell on the optimal path costs at most
+/// OPT, so with an upper bound from a quick Lloyd run, each layer stops where its cost exceeds the bound;
+/// prefixes and suffixes of at most half the clusters rarely reach far, which removes most cells.
+template <class Workspace>
+void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
+    dp_direction& forward = ws.forward;
+    dp_direction& backward = ws.backward;
+    const prefix_sums s = forward.sums();
+    backward.s0.resize(m + 1);
+    backward.s1.resize(m + 1);
+    backward.s2.resize(m + 1);
+    backward.s0[0] = backward.s1[0] = backward.s2[0] = 0;
+    for (std::size_t i = 1; i <= m; ++i) {  // mirrored groups: -y in reverse order, accumulated from the end
+        const std::size_t g = m - i;
+        const double w = ws.weight[g], y = ws.shifted[g];
+        backward.s0[i] = backward.s0[i - 1] + w;
+        backward.s1[i] = backward.s1[i - 1] - w * y;
+        backward.s2[i] = backward.s2[i - 1] + w * y * y;
+    }
+    const std::size_t left_layers = k / 2, right_layers = k - left_layers;
+    double bound = std::numeric_limits<double>::infinity();
+    if (k >= 4) {
+        lloyd_solver lloyd{ws.shifted.data(), s, m, ws.centre, ws.start, ws.cell};
+        synthetic::rng random(0x9e3779b97f4a7c15ull);
+        lloyd.seed(random, k);
+        // Slack for rounding: cell costs come from differences of prefix sums.
+        bound = lloyd.iterate(bound_iterations) * (1 + 1e-7) + 1e-12 * s.interval_cost(0, m);
+    }
+    std::size_t cut = 0;
+    for (;;) {
+        double best = std::numeric_limits<double>::infinity();
+        if (forward.run(m, k, left_layers, bound) && backward.run(m, k, right_layers, bound)) {
+            const std::size_t first = std::max(left_layers, m - backward.reach[right_layers]);
+            const std::size_t last = std::min(forward.reach[left_layers], m - right_layers);
+            for (std::size_t j = first; j <= last; ++j) {
+                const double total = forward.value[j] + backward.value[m - j];
+                if (total < best) {
+                    best = total;
+                    cut = j;
+                }
             }
         }
-        const double objective = total_cost(centre.data(), k);
-        if (objective < best_objective) {
-            best_objective = objective;
-            std::copy(centre.begin(), centre.end(), ws.best_centre.begin());
+        if (best < std::numeric_limits<double>::infinity()) break;
+        bound = std::numeric_limits<double>::infinity();  // safety net: rounding pruned every path, run in full
+    }
+    const std::size_t stride = m + 1;
+    ws.cluster_end.resize(k);
+    std::size_t end = cut;
+    for (std::size_t l = left_layers; l >= 1; --l) {
+        ws.cluster_end[l - 1] = static_cast<std::uint32_t>(end);
+        if (l >= 2) end = forward.choice[(l - 2) * stride + end];
+    }
+    std::size_t length = m - cut;  // the suffix, clustered from its left end
+    for (std::size_t r = right_layers, c = left_layers; r >= 2; --r, ++c) {
+        length = backward.choice[(r - 2) * stride + length];
+        ws.cluster_end[c] = static_cast<std::uint32_t>(m - length);
+    }
+    ws.cluster_end[k - 1] = static_cast<std::uint32_t>(m);
+}
+
+/// Lloyd's method on the m > k >= 2 positive-weight groups: `restarts` runs from greedy k-means++ seeds;
+/// fills ws.best_centre with the k sorted centres (shifted) of the cheapest run.
+template <class Workspace>
+void lloyd_partition(Workspace& ws, std::size_t m, std::size_t k, const kmeans_options& options) {
+    lloyd_solver lloyd{ws.shifted.data(), ws.forward.sums(), m, ws.centre, ws.start, ws.cell};
+    synthetic::rng random(options.seed);
+    double best = std::numeric_limits<double>::infinity();
+    for (int restart = 0; restart < std::max(1, options.restarts); ++restart) {
+        lloyd.seed(random, k);
+        const double cost = lloyd.iterate(options.max_iterations);
+        if (cost < best) {
+            best = cost;
+            ws.best_centre = ws.centre;
         }
     }
 }
 
-/// Clusters one row given element accessors; `where` prefixes error messages.
-template <class T, class ValueAt, class WeightAt>
-void cluster(ValueAt value_at, WeightAt weight_at, std::size_t n, int k_signed, const kmeans_options& options,
-             workspace<T>& ws, kmeans_result<T>& result) {
-    const auto k = static_cast<std::size_t>(k_signed);
-    // 1. Keys, sorted; equal values merged into groups with summed weights.
+/// Labels every value with its nearest centroid, the lowest index on ties. With d distinct centroids
+/// u_0 < ... < u_(d-1), x is past u_i when x > (u_i + u_(i+1)) / 2; threshold[i] is the smallest T above
+/// that midpoint, so the label is first_index[#{i : x >= threshold[i]}].
+template <class T, class W>
+void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t n, std::uint8_t* labels) {
+    ws.threshold.clear();
+    ws.distinct_first.assign(1, 0);
+    for (std::size_t c = 1; c < centroids.size(); ++c)
+        if (centroids[c] != centroids[c - 1]) {
+            const double middle = 0.5 * (static_cast<double>(centroids[c - 1]) + static_cast<double>(centroids[c]));
+            auto t = static_cast<T>(middle);
+            if (static_cast<double>(t) <= middle) t = std::nextafter(t, std::numeric_limits<T>::infinity());
+            ws.threshold.push_back(t);
+            ws.distinct_first.push_back(static_cast<std::uint8_t>(c));
+        }
+    const T* x = ws.x.data();
+    const T* threshold = ws.threshold.data();
+    const std::size_t count = ws.threshold.size();
+    const std::uint8_t* first = ws.distinct_first.data();
+    std::size_t i = 0;
+    if (count <= 32) {  // few thresholds: count them, vectorised over values
+#if defined(__AVX2__)
+        if constexpr (std::is_same_v<T, float>) {
+            for (; i + 8 <= n; i += 8) {
+                const __m256 v = _mm256_loadu_ps(x + i);
+                __m256i past = _mm256_setzero_si256();
+                for (std::size_t t = 0; t < count; ++t)
+                    past = _mm256_sub_epi32(past, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(threshold[t]), _CMP_GE_OQ)));
+                alignas(32) std::int32_t lanes[8];
+                _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
+                for (int lane = 0; lane < 8; ++lane) labels[i + static_cast<std::size_t>(lane)] = first[lanes[lane]];
+            }
+        } else {
+            for (; i + 4 <= n; i += 4) {
+                const __m256d v = _mm256_loadu_pd(x + i);
+                __m256i past = _mm256_setzero_si256();
+                for (std::size_t t = 0; t < count; ++t)
+                    past = _mm256_sub_epi64(past, _mm256_castpd_si256(_mm256_cmp_pd(v, _mm256_set1_pd(threshold[t]), _CMP_GE_OQ)));
+                alignas(32) std::int64_t lanes[4];
+                _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
+                for (int lane = 0; lane < 4; ++lane) labels[i + static_cast<std::size_t>(lane)] = first[lanes[lane]];
+            }
+        }
+#endif
+        for (; i < n; ++i) {
+            std::size_t past = 0;
+            for (std::size_t t = 0; t < count; ++t) past += x[i] >= threshold[t] ? 1 : 0;
+            labels[i] = first[past];
+        }
+    } else {  // many thresholds: binary search
+        for (; i < n; ++i) {
+            const auto past = static_cast<std::size_t>(std::upper_bound(threshold, threshold + count, x[i]) - threshold);
+            labels[i] = first[past];
+        }
+    }
+}
+
+/// Clusters one row, reading it through value_at(i) and weight_at(i); with Check, validates each entry
+/// (sqz::error naming `where` and the index).
+template <bool Check, class T, class W, class ValueAt, class WeightAt>
+void cluster(const char* where, ValueAt value_at, WeightAt weight_at, std::size_t n, std::size_t k,
+             const kmeans_options& options, workspace<T, W>& ws, kmeans_result<T>& result) {
+    using K = key_t<T>;
+    // 1. One pass over the input: checks, sort keys with weights, key range, weight sums.
+    ws.x.resize(n);
     ws.items.resize(n);
-    for (std::size_t i = 0; i < n; ++i) ws.items[i] = {sort_key<T>(value_at(i)), static_cast<std::uint32_t>(i)};
-    radix_sort(ws, n);
-    ws.group_end.clear();
-    ws.group_value.clear();
-    ws.group_weight.clear();
-    double total_weight = 0;
+    T* x = ws.x.data();
+    sort_item<T, W>* items = ws.items.data();
+    K low = std::numeric_limits<K>::max(), high = 0, ones = 0;
+    double weight_total = 0, weighted_sum = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const T v = value_at(i);
+        const W w = weight_at(i);
+        if constexpr (Check) {
+            if (!(std::isfinite(v) && std::isfinite(w) && w >= 0)) {
+                require(std::isfinite(v), where, ": values[", i, "] = ", v, " is not finite");
+                require(std::isfinite(w), where, ": weights[", i, "] = ", w, " is not finite");
+                fail(where, ": weights[", i, "] = ", w, " is negative");
+            }
+        }
+        const K key = sort_key<T>(v);
+        x[i] = v;
+        items[i] = {key, w};
+        low = std::min(low, key);
+        high = std::max(high, key);
+        ones |= key;
+        weight_total += static_cast<double>(w);
+        weighted_sum += static_cast<double>(w) * static_cast<double>(v);
+    }
+    const bool equal_weights = weight_total == 0;  // every weight zero: count every entry once
+    if (equal_weights) {
+        weight_total = static_cast<double>(n);
+        weighted_sum = 0;
+        for (std::size_t i = 0; i < n; ++i) weighted_sum += static_cast<double>(x[i]);
+    }
+    // The weighted mean: prefix sums of values shifted by it keep their precision.
+    const double pivot = weighted_sum / weight_total;
+    // 2. Sort, then merge equal values into groups with summed weights; zero-weight groups drop out of
+    //    the optimisation (they are labelled with the rest at the end).
+    radix_sort(ws, n, low, high, ones);
+    items = ws.items.data();
+    ws.value.resize(n);
+    ws.weight.resize(n);
+    ws.shifted.resize(n);
+    auto& s0 = ws.forward.s0;
+    auto& s1 = ws.forward.s1;
+    auto& s2 = ws.forward.s2;
+    s0.resize(n + 1);
+    s1.resize(n + 1);
+    s2.resize(n + 1);
+    s0[0] = s1[0] = s2[0] = 0;
+    std::size_t m = 0;
+    constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
     for (std::size_t i = 0; i < n;) {
-        const auto key = ws.items[i].key;
+        const K key = items[i].key;
         double w = 0;
         std::size_t j = i;
-        for (; j < n && ws.items[j].key == key; ++j) w += static_cast<double>(weight_at(ws.items[j].index));
-        ws.group_end.push_back(static_cast<std::uint32_t>(j));
-        ws.group_value.push_back(value_at(ws.items[i].index) + T(0));
-        ws.group_weight.push_back(w);
-        total_weight += w;
+        for (; j < n && items[j].key == key; ++j) w += equal_weights ? 1.0 : static_cast<double>(items[j].weight);
         i = j;
+        if (!(w > 0)) continue;
+        const K original = static_cast<K>((key << ws.key_shift) + ws.key_low);
+        const T v = std::bit_cast<T>(original >= sign ? static_cast<K>(original - sign) : static_cast<K>(sign | (sign - original)));
+        const double y = static_cast<double>(v) - pivot;
+        ws.value[m] = static_cast<double>(v);
+        ws.weight[m] = w;
+        ws.shifted[m] = y;
+        s0[m + 1] = s0[m] + w;
+        s1[m + 1] = s1[m] + w * y;
+        s2[m + 1] = s2[m] + w * y * y;
+        ++m;
     }
-    const std::size_t groups = ws.group_value.size();
-    if (total_weight == 0) {  // every weight zero: equal weights
-        for (std::size_t g = 0; g < groups; ++g)
-            ws.group_weight[g] = static_cast<double>(ws.group_end[g] - (g == 0 ? 0 : ws.group_end[g - 1]));
-    }
-    // 2. Positive-weight groups with prefix sums, shifted by the weighted mean for accuracy.
-    ws.value.clear();
-    ws.weight.clear();
-    double weighted_sum = 0, weight_sum = 0;
-    for (std::size_t g = 0; g < groups; ++g)
-        if (ws.group_weight[g] > 0) {
-            ws.value.push_back(static_cast<double>(ws.group_value[g]));
-            ws.weight.push_back(ws.group_weight[g]);
-            weighted_sum += ws.group_weight[g] * static_cast<double>(ws.group_value[g]);
-            weight_sum += ws.group_weight[g];
-        }
-    const std::size_t m = ws.value.size();
-    const double pivot = std::clamp(weighted_sum / weight_sum, ws.value.front(), ws.value.back());
+    require(std::isfinite(s2[m]), where, ": sum of weights * values^2 = ", s2[m], " overflows double");
+    // 3. Centroids.
     result.centroids.assign(k, T(0));
-    if (m <= k) {
+    if (m <= k) {  // every distinct value is a centroid, the last one repeated
         for (std::size_t c = 0; c < k; ++c) result.centroids[c] = static_cast<T>(ws.value[std::min(c, m - 1)]);
     } else {
-        ws.p0.resize(m + 1);
-        ws.p1.resize(m + 1);
-        ws.p2.resize(m + 1);
-        ws.p0[0] = ws.p1[0] = ws.p2[0] = 0;
-        for (std::size_t g = 0; g < m; ++g) {
-            const double y = ws.value[g] - pivot;
-            const double w = ws.weight[g];
-            ws.p0[g + 1] = ws.p0[g] + w;
-            ws.p1[g + 1] = ws.p1[g] + w * y;
-            ws.p2[g + 1] = ws.p2[g] + w * y * y;
-        }
-        require(std::isfinite(ws.p2[m]), "sqz::weighted_kmeans: sum of weights * values^2 = ", ws.p2[m],
-                " overflows double");
-        const auto centroid_of = [&](double shifted, std::size_t a, std::size_t b) {
-            // Rounded to T and kept inside the cluster's range, so centroids stay sorted.
-            const T c = static_cast<T>(pivot + shifted);
+        const auto centroid_of = [&](std::size_t a, std::size_t b) {
+            // The weighted mean, rounded to T and kept inside the cluster's range so centroids stay sorted.
+            const T c = static_cast<T>(pivot + (s1[b] - s1[a]) / (s0[b] - s0[a]));
             return std::clamp(c, static_cast<T>(ws.value[a]), static_cast<T>(ws.value[b - 1]));
         };
         if (k == 1) {
-            result.centroids[0] = centroid_of(ws.p1[m] / ws.p0[m], 0, m);
+            result.centroids[0] = centroid_of(0, m);
         } else if (options.method == kmeans_method::exact) {
             exact_partition(ws, m, k);
             std::size_t begin = 0;
             for (std::size_t c = 0; c < k; ++c) {
                 const std::size_t end = ws.cluster_end[c];
-                result.centroids[c] = centroid_of((ws.p1[end] - ws.p1[begin]) / (ws.p0[end] - ws.p0[begin]), begin, end);
+                result.centroids[c] = centroid_of(begin, end);
                 begin = end;
             }
         } else {
-            for (std::size_t g = 0; g < m; ++g) ws.value[g] -= pivot;
-            lloyd_centres(ws, m, k, options);
+            lloyd_partition(ws, m, k, options);
             for (std::size_t c = 0; c < k; ++c) result.centroids[c] = static_cast<T>(pivot + ws.best_centre[c]);
             std::sort(result.centroids.begin(), result.centroids.end());
         }
     }
-    // 3. Labels: every group goes to its nearest centroid (lowest index on ties), in one merge-like pass.
-    ws.distinct_centroid.clear();
-    ws.distinct_first.clear();
-    for (std::size_t c = 0; c < k; ++c)
-        if (c == 0 || result.centroids[c] != result.centroids[c - 1]) {
-            ws.distinct_centroid.push_back(result.centroids[c]);
-            ws.distinct_first.push_back(static_cast<std::uint8_t>(c));
-        }
+    // 4. Labels for every entry; the objective over the positive-weight groups (zero weights add nothing),
+    //    each going to its nearest centroid in one merge-like pass.
     result.labels.resize(n);
-    result.objective = 0;
+    assign_labels(ws, result.centroids, n, result.labels.data());
+    double objective = 0;
     std::size_t nearest = 0;
-    const std::size_t distinct = ws.distinct_centroid.size();
-    for (std::size_t g = 0; g < groups; ++g) {
-        const double v = static_cast<double>(ws.group_value[g]);
-        while (nearest + 1 < distinct &&
-               static_cast<double>(ws.distinct_centroid[nearest + 1]) - v < v - static_cast<double>(ws.distinct_centroid[nearest]))
+    const auto& centroid = result.centroids;
+    for (std::size_t g = 0; g < m; ++g) {
+        const double v = ws.value[g];
+        while (nearest + 1 < k && static_cast<double>(centroid[nearest + 1]) - v < v - static_cast<double>(centroid[nearest]))
             ++nearest;
-        const double d = v - static_cast<double>(ws.distinct_centroid[nearest]);
-        result.objective += ws.group_weight[g] * d * d;
-        const std::uint8_t label = ws.distinct_first[nearest];
-        for (std::size_t t = g == 0 ? 0 : ws.group_end[g - 1]; t < ws.group_end[g]; ++t) result.labels[ws.items[t].index] = label;
+        const double d = v - static_cast<double>(centroid[nearest]);
+        objective += ws.weight[g] * d * d;
     }
+    result.objective = objective;
 }
 
-template <class Values, class Weights>
-void validate(const char* where, const Values& values, const Weights& weights, std::size_t n, int k) {
-    require(k >= 1 && k <= max_clusters, where, ": k = ", k, " is outside 1..", max_clusters);
-    require(n > 0, where, ": values is empty");
-    for (std::size_t i = 0; i < n; ++i) {
-        const auto x = values(i);
-        require(std::isfinite(x), where, ": values[", i, "] = ", x, " is not finite");
-        const auto w = weights(i);
-        require(std::isfinite(w), where, ": weights[", i, "] = ", w, " is not finite");
-        require(w >= 0, where, ": weights[", i, "] = ", w, " is negative");
-    }
-}
-
-template <class T>
-workspace<T>& thread_workspace() {
-    static thread_local workspace<T> ws;
+template <class T, class W>
+workspace<T, W>& thread_workspace() {
+    static thread_local workspace<T, W> ws;
     return ws;
 }
 
@@ -553,17 +861,19 @@ auto weighted_kmeans(const Values& values, const Weights& weights, int k, const 
         static_assert(Values::IsVectorAtCompileTime, "sqz::weighted_kmeans: values must be an Eigen vector expression");
     if constexpr (detail::kmeans::eigen_dense<Weights>)
         static_assert(Weights::IsVectorAtCompileTime, "sqz::weighted_kmeans: weights must be an Eigen vector expression");
+    constexpr const char* where = "sqz::weighted_kmeans";
     const detail::kmeans::reader<Values> x(values);
     const detail::kmeans::reader<Weights> w(weights);
     const std::size_t n = x.size();
-    detail::require(w.size() == n, "sqz::weighted_kmeans: weights.size() = ", w.size(), " differs from values.size() = ", n);
-    detail::require(n <= std::numeric_limits<std::uint32_t>::max(), "sqz::weighted_kmeans: values.size() = ", n,
-                    " exceeds 2^32 - 1");
-    const auto value_at = [&](std::size_t i) { return static_cast<T>(x[i]); };
-    const auto weight_at = [&](std::size_t i) { return static_cast<W>(w[i]); };
-    detail::kmeans::validate("sqz::weighted_kmeans", value_at, weight_at, n, k);
+    detail::require(k >= 1 && k <= detail::kmeans::max_clusters, where, ": k = ", k, " is outside 1..",
+                    detail::kmeans::max_clusters);
+    detail::require(n > 0, where, ": values is empty");
+    detail::require(w.size() == n, where, ": weights.size() = ", w.size(), " differs from values.size() = ", n);
+    detail::require(n <= std::numeric_limits<std::uint32_t>::max(), where, ": values.size() = ", n, " exceeds 2^32 - 1");
     kmeans_result<T> result;
-    detail::kmeans::cluster<T>(value_at, weight_at, n, k, options, detail::kmeans::thread_workspace<T>(), result);
+    detail::kmeans::cluster<true>(
+        where, [&](std::size_t i) { return static_cast<T>(x[i]); }, [&](std::size_t i) { return static_cast<W>(w[i]); }, n,
+        static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(), result);
     return result;
 }
 
@@ -594,9 +904,11 @@ auto weighted_kmeans_rows(const ValuesMatrix& values, const WeightsMatrix& weigh
         for (Eigen::Index c = 0; c < cols; ++c) {
             const T x = values.coeff(r, c);
             const W w = weights.coeff(r, c);
-            detail::require(std::isfinite(x), where, ": values(", r, ", ", c, ") = ", x, " is not finite");
-            detail::require(std::isfinite(w), where, ": weights(", r, ", ", c, ") = ", w, " is not finite");
-            detail::require(w >= 0, where, ": weights(", r, ", ", c, ") = ", w, " is negative");
+            if (!(std::isfinite(x) && std::isfinite(w) && w >= 0)) {
+                detail::require(std::isfinite(x), where, ": values(", r, ", ", c, ") = ", x, " is not finite");
+                detail::require(std::isfinite(w), where, ": weights(", r, ", ", c, ") = ", w, " is not finite");
+                detail::fail(where, ": weights(", r, ", ", c, ") = ", w, " is negative");
+            }
         }
     std::vector<kmeans_result<T>> results(static_cast<std::size_t>(rows));
     std::exception_ptr first_error;
@@ -608,10 +920,11 @@ auto weighted_kmeans_rows(const ValuesMatrix& values, const WeightsMatrix& weigh
 #endif
     for (Eigen::Index r = 0; r < rows; ++r) {
         try {
-            const auto value_at = [&](std::size_t c) { return values.coeff(r, static_cast<Eigen::Index>(c)); };
-            const auto weight_at = [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); };
-            detail::kmeans::cluster<T>(value_at, weight_at, n, k, options, detail::kmeans::thread_workspace<T>(),
-                                       results[static_cast<std::size_t>(r)]);
+            detail::kmeans::cluster<false>(
+                where, [&](std::size_t c) { return values.coeff(r, static_cast<Eigen::Index>(c)); },
+                [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); }, n,
+                static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(),
+                results[static_cast<std::size_t>(r)]);
         } catch (...) {
 #ifdef _OPENMP
 #pragma omp critical(sqz_kmeans_rows_error)

@@ -24,6 +24,8 @@
 #include <sqz/types.hpp>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -164,6 +166,199 @@ inline void mark(std::vector<std::uint8_t>& mask, std::span<const std::int32_t> 
     for (auto c : cols) mask[static_cast<std::size_t>(c)] = 1;
 }
 
+/// Internal knobs of the per-matrix selection (tests shrink them to exercise every path).
+struct selection_tuning {
+    std::uint64_t collect_all_below = std::uint64_t{1} << 16;  ///< smaller matrices: every entry is a candidate
+    std::uint64_t sample_elements = std::uint64_t{1} << 18;     ///< row sample for thresholds (at most 1/16)
+    std::uint64_t candidate_cap = std::uint64_t{1} << 22;       ///< more candidates: radix selection instead
+    bool force_radix = false;
+};
+
+/// Evenly spread rows holding about `elements` entries (at least one row).
+inline std::vector<Eigen::Index> sample_rows(Eigen::Index rows, Eigen::Index cols, std::uint64_t elements) {
+    const auto per_row = static_cast<std::uint64_t>(std::max<Eigen::Index>(cols, 1));
+    const auto wanted = static_cast<Eigen::Index>(std::min<std::uint64_t>((elements + per_row - 1) / per_row,
+                                                                          static_cast<std::uint64_t>(rows)));
+    const Eigen::Index count = std::max<Eigen::Index>(wanted, 1);
+    std::vector<Eigen::Index> out;
+    for (Eigen::Index k = 0; k < count && k < rows; ++k) out.push_back(k * rows / count);
+    return out;
+}
+
+/// A key threshold that about `reach` of `total` keys reach, estimated from a sample of keys with a wide
+/// margin; 1 (every key) when the sample cannot resolve it.
+inline std::uint64_t sampled_threshold(std::vector<std::uint64_t>& sample, std::uint64_t reach, std::uint64_t total) {
+    const double expected = static_cast<double>(reach) * static_cast<double>(sample.size()) / static_cast<double>(total);
+    const auto rank = static_cast<std::size_t>(std::ceil(1.25 * expected + 4.0 * std::sqrt(expected) + 8.0));
+    if (rank >= sample.size()) return 1;
+    std::nth_element(sample.begin(), sample.begin() + static_cast<std::ptrdiff_t>(rank - 1), sample.end(), std::greater<>());
+    return sample[rank - 1];
+}
+
+/// The `count` largest of `candidates` whose positions are not in `excluded` (sorted linear indices), or
+/// false when fewer remain (the candidates did not reach deep enough). Reorders candidates.
+inline bool take_largest(std::vector<rank_key>& candidates, const std::vector<std::uint64_t>& excluded, std::uint64_t count,
+                         std::vector<rank_key>& taken) {
+    taken.clear();
+    if (count == 0) return true;
+    std::erase_if(candidates, [&](const rank_key& k) { return std::binary_search(excluded.begin(), excluded.end(), ~k.position); });
+    if (candidates.size() < count) return false;
+    const auto nth = candidates.begin() + static_cast<std::ptrdiff_t>(count - 1);
+    std::nth_element(candidates.begin(), nth, candidates.end(), std::greater<>());
+    taken.assign(candidates.begin(), nth + 1);
+    return true;
+}
+
+/// Per-matrix selection of the sensitive values and both percentile tails in one pass over the matrix:
+/// thresholds from a row sample, every entry at or above a threshold collected with its full key, then
+/// exact selection among the candidates (sensitive first, each tail without what is already taken).
+/// The result equals the radix path's; returns false (nothing written) when the sample misjudged the
+/// thresholds or the candidates would exceed the cap, so that the caller falls back to radix selection.
+template <working_scalar T, class KeysOfRow, class FullKey>
+bool select_by_sampling(Eigen::Index rows, Eigen::Index cols, const std::array<std::uint64_t, 3>& counts,
+                        KeysOfRow&& keys_of_row, FullKey&& full_key, int threads, const selection_tuning& tuning,
+                        std::array<std::vector<std::vector<std::int32_t>>, 3>& lists, std::array<rank_key, 3>& boundaries) {
+    const auto total = static_cast<std::uint64_t>(rows) * static_cast<std::uint64_t>(cols);
+    if (counts[0] + counts[1] + counts[2] == 0) {
+        for (auto& l : lists) l.assign(static_cast<std::size_t>(rows), {});
+        return true;
+    }
+    const std::array<std::uint64_t, 3> reach{counts[0], counts[1] + counts[0], counts[2] + counts[1] + counts[0]};
+    std::array<std::uint64_t, 3> threshold{1, 1, 1};
+    const auto team = static_cast<std::size_t>(resolve_threads(threads));
+    // keys_of_row(row, thread) -> const std::array<std::vector<std::uint64_t>, 3>&: the primary keys of every
+    // column for each kind; full_key(row, col, kind, thread) -> rank_key, valid right after keys_of_row for
+    // the same row and thread.
+    if (total > tuning.collect_all_below) {
+        const auto sampled = sample_rows(rows, cols, std::min(tuning.sample_elements, std::max<std::uint64_t>(total / 16, 1)));
+        std::vector<std::array<std::vector<std::uint64_t>, 3>> per_row(sampled.size());
+        parallel_for(static_cast<Eigen::Index>(sampled.size()), threads, [&](Eigen::Index k, int thread) {
+            const auto& keys = keys_of_row(sampled[static_cast<std::size_t>(k)], thread);
+            for (std::size_t kind = 0; kind < 3; ++kind)
+                if (counts[kind] > 0)
+                    per_row[static_cast<std::size_t>(k)][kind] = keys[kind];
+        });
+        for (std::size_t kind = 0; kind < 3; ++kind) {
+            if (counts[kind] == 0) continue;
+            std::vector<std::uint64_t> sample;
+            for (const auto& r : per_row) sample.insert(sample.end(), r[kind].begin(), r[kind].end());
+            threshold[kind] = sampled_threshold(sample, reach[kind], total);
+        }
+    }
+    std::array<std::vector<std::vector<rank_key>>, 3> found;
+    for (auto& f : found) f.resize(static_cast<std::size_t>(rows));
+    std::array<std::atomic<std::uint64_t>, 3> found_count{};
+    std::atomic<bool> overflow{false};
+    (void)team;
+    parallel_for(rows, threads, [&](Eigen::Index i, int thread) {
+        if (overflow.load(std::memory_order_relaxed)) return;
+        const auto& keys = keys_of_row(i, thread);
+        for (std::size_t kind = 0; kind < 3; ++kind) {
+            if (counts[kind] == 0) continue;
+            auto& out = found[kind][static_cast<std::size_t>(i)];
+            const auto& primary = keys[kind];
+            for (std::size_t j = 0; j < primary.size(); ++j)
+                if (primary[j] >= threshold[kind]) out.push_back(full_key(i, j, kind, thread));
+            if (found_count[kind].fetch_add(out.size(), std::memory_order_relaxed) + out.size() > tuning.candidate_cap)
+                overflow.store(true, std::memory_order_relaxed);
+        }
+    });
+    if (overflow.load()) return false;
+    std::vector<std::uint64_t> excluded;  // linear indices taken so far, sorted
+    std::array<std::vector<rank_key>, 3> taken;
+    for (std::size_t kind = 0; kind < 3; ++kind) {
+        std::vector<rank_key> candidates;
+        for (const auto& r : found[kind]) candidates.insert(candidates.end(), r.begin(), r.end());
+        if (!take_largest(candidates, excluded, counts[kind], taken[kind])) return false;
+        for (const auto& k : taken[kind]) excluded.push_back(~k.position);
+        std::sort(excluded.begin(), excluded.end());
+    }
+    for (std::size_t kind = 0; kind < 3; ++kind) {
+        auto& t = taken[kind];
+        if (!t.empty()) boundaries[kind] = *std::min_element(t.begin(), t.end());
+        std::sort(t.begin(), t.end(), [](const rank_key& a, const rank_key& b) { return a.position > b.position; });
+        lists[kind].assign(static_cast<std::size_t>(rows), {});
+        for (const auto& k : t) {
+            const std::uint64_t linear = ~k.position;
+            lists[kind][static_cast<std::size_t>(linear / static_cast<std::uint64_t>(cols))].push_back(
+                static_cast<std::int32_t>(linear % static_cast<std::uint64_t>(cols)));
+        }
+    }
+    return true;
+}
+
+/// Values of W at the ascending 0-based ranks r and min(r + 1, N - 1) for each r in `ranks`, in one pass:
+/// a bracket around each rank pair from a row sample, entries below a bracket counted and entries inside
+/// collected. Empty when a bracket missed its ranks or held too many entries (the caller then uses radix
+/// selection).
+template <working_scalar T>
+std::vector<double> order_statistics_by_sampling(const Eigen::Ref<const row_matrix<T>>& w, const std::vector<std::uint64_t>& ranks,
+                                                 int threads, const selection_tuning& tuning) {
+    const Eigen::Index rows = w.rows();
+    const Eigen::Index cols = w.cols();
+    const auto total = static_cast<std::uint64_t>(rows) * static_cast<std::uint64_t>(cols);
+    const std::size_t brackets = ranks.size();
+    std::vector<std::uint64_t> low(brackets, 0);
+    std::vector<std::uint64_t> high(brackets, std::numeric_limits<std::uint64_t>::max());
+    if (total > tuning.collect_all_below) {
+        std::vector<std::uint64_t> sample;
+        for (const auto i : sample_rows(rows, cols, std::min(tuning.sample_elements, std::max<std::uint64_t>(total / 16, 1))))
+            for (Eigen::Index j = 0; j < cols; ++j) sample.push_back(order_key(static_cast<double>(w(i, j))));
+        std::sort(sample.begin(), sample.end());
+        const double margin = 4.0 * std::sqrt(static_cast<double>(sample.size())) + 16.0;
+        for (std::size_t b = 0; b < brackets; ++b) {
+            const double at = static_cast<double>(ranks[b]) * static_cast<double>(sample.size()) / static_cast<double>(total);
+            const double from = at - margin;
+            const double to = at + margin + 2.0;
+            if (from > 0.0) low[b] = sample[static_cast<std::size_t>(from)];
+            if (to < static_cast<double>(sample.size()) - 1.0) high[b] = sample[static_cast<std::size_t>(to)];
+        }
+    }
+    std::vector<std::vector<std::uint64_t>> below(static_cast<std::size_t>(rows), std::vector<std::uint64_t>(brackets, 0));
+    std::vector<std::vector<std::vector<std::uint64_t>>> inside(static_cast<std::size_t>(rows));
+    std::atomic<std::uint64_t> collected{0};
+    std::atomic<bool> overflow{false};
+    parallel_for(rows, threads, [&](Eigen::Index i, int) {
+        if (overflow.load(std::memory_order_relaxed)) return;
+        auto& in = inside[static_cast<std::size_t>(i)];
+        in.resize(brackets);
+        auto& count_below = below[static_cast<std::size_t>(i)];
+        std::uint64_t added = 0;
+        for (Eigen::Index j = 0; j < cols; ++j) {
+            const std::uint64_t key = order_key(static_cast<double>(w(i, j)));
+            for (std::size_t b = 0; b < brackets; ++b) {
+                if (key < low[b]) {
+                    ++count_below[b];
+                } else if (key <= high[b]) {
+                    in[b].push_back(key);
+                    ++added;
+                }
+            }
+        }
+        if (collected.fetch_add(added, std::memory_order_relaxed) + added > tuning.candidate_cap)
+            overflow.store(true, std::memory_order_relaxed);
+    });
+    if (overflow.load()) return {};
+    std::vector<double> out;
+    for (std::size_t b = 0; b < brackets; ++b) {
+        std::uint64_t under = 0;
+        std::vector<std::uint64_t> keys;
+        for (Eigen::Index i = 0; i < rows; ++i) {
+            under += below[static_cast<std::size_t>(i)][b];
+            const auto& in = inside[static_cast<std::size_t>(i)][b];
+            keys.insert(keys.end(), in.begin(), in.end());
+        }
+        const std::uint64_t next = std::min(ranks[b] + 1, total - 1);
+        if (ranks[b] < under || next - under >= keys.size()) return {};
+        const auto nth = keys.begin() + static_cast<std::ptrdiff_t>(ranks[b] - under);
+        std::nth_element(keys.begin(), nth, keys.end());
+        out.push_back(from_order_key(*nth));
+        // The next order statistic is the smallest key after nth (or nth itself at the end).
+        out.push_back(next == ranks[b] ? out.back() : from_order_key(*std::min_element(nth + 1, keys.end())));
+    }
+    return out;
+}
+
 struct row_scratch {
     std::vector<double> sensitivity;
     std::vector<rank_key> keys;
@@ -176,7 +371,8 @@ struct row_scratch {
 /// weights (or null when sensitive_fraction is 0: then ties between outliers fall to position order).
 template <working_scalar T, class Provider>
 sparse_selection select_sparse_validated(const Eigen::Ref<const row_matrix<T>>& w, const Provider* provider,
-                                         const split_options& options, int threads) {
+                                         const split_options& options, int threads,
+                                         const selection_tuning& tuning = {}) {
     const Eigen::Index rows = w.rows();
     const Eigen::Index cols = w.cols();
     const auto team = static_cast<std::size_t>(resolve_threads(threads));
@@ -272,7 +468,55 @@ sparse_selection select_sparse_validated(const Eigen::Ref<const row_matrix<T>>& 
             if (with_upper) mark(s.taken, upper[static_cast<std::size_t>(i)]);
             return s.taken;
         };
-        if (k_sensitive > 0) {
+        // Fast path: one pass with sampled thresholds. Radix selection below if it declines.
+        bool selected = false;
+        if (!tuning.force_radix) {
+            std::vector<std::array<std::vector<std::uint64_t>, 3>> row_keys(team);
+            for (auto& k : row_keys)
+                for (auto& v : k) v.resize(static_cast<std::size_t>(cols));
+            const bool want_sensitivity = provider != nullptr;
+            const auto keys_of_row = [&](Eigen::Index i, int thread) -> const std::array<std::vector<std::uint64_t>, 3>& {
+                auto& s = scratch[static_cast<std::size_t>(thread)];
+                auto& keys = row_keys[static_cast<std::size_t>(thread)];
+                const auto values = w_row(i);
+                if (want_sensitivity) {
+                    const auto& f = sensitivity_row(i, s);
+                    if (k_sensitive > 0)
+                        for (std::size_t j = 0; j < values.size(); ++j) keys[0][j] = order_key(f[j]);
+                }
+                if (k_upper + k_lower > 0)
+                    for (std::size_t j = 0; j < values.size(); ++j) {
+                        const std::uint64_t value_key = order_key(static_cast<double>(values[j]));
+                        keys[1][j] = value_key;
+                        keys[2][j] = ~value_key;
+                    }
+                return keys;
+            };
+            const auto full_key = [&](Eigen::Index i, std::size_t j, std::size_t kind, int thread) {
+                const double f = scratch[static_cast<std::size_t>(thread)].sensitivity[j];
+                const double value = static_cast<double>(w_row(i)[j]);
+                const std::uint64_t position = position_word(i, cols, static_cast<Eigen::Index>(j));
+                if (kind == 0) return rank_key{order_key(f), order_key(std::abs(value)), position};
+                const std::uint64_t value_key = order_key(value);
+                return rank_key{kind == 1 ? value_key : ~value_key, order_key(f), position};
+            };
+            std::array<std::vector<std::vector<std::int32_t>>, 3> lists;
+            std::array<rank_key, 3> boundaries{};
+            selected = select_by_sampling<T>(rows, cols, {k_sensitive, k_upper, k_lower}, keys_of_row, full_key, threads,
+                                             tuning, lists, boundaries);
+            if (selected) {
+                sensitive = std::move(lists[0]);
+                upper = std::move(lists[1]);
+                lower = std::move(lists[2]);
+                if (percentile) {
+                    result.upper_threshold = k_upper > 0 ? from_order_key(boundaries[1].primary)
+                                                         : std::numeric_limits<double>::infinity();
+                    result.lower_threshold = k_lower > 0 ? from_order_key(~boundaries[2].primary)
+                                                         : -std::numeric_limits<double>::infinity();
+                }
+            }
+        }
+        if (!selected && k_sensitive > 0) {
             matrix_ranking ranking(rows, cols, [&](Eigen::Index i, std::span<rank_key> keys, int thread) {
                 sensitive_keys(i, keys, scratch[static_cast<std::size_t>(thread)]);
             }, threads);
@@ -299,7 +543,7 @@ sparse_selection select_sparse_validated(const Eigen::Ref<const row_matrix<T>>& 
             threshold = extreme;
             return selected;
         };
-        if (percentile) {
+        if (!selected && percentile) {
             upper = tail(true, k_upper, total - k_sensitive, result.upper_threshold);
             lower = tail(false, k_lower, total - k_sensitive - k_upper, result.lower_threshold);
         }
@@ -315,14 +559,22 @@ sparse_selection select_sparse_validated(const Eigen::Ref<const row_matrix<T>>& 
             const auto ascending = [&](std::uint64_t rank0) {  // 0-based rank from the smallest
                 return from_order_key(ranking.kth_largest(total - rank0).primary);
             };
-            const auto quantile = [&](double p) {
+            // Order statistics around both quartiles: one sampled pass, radix selection if it declines.
+            std::vector<std::uint64_t> ranks;
+            for (const double p : {0.25, 0.75})
+                ranks.push_back(static_cast<std::uint64_t>(std::floor(static_cast<double>(total - 1) * p)));
+            std::vector<double> statistics;
+            if (!tuning.force_radix) statistics = order_statistics_by_sampling<T>(w, ranks, threads, tuning);
+            if (statistics.empty())
+                for (const auto rank : ranks) {
+                    statistics.push_back(ascending(rank));
+                    statistics.push_back(ascending(std::min(rank + 1, total - 1)));
+                }
+            const auto quantile = [&](double p, std::size_t first) {
                 const double h = static_cast<double>(total - 1) * p;
-                const auto lo = static_cast<std::uint64_t>(std::floor(h));
-                const double low = ascending(lo);
-                const double high = lo + 1 < total ? ascending(lo + 1) : low;
-                return interpolate(low, high, h - static_cast<double>(lo));
+                return interpolate(statistics[first], statistics[first + 1], h - std::floor(h));
             };
-            const double fence = iqr_fence(quantile(0.25), quantile(0.75), options.iqr_range);
+            const double fence = iqr_fence(quantile(0.25, 0), quantile(0.75, 2), options.iqr_range);
             result.lower_threshold = -fence;
             result.upper_threshold = fence;
             parallel_for(rows, threads, [&](Eigen::Index i, int thread) {

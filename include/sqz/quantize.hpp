@@ -206,14 +206,72 @@ struct row_outcome {
     Eigen::Index inexact = 0;
 };
 
+/// Assigns nearest-LUT-entry codes to a whole row. For float rows the LUT's distinct values are
+/// separated by thresholds: the largest float not above each midpoint (computed exactly in double), so
+/// v > threshold exactly when v lies beyond the midpoint and a value on a midpoint keeps the lower entry;
+/// the code is then the number of thresholds below v (a vectorisable count for up to 32 distinct values,
+/// a branch-free binary search above), mapped to the first LUT index of that value. Double rows use
+/// nearest_code per entry.
+template <working_scalar T>
+struct nearest_coder {
+    std::vector<T> thresholds;
+    std::vector<std::uint8_t> first_index;
+    std::vector<std::int32_t> counts;
+};
+
+template <working_scalar T>
+void nearest_codes(std::span<const T> lut, std::span<const T> values, std::span<std::uint8_t> codes,
+                   nearest_coder<T>& coder) {
+    if constexpr (std::is_same_v<T, double>) {
+        for (std::size_t j = 0; j < values.size(); ++j) codes[j] = static_cast<std::uint8_t>(nearest_code(lut, values[j]));
+    } else {
+        coder.thresholds.clear();
+        coder.first_index.clear();
+        for (std::size_t k = 0; k < lut.size(); ++k) {
+            if (k > 0 && lut[k] == lut[k - 1]) continue;
+            if (k > 0) {
+                const double midpoint = 0.5 * (static_cast<double>(lut[k - 1]) + static_cast<double>(lut[k]));
+                float below = static_cast<float>(midpoint);
+                if (static_cast<double>(below) > midpoint) below = std::nextafter(below, -std::numeric_limits<float>::infinity());
+                coder.thresholds.push_back(below);
+            }
+            coder.first_index.push_back(static_cast<std::uint8_t>(k));
+        }
+        const std::size_t n = values.size();
+        const std::size_t steps = coder.thresholds.size();
+        coder.counts.assign(n, 0);
+        std::int32_t* count = coder.counts.data();
+        const float* v = values.data();
+        if (steps <= 32) {
+            for (std::size_t t = 0; t < steps; ++t) {
+                const float threshold = coder.thresholds[t];
+                for (std::size_t j = 0; j < n; ++j) count[j] += v[j] > threshold ? 1 : 0;
+            }
+        } else {
+            std::size_t span = 1;
+            while (span < steps + 1) span <<= 1;
+            coder.thresholds.resize(span - 1, std::numeric_limits<float>::infinity());
+            const float* t = coder.thresholds.data();
+            for (std::size_t j = 0; j < n; ++j) {
+                std::size_t position = 0;
+                for (std::size_t step = span >> 1; step > 0; step >>= 1)
+                    position += t[position + step - 1] < v[j] ? step : 0;
+                count[j] = static_cast<std::int32_t>(position);
+            }
+        }
+        for (std::size_t j = 0; j < n; ++j) codes[j] = coder.first_index[static_cast<std::size_t>(count[j])];
+    }
+}
+
 template <working_scalar T>
 struct quantize_scratch {
     std::vector<double> sensitivity;
     std::vector<T> dense_values;
     std::vector<double> dense_weights;
-    std::vector<std::uint8_t> extracted;
     std::vector<std::uint8_t> codes;
+    std::vector<T> reconstructed;
     std::vector<T> lut;
+    nearest_coder<T> coder;
 };
 
 inline double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -248,42 +306,56 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
     std::vector<quantize_scratch<T>> scratch(static_cast<std::size_t>(team));
     for (auto& s : scratch) {
         s.sensitivity.resize(static_cast<std::size_t>(cols));
-        s.extracted.assign(static_cast<std::size_t>(cols), 0);
         s.codes.resize(static_cast<std::size_t>(cols));
+        s.reconstructed.resize(static_cast<std::size_t>(cols));
         s.lut.resize(levels);
     }
 
     parallel_for(rows, threads, [&](Eigen::Index i, int thread) {
         auto& s = scratch[static_cast<std::size_t>(thread)];
         const auto row = static_cast<std::size_t>(i);
-        const T* values = w.data() + i * w.outerStride();
+        const auto n = static_cast<std::size_t>(cols);
+        const std::span<const T> values(w.data() + i * w.outerStride(), n);
         provider.fill_row(i, std::span<double>(s.sensitivity));
         const auto positions = selection.row(i);
-        for (auto j : positions) s.extracted[static_cast<std::size_t>(j)] = 1;
 
-        s.dense_values.clear();
-        s.dense_weights.clear();
-        for (std::size_t j = 0; j < static_cast<std::size_t>(cols); ++j)
-            if (s.extracted[j] == 0) {
+        // The dense entries (the row itself when nothing is extracted).
+        std::span<const T> dense_values = values;
+        std::span<const double> dense_weights(s.sensitivity);
+        if (!positions.empty()) {
+            s.dense_values.clear();
+            s.dense_weights.clear();
+            std::size_t next = 0;
+            for (std::size_t j = 0; j < n; ++j) {
+                if (next < positions.size() && static_cast<std::size_t>(positions[next]) == j) {
+                    ++next;
+                    continue;
+                }
                 s.dense_values.push_back(values[j]);
                 s.dense_weights.push_back(s.sensitivity[j]);
             }
+            dense_values = s.dense_values;
+            dense_weights = s.dense_weights;
+        }
 
         // Codebook, rounded to the storage format (rounding keeps the order, so the LUT stays sorted).
         std::fill(s.lut.begin(), s.lut.end(), T(0));
-        if (!s.dense_values.empty()) {
+        if (!dense_values.empty()) {
             if (config.codebook == codebook_method::kmeans) {
                 kmeans_options options = config.kmeans;
                 options.seed = row_seed(config.kmeans.seed, i);
-                const auto clustered = weighted_kmeans(std::span<const T>(s.dense_values),
-                                                       std::span<const double>(s.dense_weights),
-                                                       static_cast<int>(levels), options);
+                const auto clustered = weighted_kmeans(dense_values, dense_weights, static_cast<int>(levels), options);
                 std::copy(clustered.centroids.begin(), clustered.centroids.end(), s.lut.begin());
             } else {
-                const auto [low, high] = std::minmax_element(s.dense_values.begin(), s.dense_values.end());
-                const double step = (static_cast<double>(*high) - static_cast<double>(*low)) / static_cast<double>(levels - 1);
+                T low = dense_values[0];
+                T high = dense_values[0];
+                for (const T v : dense_values) {  // written so that it vectorises (values are finite)
+                    low = v < low ? v : low;
+                    high = v > high ? v : high;
+                }
+                const double step = (static_cast<double>(high) - static_cast<double>(low)) / static_cast<double>(levels - 1);
                 for (std::size_t k = 0; k < levels; ++k)
-                    s.lut[k] = static_cast<T>(static_cast<double>(*low) + static_cast<double>(k) * step);
+                    s.lut[k] = static_cast<T>(static_cast<double>(low) + static_cast<double>(k) * step);
             }
         }
         for (std::size_t k = 0; k < levels; ++k) {
@@ -295,29 +367,42 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
         std::copy(s.lut.begin(), s.lut.end(), lut.data() + i * static_cast<Eigen::Index>(levels));
         const std::span<const T> table(s.lut);
 
+        // Codes: nearest LUT entry for every entry; then the extracted ones get an exact residual.
+        nearest_codes(table, values, std::span<std::uint8_t>(s.codes), s.coder);
+        for (std::size_t j = 0; j < n; ++j) s.reconstructed[j] = table[s.codes[j]];
         row_outcome outcome;
         const auto first = static_cast<std::size_t>(selection.row_ptr[row]);
-        std::size_t next_extracted = 0;
-        for (std::size_t j = 0; j < static_cast<std::size_t>(cols); ++j) {
-            const T value = values[j];
-            T reconstructed;
-            if (s.extracted[j] == 0) {
-                const unsigned code = nearest_code(table, value);
-                s.codes[j] = static_cast<std::uint8_t>(code);
-                reconstructed = table[code];
-            } else {
-                const auto chosen = exact_sparse_code(table, value);
-                s.codes[j] = static_cast<std::uint8_t>(chosen.code);
-                sparse_values[first + next_extracted++] = chosen.residual;
-                reconstructed = static_cast<T>(table[chosen.code] + chosen.residual);
-                if (!chosen.exact) ++outcome.inexact;
-            }
-            const double d = static_cast<double>(value) - static_cast<double>(reconstructed);
-            outcome.squared += d * d;
-            outcome.weighted += s.sensitivity[j] * d * d;
-            outcome.reference += static_cast<double>(value) * static_cast<double>(value);
+        for (std::size_t k = 0; k < positions.size(); ++k) {
+            const auto j = static_cast<std::size_t>(positions[k]);
+            const auto chosen = exact_sparse_code(table, values[j]);
+            s.codes[j] = static_cast<std::uint8_t>(chosen.code);
+            sparse_values[first + k] = chosen.residual;
+            s.reconstructed[j] = static_cast<T>(table[chosen.code] + chosen.residual);
+            if (!chosen.exact) ++outcome.inexact;
         }
-        for (auto j : positions) s.extracted[static_cast<std::size_t>(j)] = 0;
+        // Error sums in four fixed lanes (vectorisable, and the same order for any thread count).
+        double weighted[4] = {0, 0, 0, 0};
+        double squared[4] = {0, 0, 0, 0};
+        double reference[4] = {0, 0, 0, 0};
+        std::size_t j = 0;
+        for (; j + 4 <= n; j += 4)
+            for (std::size_t lane = 0; lane < 4; ++lane) {
+                const double v = static_cast<double>(values[j + lane]);
+                const double d = v - static_cast<double>(s.reconstructed[j + lane]);
+                squared[lane] += d * d;
+                weighted[lane] += s.sensitivity[j + lane] * d * d;
+                reference[lane] += v * v;
+            }
+        for (; j < n; ++j) {
+            const double v = static_cast<double>(values[j]);
+            const double d = v - static_cast<double>(s.reconstructed[j]);
+            squared[0] += d * d;
+            weighted[0] += s.sensitivity[j] * d * d;
+            reference[0] += v * v;
+        }
+        outcome.weighted = (weighted[0] + weighted[1]) + (weighted[2] + weighted[3]);
+        outcome.squared = (squared[0] + squared[1]) + (squared[2] + squared[3]);
+        outcome.reference = (reference[0] + reference[1]) + (reference[2] + reference[3]);
         pack(std::span<const std::uint8_t>(s.codes), bits, std::span<std::uint8_t>(packed).subspan(row * stride, stride));
         outcomes[row] = outcome;
     });

@@ -7,6 +7,8 @@
 #include "inspect.hpp"
 #include "quantize_command.hpp"
 
+#include <compare_methods.hpp>  // examples/: the demo the README's main-job command runs
+
 #include <sqz/io.hpp>
 #include <sqz/version.hpp>
 
@@ -14,6 +16,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <iostream>
 #include <string>
 
 int main(int argc, char** argv) {
@@ -54,6 +57,21 @@ int main(int argc, char** argv) {
     quantize->add_option("--kmeans", q.kmeans, "exact (optimal) or lloyd")->check(CLI::IsMember({"exact", "lloyd"}))->capture_default_str();
     quantize->add_option("--threads", q.threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
 
+    sqz::examples::compare_options demo_options;
+    std::string demo_lut = "fp16", demo_kmeans = "exact";
+    auto* demo = app.add_subcommand("demo", "The built-in default run: RTN vs k-means vs SqueezeLLM vs dense-and-sparse on a "
+                                            "4096 x 4096 LLaMA-7B-like matrix (no files needed)");
+    demo->add_option("--rows", demo_options.rows, "rows of the demo matrix")->check(CLI::PositiveNumber)->capture_default_str();
+    demo->add_option("--cols", demo_options.cols, "columns of the demo matrix")->check(CLI::PositiveNumber)->capture_default_str();
+    demo->add_option("--bits", demo_options.bits, "bit widths, one table each")->delimiter(',')->check(CLI::Range(1, 8))->capture_default_str();
+    demo->add_option("--seed", demo_options.seed, "seed of the weights (the sensitivity uses seed + 1)")->capture_default_str();
+    demo->add_option("--threads", demo_options.threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
+    demo->add_option("--lut", demo_lut, "codebook storage precision")->check(CLI::IsMember({"fp16", "fp32"}))->capture_default_str();
+    demo->add_option("--kmeans", demo_kmeans, "exact or lloyd")->check(CLI::IsMember({"exact", "lloyd"}))->capture_default_str();
+    demo->add_option("--wide-cols", demo_options.wide_cols, "also time 4-bit quantization of rows x N (0 skips it)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+
     std::string convert_input, convert_output, convert_to;
     auto* convert = app.add_subcommand("convert", "Convert between sqz quantized files and SqueezeLLM reference checkpoints");
     convert->add_option("INPUT", convert_input, "input safetensors file")->required();
@@ -73,6 +91,11 @@ int main(int argc, char** argv) {
     try {
         if (*inspect) return sqz::cli::inspect(inspect_path);
         if (*quantize) return sqz::cli::quantize_model(q);
+        if (*demo) {
+            demo_options.format = demo_lut == "fp32" ? sqz::lut_format::fp32 : sqz::lut_format::fp16;
+            demo_options.method = demo_kmeans == "lloyd" ? sqz::kmeans_method::lloyd : sqz::kmeans_method::exact;
+            return sqz::examples::run_compare_methods(demo_options, std::cout);
+        }
         if (*convert) {
             if (convert_to == "squeezellm") {
                 sqz::io::squeezellm::export_checkpoint(sqz::io::quantized_reader(convert_input), convert_output);

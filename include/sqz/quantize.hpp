@@ -14,9 +14,10 @@
 //     dense entry gets an all-zero LUT. Centroids are rounded to the LUT's storage format (fp16, or fp32
 //     also for double matrices), so the stored LUT is exactly the one codes and residuals were made with;
 //  3. codes: every dense entry gets its nearest LUT entry (the lowest index among equally near ones);
-//  4. every extracted entry w gets the nearest LUT entry c for which D + S reproduces w exactly in T,
-//     fl(c + r) == w, with r = fl(w - c) or, when that is off by rounding, an adjacent float. Such a c
-//     exists unless w is far smaller in magnitude than every LUT entry of its row and has more
+//  4. every extracted entry w gets, nearest first, a LUT entry c with residual r such that D + S
+//     reproduces w: preferably c + r == w exactly as real numbers (r = w - c is a float, so the sum is
+//     exact in any precision), otherwise fl(c + r) == w in T, with r = fl(w - c) or an adjacent float. Such
+//     a c exists unless w is far smaller in magnitude than every LUT entry of its row and has more
 //     significant bits than fit beside them (e.g. w = 1e-30 with centroids near 1); there the entry with
 //     the smallest reconstruction error is used and the report counts it in inexact_sparse;
 //  5. S_ij = r at the extracted positions (CSR), codes packed canonically.
@@ -33,6 +34,7 @@
 #include <sqz/types.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -136,42 +138,64 @@ struct sparse_code {
     bool exact = false;
 };
 
-/// The code and residual for an extracted entry w: the nearest LUT entry c (then the next nearest, ...)
-/// for which fl(c + r) == w with r = fl(w - c) or one of its two neighbouring floats. Falls back to the
-/// candidate with the smallest |fl(c + r) - w| (nearest first on ties) when no entry reproduces w.
+/// Whether c + r == w holds exactly as a real sum (so in any precision at least T's), by Knuth's
+/// error-free TwoSum in T.
+template <working_scalar T>
+bool sums_exactly(T c, T r, T w) noexcept {
+    const T sum = c + r;
+    if (sum != w) return false;
+    const T r_part = sum - c;
+    const T c_part = sum - r_part;
+    return (c - c_part) + (r - r_part) == T(0);
+}
+
+/// The code and residual for an extracted entry w, trying LUT entries nearest first (ties: lower index):
+///  1. the first c with c + fl(w - c) == w exactly as real numbers (then D + S == W in any precision);
+///  2. else the first c for which fl(c + r) == w in T, with r = fl(w - c) or one of its neighbouring floats;
+///  3. else the candidate with the smallest |fl(c + r) - w| (exact = false).
 template <working_scalar T>
 sparse_code<T> exact_sparse_code(std::span<const T> lut, T w) noexcept {
     const auto levels = static_cast<std::ptrdiff_t>(lut.size());
-    const auto start = static_cast<std::ptrdiff_t>(nearest_code(lut, w));
-    std::ptrdiff_t below = start - 1;
-    std::ptrdiff_t above = start + 1;
-    std::ptrdiff_t current = start;
+    // The LUT indices in order of distance from w.
+    std::array<std::uint8_t, 256> order{};
+    {
+        std::ptrdiff_t below = static_cast<std::ptrdiff_t>(nearest_code(lut, w));
+        std::ptrdiff_t above = below + 1;
+        order[0] = static_cast<std::uint8_t>(below--);
+        for (std::ptrdiff_t k = 1; k < levels; ++k) {
+            if (below < 0) {
+                order[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(above++);
+            } else if (above >= levels) {
+                order[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(below--);
+            } else {
+                const double d_below = std::abs(static_cast<double>(w) - static_cast<double>(lut[static_cast<std::size_t>(below)]));
+                const double d_above = std::abs(static_cast<double>(lut[static_cast<std::size_t>(above)]) - static_cast<double>(w));
+                order[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(d_below <= d_above ? below-- : above++);
+            }
+        }
+    }
+    for (std::ptrdiff_t k = 0; k < levels; ++k) {
+        const unsigned code = order[static_cast<std::size_t>(k)];
+        const T c = lut[code];
+        const T r = w - c;
+        if (sums_exactly(c, r, w)) return {code, r, true};
+    }
     sparse_code<T> best;
     double best_error = std::numeric_limits<double>::infinity();
     constexpr T infinity = std::numeric_limits<T>::infinity();
-    for (std::ptrdiff_t visited = 0; visited < levels; ++visited) {
-        const T c = lut[static_cast<std::size_t>(current)];
+    for (std::ptrdiff_t k = 0; k < levels; ++k) {
+        const unsigned code = order[static_cast<std::size_t>(k)];
+        const T c = lut[code];
         const T r = w - c;
         for (const T candidate : {r, std::nextafter(r, -infinity), std::nextafter(r, infinity)}) {
             if (!std::isfinite(candidate)) continue;
             const T back = c + candidate;
-            if (back == w) return {static_cast<unsigned>(current), candidate, true};
+            if (back == w) return {code, candidate, true};
             const double error = std::abs(static_cast<double>(back) - static_cast<double>(w));
             if (error < best_error) {
                 best_error = error;
-                best = {static_cast<unsigned>(current), candidate, false};
+                best = {code, candidate, false};
             }
-        }
-        // Next candidate: the nearer of the two frontiers (the lower one on ties).
-        if (below < 0 && above >= levels) break;
-        if (below < 0) {
-            current = above++;
-        } else if (above >= levels) {
-            current = below--;
-        } else {
-            const double d_below = std::abs(static_cast<double>(w) - static_cast<double>(lut[static_cast<std::size_t>(below)]));
-            const double d_above = std::abs(static_cast<double>(lut[static_cast<std::size_t>(above)]) - static_cast<double>(w));
-            current = d_below <= d_above ? below-- : above++;
         }
     }
     return best;

@@ -77,7 +77,8 @@ struct quantization_report {
     double bits_per_weight = 0.0;
     double seconds = 0.0;            ///< wall time of the whole quantize call (quantize only)
     double split_seconds = 0.0;      ///< of which choosing the sparse positions
-    double codebook_seconds = 0.0;   ///< of which codebooks, codes and residuals
+    double codebook_seconds = 0.0;   ///< of which codebooks, codes, residuals and packing (the rest of
+                                     ///< `seconds` is input validation and assembling the result)
 };
 
 template <working_scalar T, int Bits = dynamic_bits>
@@ -302,9 +303,12 @@ inline double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+/// The quantizer on a validated config and shape. With check_rows, W and the sensitivity are checked row
+/// by row inside the row loop (the dense-only case, where nothing reads them before); otherwise the caller
+/// has checked them.
 template <int Bits, working_scalar T, class Provider>
 quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matrix<T>>& w, const Provider& provider,
-                                                const quantize_config& config,
+                                                const quantize_config& config, bool check_rows,
                                                 std::chrono::steady_clock::time_point start) {
     const Eigen::Index rows = w.rows();
     const Eigen::Index cols = w.cols();
@@ -312,6 +316,7 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
     const auto levels = static_cast<std::size_t>(1u << bits);
     const int threads = config.threads;
 
+    const auto split_start = std::chrono::steady_clock::now();
     const split_options& split = config.split;
     const bool any_split = split.sensitive_fraction > 0.0 || split.outlier_fraction > 0.0 || split.iqr_range > 0.0;
     sparse_selection selection;
@@ -319,7 +324,8 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
     selection.cols = cols;
     selection.row_ptr.assign(static_cast<std::size_t>(rows) + 1, 0);
     if (any_split) selection = select_sparse_validated<T>(w, &provider, split, threads);
-    const double split_seconds = seconds_since(start);
+    const double split_seconds = seconds_since(split_start);
+    const auto codebook_start = std::chrono::steady_clock::now();
 
     const auto stride = packed_size(static_cast<std::size_t>(cols), bits);
     row_matrix<T> lut(rows, static_cast<Eigen::Index>(levels));
@@ -341,6 +347,10 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
         const auto n = static_cast<std::size_t>(cols);
         const std::span<const T> values(w.data() + i * w.outerStride(), n);
         provider.fill_row(i, std::span<double>(s.sensitivity));
+        if (check_rows) {
+            check_finite_row(values, i, "sqz::quantize", "W");
+            check_sensitivity_row(s.sensitivity, i, "sqz::quantize");
+        }
         const auto positions = selection.row(i);
 
         // The dense entries (the row itself when nothing is extracted).
@@ -431,6 +441,7 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
         outcomes[row] = outcome;
     });
 
+    const auto codebook_end = std::chrono::steady_clock::now();
     auto sparse = make_csr<T>(rows, cols, selection.row_ptr, selection.col_idx, sparse_values);
     quantization_result<T, Bits> result{
         quantized_matrix<T, Bits>(rows, cols, bits, std::move(lut), std::move(packed), std::move(sparse), config.format),
@@ -458,8 +469,8 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
     report.storage = result.matrix.storage_bytes();
     report.bits_per_weight = result.matrix.bits_per_weight();
     report.split_seconds = split_seconds;
+    report.codebook_seconds = std::chrono::duration<double>(codebook_end - codebook_start).count();
     report.seconds = seconds_since(start);
-    report.codebook_seconds = report.seconds - split_seconds;
     return result;
 }
 
@@ -485,10 +496,15 @@ quantization_result<typename DW::Scalar, Bits> quantize_with_report(const Eigen:
     const Eigen::Ref<const row_matrix<T>> w(w_in.derived());
     detail::require(w.cols() <= Eigen::Index{std::numeric_limits<std::int32_t>::max()}, where, ": cols = ", w.cols(),
                     " exceeds the int32 column index range");
-    detail::validate_finite_rows<T>(w, where, "W", config.threads);
+    // The split reads all of W and the sensitivity first, so they are checked up front; dense-only
+    // quantization checks each row as it reaches it (the lowest failing row is reported either way).
+    const split_options& split = config.split;
+    const bool check_first = split.sensitive_fraction > 0.0 || split.outlier_fraction > 0.0 || split.iqr_range > 0.0;
+    if (check_first) detail::validate_finite_rows<T>(w, where, "W", config.threads);
     return detail::with_provider(sensitivity, [&](const auto& provider) {
-        detail::validate_sensitivity(provider, w.rows(), w.cols(), where, config.threads);
-        return detail::quantize_validated<Bits, T>(w, provider, config, start);
+        detail::require_sensitivity_shape(provider, w.rows(), w.cols(), where);
+        if (check_first) detail::validate_sensitivity(provider, w.rows(), w.cols(), where, config.threads);
+        return detail::quantize_validated<Bits, T>(w, provider, config, !check_first, start);
     });
 }
 

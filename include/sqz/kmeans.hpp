@@ -170,13 +170,12 @@ struct prefix_sums {
 /// neighbours. Cells above `bound` cannot lie on an optimal path; once one is found, the cells right of it
 /// are skipped (D is non-decreasing in j).
 struct layer_solver {
-    static constexpr std::size_t sweep_candidates = 16;  // measured: 8..16 is fastest
+    static constexpr std::size_t sweep_candidates = 8;  // measured: 8 to 16 is fastest
     prefix_sums s;
     const double* reduced;
     double* value;                      // D of this layer, indexed by j
     std::uint32_t* choice;              // minimiser of this layer, indexed by j
     const std::uint32_t* lower;         // previous layer's minimisers, indexed by j; null for layer 2
-    std::size_t lower_reach;            // lower[j] is known for j <= lower_reach
     double bound;
     mutable std::size_t first_pruned;   // leftmost cell found beyond the bound; every cell left of it is set
 
@@ -254,47 +253,57 @@ struct layer_solver {
         return {best, best_a};
     }
 
-    std::size_t lower_at(std::size_t j) const { return lower[std::min(j, lower_reach)]; }
-
-    /// Every cell j in [j_begin, j_end) by trying each candidate in [a_begin, a_end] (within the cell's
-    /// own bounds): once the candidates are few, this beats halving further. Vectorised over j.
+    /// Every cell j in [j_begin, j_end) by trying each candidate in [a_begin, a_end]: once the candidates
+    /// are few, this beats halving further. Vectorised over four consecutive cells, which share the
+    /// candidates from the first cell's lower bound (a wider range than the others' own bounds, so the
+    /// same minimum) up to j - 1; the last three candidates are masked per cell (a < j).
     void sweep(std::size_t j_begin, std::size_t j_end, std::size_t a_begin, std::size_t a_end) const {
-        std::size_t j = j_begin;
 #if defined(__AVX2__)
-        for (; j + 4 <= j_end || (j < j_end && j_end - j_begin >= 4); j += 4) {
-            if (j + 4 > j_end) j = j_end - 4;  // the last block may overlap the previous one
-            const __m256d w_j = _mm256_loadu_pd(s.s0 + j);
-            const __m256d wy_j = _mm256_loadu_pd(s.s1 + j);
-            const std::size_t first = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
-            const std::size_t last = std::min(a_end, j + 2);  // lane 3 (cell j + 3) allows a <= j + 2
-            __m256d from = _mm256_set1_pd(static_cast<double>(a_begin));
-            if (lower != nullptr)
-                from = _mm256_max_pd(from, _mm256_setr_pd(static_cast<double>(lower_at(j)), static_cast<double>(lower_at(j + 1)),
-                                                          static_cast<double>(lower_at(j + 2)), static_cast<double>(lower_at(j + 3))));
-            const __m256d to = _mm256_min_pd(_mm256_set1_pd(static_cast<double>(a_end)),
-                                             _mm256_setr_pd(static_cast<double>(j) - 1, static_cast<double>(j),
-                                                            static_cast<double>(j) + 1, static_cast<double>(j) + 2));
-            __m256d best = _mm256_set1_pd(std::numeric_limits<double>::infinity());
-            __m256d at = from;
-            for (std::size_t a = first; a <= last; ++a) {
-                const __m256d index = _mm256_set1_pd(static_cast<double>(a));
-                const __m256d w = _mm256_sub_pd(w_j, _mm256_set1_pd(s.s0[a]));
-                const __m256d wy = _mm256_sub_pd(wy_j, _mm256_set1_pd(s.s1[a]));
-                const __m256d v = _mm256_sub_pd(_mm256_set1_pd(reduced[a]), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
-                const __m256d valid = _mm256_and_pd(_mm256_cmp_pd(index, from, _CMP_GE_OQ), _mm256_cmp_pd(index, to, _CMP_LE_OQ));
-                const __m256d better = _mm256_and_pd(valid, _mm256_cmp_pd(v, best, _CMP_LT_OQ));
-                best = _mm256_blendv_pd(best, v, better);
-                at = _mm256_blendv_pd(at, index, better);
+        if (j_end - j_begin >= 4) {
+            const __m256d one = _mm256_set1_pd(1);
+            const __m256d lane = _mm256_setr_pd(0, 1, 2, 3);
+            for (std::size_t block = j_begin; block < j_end; block += 4) {
+                const std::size_t j = std::min(block, j_end - 4);  // the last block may overlap the previous one
+                const std::size_t first = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
+                const std::size_t last = std::min(a_end, j + 2);
+                const __m256d w_j = _mm256_loadu_pd(s.s0 + j);
+                const __m256d wy_j = _mm256_loadu_pd(s.s1 + j);
+                __m256d best = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+                __m256d at = _mm256_setzero_pd();
+                __m256d index = _mm256_set1_pd(static_cast<double>(first));
+                std::size_t a = first;
+                const auto candidate = [&](std::size_t c) {
+                    const __m256d w = _mm256_sub_pd(w_j, _mm256_broadcast_sd(s.s0 + c));
+                    const __m256d wy = _mm256_sub_pd(wy_j, _mm256_broadcast_sd(s.s1 + c));
+                    return _mm256_sub_pd(_mm256_broadcast_sd(reduced + c), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
+                };
+                for (const std::size_t shared = std::min(last, j - 1); a <= shared; ++a) {
+                    const __m256d v = candidate(a);
+                    const __m256d better = _mm256_cmp_pd(v, best, _CMP_LT_OQ);
+                    best = _mm256_blendv_pd(best, v, better);
+                    at = _mm256_blendv_pd(at, index, better);
+                    index = _mm256_add_pd(index, one);
+                }
+                for (; a <= last; ++a) {  // a >= j: only cells j + 1 + (a - j) and up may use it
+                    const __m256d v = candidate(a);
+                    const __m256d allowed = _mm256_cmp_pd(lane, _mm256_set1_pd(static_cast<double>(a - j)), _CMP_GT_OQ);
+                    const __m256d better = _mm256_and_pd(allowed, _mm256_cmp_pd(v, best, _CMP_LT_OQ));
+                    best = _mm256_blendv_pd(best, v, better);
+                    at = _mm256_blendv_pd(at, index, better);
+                    index = _mm256_add_pd(index, one);
+                }
+                const __m256d result = _mm256_add_pd(_mm256_loadu_pd(s.s2 + j), best);
+                _mm256_storeu_pd(value + j, result);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(choice + j), _mm256_cvttpd_epi32(at));
+                const int beyond = _mm256_movemask_pd(_mm256_cmp_pd(result, _mm256_set1_pd(bound), _CMP_GT_OQ));
+                if (beyond != 0)
+                    first_pruned = std::min(first_pruned, j + static_cast<std::size_t>(std::countr_zero(static_cast<unsigned>(beyond))));
             }
-            const __m256d result = _mm256_add_pd(_mm256_loadu_pd(s.s2 + j), best);
-            _mm256_storeu_pd(value + j, result);
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(choice + j), _mm256_cvttpd_epi32(at));
-            const int beyond = _mm256_movemask_pd(_mm256_cmp_pd(result, _mm256_set1_pd(bound), _CMP_GT_OQ));
-            if (beyond != 0) first_pruned = std::min(first_pruned, j + static_cast<std::size_t>(std::countr_zero(static_cast<unsigned>(beyond))));
+            return;
         }
 #endif
-        for (; j < j_end; ++j) {
-            const std::size_t first = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
+        for (std::size_t j = j_begin; j < j_end; ++j) {
+            const std::size_t first = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
             const std::size_t last = std::min(a_end, j - 1);
             double best = g(first, j);
             std::size_t best_a = first;
@@ -319,7 +328,7 @@ struct layer_solver {
                 return;
             }
             const std::size_t j = j_begin + (j_end - j_begin) / 2;
-            const std::size_t lo = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
+            const std::size_t lo = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
             const auto [best, best_a] = scan(j, lo, std::min(a_end, j - 1));
             value[j] = s.s2[j] + best;
             choice[j] = static_cast<std::uint32_t>(best_a);
@@ -376,8 +385,11 @@ struct dp_direction {
             const std::size_t previous_reach = reach[l - 1];
             for (std::size_t a = l - 1; a <= previous_reach; ++a) reduced[a] = value[a] - s.s2[a];
             const std::size_t j_last = m - (k - l);
-            layer_solver solver{s, reduced.data(), next_value.data(), choice.data() + (l - 2) * stride,
-                                l >= 3 ? choice.data() + (l - 3) * stride : nullptr, previous_reach, bound, j_last + 1};
+            std::uint32_t* lower = l >= 3 ? choice.data() + (l - 3) * stride : nullptr;
+            if (lower != nullptr)  // beyond its reach, the previous layer's last minimiser is still a lower bound
+                std::fill(lower + previous_reach + 1, lower + j_last + 1, lower[previous_reach]);
+            layer_solver solver{s, reduced.data(), next_value.data(), choice.data() + (l - 2) * stride, lower, bound,
+                                j_last + 1};
             // Minimisers never exceed the previous layer's reach: a cell within the bound has its
             // (l - 1)-cluster prefix within the bound too.
             solver.solve(l, j_last + 1, l - 1, previous_reach);
@@ -389,6 +401,17 @@ struct dp_direction {
     }
 };
 
+/// Scratch memory of the Lloyd solver (kept in the per-thread workspace).
+struct lloyd_scratch {
+    struct move_record {
+        double saving;
+        std::size_t cell, at;
+    };
+    std::vector<double> centre, cell, saved_centre;
+    std::vector<std::uint32_t> start, moved_start, saved_boundaries;
+    std::vector<move_record> splits, merges, pairs;
+};
+
 /// Greedy weighted k-means++ seeding and Lloyd iterations on sorted groups y (ascending, shifted) with
 /// prefix sums s. Cells are intervals between midpoints of sorted centres, found by binary search, and
 /// their costs come from the prefix sums, so an iteration costs O(k log m).
@@ -396,9 +419,10 @@ struct lloyd_solver {
     const double* y;
     prefix_sums s;
     std::size_t m;
-    std::vector<double>& centre;       // sorted
-    std::vector<std::uint32_t>& start;  // cell c is groups [start[c], start[c + 1])
-    std::vector<double>& cell;         // cell costs
+    lloyd_scratch& scratch;
+    std::vector<double>& centre = scratch.centre;       // sorted
+    std::vector<std::uint32_t>& start = scratch.start;  // cell c is groups [start[c], start[c + 1])
+    std::vector<double>& cell = scratch.cell;           // cell costs
 
     std::size_t first_at_least(double c) const {
         return static_cast<std::size_t>(std::lower_bound(y, y + m, c) - y);
@@ -518,6 +542,98 @@ struct lloyd_solver {
         recompute_cells();
         return total();
     }
+
+    /// Lloyd stops in local optima where one cell spans two natural clusters while two neighbouring
+    /// cells share one. A split-and-merge move fixes that: split a cell at its best 2-split point and merge
+    /// an adjacent pair of other cells, then run Lloyd again; the moves are tried in order of estimated
+    /// net saving and the first that lowers the cost is kept. `cost` is the current total; returns the
+    /// improved one.
+    /// A good 2-split of groups [a, b) (b - a >= 2): 2-means by Lloyd, from a split at the weighted mean.
+    std::size_t two_means_split(std::size_t a, std::size_t b) const {
+        const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
+        std::size_t t = clamp_split(static_cast<std::size_t>(
+            std::lower_bound(y + a, y + b, (s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a])) - y));
+        for (int iteration = 0; iteration < 16; ++iteration) {
+            const double left = (s.s1[t] - s.s1[a]) / (s.s0[t] - s.s0[a]);
+            const double right = (s.s1[b] - s.s1[t]) / (s.s0[b] - s.s0[t]);
+            const std::size_t next = clamp_split(static_cast<std::size_t>(std::lower_bound(y + a, y + b, 0.5 * (left + right)) - y));
+            if (next == t) break;
+            t = next;
+        }
+        return t;
+    }
+
+    double split_and_merge(int rounds, int max_iterations, double cost) {
+        const std::size_t k = centre.size();
+        if (k < 3) return cost;
+        using move = lloyd_scratch::move_record;
+        auto& splits = scratch.splits;
+        auto& merges = scratch.merges;
+        auto& pairs = scratch.pairs;
+        auto& saved_centre = scratch.saved_centre;
+        auto& saved_boundaries = scratch.saved_boundaries;
+        auto& moved_start = scratch.moved_start;
+        constexpr std::size_t candidates = 2, tries = 2;
+        for (int round = 0; round < rounds; ++round) {
+            splits.clear();
+            merges.clear();
+            for (std::size_t c = 0; c < k; ++c) {
+                const std::size_t a = start[c], b = start[c + 1];
+                if (b - a < 2) continue;
+                const std::size_t t = two_means_split(a, b);
+                splits.push_back({s.interval_cost(a, b) - (s.interval_cost(a, t) + s.interval_cost(t, b)), c, t});
+            }
+            for (std::size_t c = 0; c + 1 < k; ++c)
+                merges.push_back({-(s.interval_cost(start[c], start[c + 2]) - s.interval_cost(start[c], start[c + 1]) -
+                                    s.interval_cost(start[c + 1], start[c + 2])),
+                                  c, 0});
+            const auto larger = [](const move& x, const move& y) { return x.saving > y.saving; };
+            const std::size_t split_count = std::min(candidates, splits.size());
+            const std::size_t merge_count = std::min(candidates + 2, merges.size());
+            std::partial_sort(splits.begin(), splits.begin() + static_cast<std::ptrdiff_t>(split_count), splits.end(), larger);
+            std::partial_sort(merges.begin(), merges.begin() + static_cast<std::ptrdiff_t>(merge_count), merges.end(), larger);
+            pairs.clear();
+            for (std::size_t i = 0; i < split_count; ++i)
+                for (std::size_t j = 0; j < merge_count; ++j) {
+                    const move& sp = splits[i];
+                    const move& me = merges[j];
+                    if (me.cell == sp.cell || me.cell + 1 == sp.cell) continue;
+                    // Estimated net saving: Lloyd after the move often gains more, so a few moves are tried
+                    // even when the estimate is negative.
+                    pairs.push_back({sp.saving + me.saving, i, j});
+                }
+            std::sort(pairs.begin(), pairs.end(), larger);
+            saved_centre = centre;
+            saved_boundaries = start;
+            bool improved = false;
+            for (std::size_t p = 0; p < std::min(pairs.size(), tries); ++p) {
+                const move& pair = pairs[p];
+                const move& sp = splits[pair.cell];
+                const move& me = merges[pair.at];
+                moved_start.clear();
+                for (std::size_t c = 1; c < k; ++c)
+                    if (c != me.cell + 1) moved_start.push_back(saved_boundaries[c]);
+                moved_start.insert(std::upper_bound(moved_start.begin(), moved_start.end(), static_cast<std::uint32_t>(sp.at)),
+                                   static_cast<std::uint32_t>(sp.at));
+                for (std::size_t c = 0; c < k; ++c) {
+                    const std::size_t a = c == 0 ? 0 : moved_start[c - 1], b = c + 1 == k ? m : moved_start[c];
+                    centre[c] = std::clamp((s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]), y[a], y[b - 1]);
+                }
+                recompute_cells();
+                const double moved_cost = iterate(max_iterations);
+                if (moved_cost < cost) {
+                    cost = moved_cost;
+                    improved = true;
+                    break;
+                }
+                centre = saved_centre;
+                recompute_cells();
+            }
+            if (!improved) break;
+        }
+        return cost;
+    }
+
 };
 
 /// Per-thread scratch memory, grown on demand and reused across rows (no allocation per row once warm).
@@ -531,8 +647,8 @@ struct workspace {
     std::vector<double> value, weight, shifted;  // positive-weight groups, ascending; shifted = value - pivot
     dp_direction forward, backward;              // forward.s0..s2 are the prefix sums of the groups
     std::vector<std::uint32_t> cluster_end;      // cluster c is groups [cluster_end[c - 1], cluster_end[c])
-    std::vector<double> centre, best_centre, cell;  // lloyd
-    std::vector<std::uint32_t> start;
+    lloyd_scratch lloyd;
+    std::vector<double> best_centre;
     std::vector<T> threshold;                  // labels: x >= threshold[i] means past distinct centroid i
     std::vector<std::uint8_t> distinct_first;  // first index of each distinct centroid
 };
@@ -610,7 +726,7 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     const std::size_t left_layers = k / 2, right_layers = k - left_layers;
     double bound = std::numeric_limits<double>::infinity();
     if (k >= 4) {
-        lloyd_solver lloyd{ws.shifted.data(), s, m, ws.centre, ws.start, ws.cell};
+        lloyd_solver lloyd{ws.shifted.data(), s, m, ws.lloyd};
         synthetic::rng random(0x9e3779b97f4a7c15ull);
         lloyd.seed(random, k);
         // Slack for rounding: cell costs come from differences of prefix sums.
@@ -648,19 +764,22 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     ws.cluster_end[k - 1] = static_cast<std::uint32_t>(m);
 }
 
+/// Rounds of split-and-merge moves after Lloyd converges (each keeps the first of a few moves that helps).
+inline constexpr int split_merge_rounds = 16;
+
 /// Lloyd's method on the m > k >= 2 positive-weight groups: `restarts` runs from greedy k-means++ seeds;
 /// fills ws.best_centre with the k sorted centres (shifted) of the cheapest run.
 template <class Workspace>
 void lloyd_partition(Workspace& ws, std::size_t m, std::size_t k, const kmeans_options& options) {
-    lloyd_solver lloyd{ws.shifted.data(), ws.forward.sums(), m, ws.centre, ws.start, ws.cell};
+    lloyd_solver lloyd{ws.shifted.data(), ws.forward.sums(), m, ws.lloyd};
     synthetic::rng random(options.seed);
     double best = std::numeric_limits<double>::infinity();
     for (int restart = 0; restart < std::max(1, options.restarts); ++restart) {
         lloyd.seed(random, k);
-        const double cost = lloyd.iterate(options.max_iterations);
+        const double cost = lloyd.split_and_merge(split_merge_rounds, options.max_iterations, lloyd.iterate(options.max_iterations));
         if (cost < best) {
             best = cost;
-            ws.best_centre = ws.centre;
+            ws.best_centre = ws.lloyd.centre;
         }
     }
 }

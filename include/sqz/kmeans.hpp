@@ -120,6 +120,22 @@ private:
     [[no_unique_address]] std::conditional_t<eigen_dense<C>, char, std::ranges::iterator_t<const C>> first_{};
 };
 
+/// The elements as a contiguous array when they are stored as one (vectors, spans, Eigen vectors and rows
+/// of row-major matrices), else null.
+template <class C>
+const element_t<C>* contiguous_data(const C& c) {
+    if constexpr (eigen_dense<C>) {
+        if constexpr ((C::Flags & Eigen::DirectAccessBit) != 0)
+            return c.innerStride() == 1 || c.size() <= 1 ? c.data() : nullptr;
+        else
+            return nullptr;
+    } else if constexpr (std::ranges::contiguous_range<const C>) {
+        return std::ranges::data(c);
+    } else {
+        return nullptr;
+    }
+}
+
 /// Sort key for a float or double whose unsigned order is the numeric order: 2^(b-1) + magnitude for
 /// positive values and 2^(b-1) - magnitude for negative ones. Both zeros map to 2^(b-1), so they merge, and
 /// trailing zero bits of the input survive (fp16 data in a float leaves 13 of them for the sort to skip).
@@ -424,10 +440,32 @@ struct lloyd_solver {
     std::vector<std::uint32_t>& start = scratch.start;  // cell c is groups [start[c], start[c + 1])
     std::vector<double>& cell = scratch.cell;           // cell costs
 
-    std::size_t first_at_least(double c) const {
-        return static_cast<std::size_t>(std::lower_bound(y, y + m, c) - y);
+    /// First group in [lo, hi] with y >= c, or hi.
+    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const {
+        return static_cast<std::size_t>(std::lower_bound(y + lo, y + hi, c) - y);
     }
-    std::size_t split(std::size_t c) const { return first_at_least(0.5 * (centre[c] + centre[c + 1])); }
+    /// First group with y >= c, by a galloping search from `hint` (boundaries move little between calls).
+    std::size_t first_at_least_near(double c, std::size_t hint) const {
+        hint = std::min(hint, m);
+        std::size_t step = 1;
+        if (hint < m && y[hint] < c) {  // the answer is in (hint, m]
+            std::size_t lo = hint + 1;   // y[lo - 1] < c
+            while (lo + step - 1 < m && y[lo + step - 1] < c) {
+                lo += step;
+                step *= 2;
+            }
+            return first_at_least(c, lo, std::min(m, lo + step - 1));
+        }
+        std::size_t hi = hint;  // hi == m or y[hi] >= c: the answer is in [0, hi]
+        while (hi >= step && y[hi - step] >= c) {
+            hi -= step;
+            step *= 2;
+        }
+        return first_at_least(c, hi >= step ? hi - step + 1 : 0, hi);
+    }
+    std::size_t split(std::size_t c, std::size_t hint) const {
+        return first_at_least_near(0.5 * (centre[c] + centre[c + 1]), hint);
+    }
 
     /// A group drawn with probability proportional to w (y - nearest centre)^2; m if none can be drawn.
     std::size_t sample(synthetic::rng& random, double total) const {
@@ -456,8 +494,10 @@ struct lloyd_solver {
         const bool has_left = at > 0, has_right = at < count;
         const std::size_t region_begin = has_left ? start[at - 1] : 0;
         const std::size_t region_end = has_right ? start[at + 1] : m;
-        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v)) : region_begin;
-        const std::size_t right_begin = has_right ? std::max(left_end, first_at_least(0.5 * (v + centre[at]))) : region_end;
+        // The new boundaries lie inside the region of the neighbouring cells.
+        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end) : region_begin;
+        const std::size_t right_begin =
+            has_right ? first_at_least(0.5 * (v + centre[at]), left_end, region_end) : region_end;
         double before = 0, after = s.cost_around(left_end, right_begin, v);
         if (has_left) {
             before += cell[at - 1];
@@ -470,14 +510,34 @@ struct lloyd_solver {
         return after - before;
     }
 
+    /// Cells of the current centres; the previous boundaries (when their count matches) are search hints.
     void recompute_cells() {
         const std::size_t count = centre.size();
+        const bool hinted = start.size() == count + 1;
         start.resize(count + 1);
         start[0] = 0;
         start[count] = static_cast<std::uint32_t>(m);
-        for (std::size_t c = 0; c + 1 < count; ++c) start[c + 1] = static_cast<std::uint32_t>(split(c));
+        for (std::size_t c = 0; c + 1 < count; ++c)
+            start[c + 1] = static_cast<std::uint32_t>(split(c, hinted ? start[c + 1] : m * (c + 1) / count));
         cell.resize(count);
         for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
+    }
+
+    /// Inserts centre v (not a centre yet) in sorted position, updating only the cells next to it.
+    void insert_centre(double v) {
+        const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
+        const std::size_t count = centre.size();
+        const std::size_t region_begin = at > 0 ? start[at - 1] : 0;
+        const std::size_t region_end = at < count ? start[at + 1] : m;
+        centre.insert(centre.begin() + static_cast<std::ptrdiff_t>(at), v);
+        start.insert(start.begin() + static_cast<std::ptrdiff_t>(at) + 1, static_cast<std::uint32_t>(at < count ? 0 : m));
+        cell.insert(cell.begin() + static_cast<std::ptrdiff_t>(at), 0.0);
+        // Now centre[at] = v; boundaries at and at + 1 are new, and inside the old region.
+        if (at > 0) start[at] = static_cast<std::uint32_t>(first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end));
+        if (at < count)
+            start[at + 1] = static_cast<std::uint32_t>(first_at_least(0.5 * (v + centre[at + 1]), start[at], region_end));
+        for (std::size_t c = at > 0 ? at - 1 : 0; c <= std::min(at + 1, count); ++c)
+            cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
     }
 
     double total() const {
@@ -519,8 +579,7 @@ struct lloyd_solver {
                     }
                 }
             }
-            centre.insert(std::upper_bound(centre.begin(), centre.end(), best_value), best_value);
-            recompute_cells();
+            insert_centre(best_value);
         }
     }
 
@@ -533,7 +592,7 @@ struct lloyd_solver {
             }
             bool moved = false;
             for (std::size_t c = 0; c + 1 < centre.size(); ++c) {
-                const auto b = static_cast<std::uint32_t>(split(c));
+                const auto b = static_cast<std::uint32_t>(split(c, start[c + 1]));
                 moved |= b != start[c + 1];
                 start[c + 1] = b;
             }
@@ -843,9 +902,75 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
 
 /// Clusters one row, reading it through value_at(i) and weight_at(i); with Check, validates each entry
 /// (sqz::error naming `where` and the index).
+/// Step 1 for contiguous float values and weights, eight at a time: the same keys, copies, key range and
+/// sums as the generic loop (the sums in a fixed order, so results do not depend on alignment). Returns
+/// the number of entries done; `suspect` is set if some value or weight may be invalid (the caller then
+/// checks them one by one, which also accepts -0.0 weights).
+inline std::size_t read_floats(const float* values, const float* weights, std::size_t n, float* x,
+                               sort_item<float, float>* items, std::uint32_t& low, std::uint32_t& high,
+                               std::uint32_t& ones, double& weight_total, double& weighted_sum, bool& suspect) {
+    std::size_t i = 0;
+#if defined(__AVX2__)
+    if (n >= 8) {
+        const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+        const __m256i magnitude_mask = _mm256_set1_epi32(0x7fffffff);
+        const __m256i infinity = _mm256_set1_epi32(0x7f800000);
+        __m256i low_v = _mm256_set1_epi32(-1), high_v = _mm256_setzero_si256(), ones_v = high_v, bad = high_v;
+        __m256d weight0 = _mm256_setzero_pd(), weight1 = weight0, sum0 = weight0, sum1 = weight0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = _mm256_loadu_ps(values + i);
+            const __m256 w = _mm256_loadu_ps(weights + i);
+            const __m256i bits = _mm256_castps_si256(v);
+            const __m256i magnitude = _mm256_and_si256(bits, magnitude_mask);
+            // Not finite: magnitude >= infinity. Weight not a finite non-negative: bits >= infinity as signed
+            // integers fails for negative (sign bit) and non-finite weights.
+            bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(magnitude, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))));
+            const __m256i weight_bits = _mm256_castps_si256(w);
+            bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(weight_bits, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))),
+                                                       _mm256_cmpgt_epi32(_mm256_setzero_si256(), weight_bits)));
+            // key = 2^31 + magnitude for positive values, 2^31 - magnitude for negative ones.
+            const __m256i negative = _mm256_srai_epi32(bits, 31);
+            const __m256i key = _mm256_add_epi32(sign, _mm256_sub_epi32(_mm256_xor_si256(magnitude, negative), negative));
+            low_v = _mm256_min_epu32(low_v, key);
+            high_v = _mm256_max_epu32(high_v, key);
+            ones_v = _mm256_or_si256(ones_v, key);
+            _mm256_storeu_ps(x + i, v);
+            const __m256i pairs_low = _mm256_unpacklo_epi32(key, weight_bits);   // k0 w0 k1 w1 | k4 w4 k5 w5
+            const __m256i pairs_high = _mm256_unpackhi_epi32(key, weight_bits);  // k2 w2 k3 w3 | k6 w6 k7 w7
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(items + i), _mm256_permute2x128_si256(pairs_low, pairs_high, 0x20));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(items + i + 4), _mm256_permute2x128_si256(pairs_low, pairs_high, 0x31));
+            const __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(w));
+            const __m256d w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+            weight0 = _mm256_add_pd(weight0, w0);
+            weight1 = _mm256_add_pd(weight1, w1);
+            sum0 = _mm256_add_pd(sum0, _mm256_mul_pd(w0, _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+            sum1 = _mm256_add_pd(sum1, _mm256_mul_pd(w1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+        }
+        alignas(32) std::uint32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), low_v);
+        for (const std::uint32_t lane : lanes) low = std::min(low, lane);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), high_v);
+        for (const std::uint32_t lane : lanes) high = std::max(high, lane);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), ones_v);
+        for (const std::uint32_t lane : lanes) ones |= lane;
+        suspect = suspect || !_mm256_testz_si256(bad, bad);
+        alignas(32) double totals[4];
+        _mm256_store_pd(totals, _mm256_add_pd(weight0, weight1));
+        weight_total += (totals[0] + totals[1]) + (totals[2] + totals[3]);
+        _mm256_store_pd(totals, _mm256_add_pd(sum0, sum1));
+        weighted_sum += (totals[0] + totals[1]) + (totals[2] + totals[3]);
+    }
+#else
+    (void)values, (void)weights, (void)n, (void)x, (void)items, (void)low, (void)high, (void)ones, (void)weight_total,
+        (void)weighted_sum, (void)suspect;
+#endif
+    return i;
+}
+
 template <bool Check, class T, class W, class ValueAt, class WeightAt>
-void cluster(const char* where, ValueAt value_at, WeightAt weight_at, std::size_t n, std::size_t k,
-             const kmeans_options& options, workspace<T, W>& ws, kmeans_result<T>& result) {
+void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* values, const W* weights,
+             std::size_t n, std::size_t k, const kmeans_options& options, workspace<T, W>& ws,
+             kmeans_result<T>& result) {
     using K = key_t<T>;
     // 1. One pass over the input: checks, sort keys with weights, key range, weight sums.
     ws.x.resize(n);
@@ -854,7 +979,21 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, std::size_
     sort_item<T, W>* items = ws.items.data();
     K low = std::numeric_limits<K>::max(), high = 0, ones = 0;
     double weight_total = 0, weighted_sum = 0;
-    for (std::size_t i = 0; i < n; ++i) {
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
+        if (values != nullptr && weights != nullptr) {
+            bool suspect = false;
+            i = read_floats(values, weights, n, x, items, low, high, ones, weight_total, weighted_sum, suspect);
+            if (Check && suspect)
+                for (std::size_t j = 0; j < i; ++j)
+                    if (!(std::isfinite(x[j]) && std::isfinite(weights[j]) && weights[j] >= 0)) {
+                        require(std::isfinite(x[j]), where, ": values[", j, "] = ", x[j], " is not finite");
+                        require(std::isfinite(weights[j]), where, ": weights[", j, "] = ", weights[j], " is not finite");
+                        fail(where, ": weights[", j, "] = ", weights[j], " is negative");
+                    }
+        }
+    }
+    for (; i < n; ++i) {
         const T v = value_at(i);
         const W w = weight_at(i);
         if constexpr (Check) {
@@ -991,8 +1130,9 @@ auto weighted_kmeans(const Values& values, const Weights& weights, int k, const 
     detail::require(n <= std::numeric_limits<std::uint32_t>::max(), where, ": values.size() = ", n, " exceeds 2^32 - 1");
     kmeans_result<T> result;
     detail::kmeans::cluster<true>(
-        where, [&](std::size_t i) { return static_cast<T>(x[i]); }, [&](std::size_t i) { return static_cast<W>(w[i]); }, n,
-        static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(), result);
+        where, [&](std::size_t i) { return static_cast<T>(x[i]); }, [&](std::size_t i) { return static_cast<W>(w[i]); },
+        detail::kmeans::contiguous_data(values), detail::kmeans::contiguous_data(weights), n, static_cast<std::size_t>(k),
+        options, detail::kmeans::thread_workspace<T, W>(), result);
     return result;
 }
 
@@ -1039,9 +1179,12 @@ auto weighted_kmeans_rows(const ValuesMatrix& values, const WeightsMatrix& weigh
 #endif
     for (Eigen::Index r = 0; r < rows; ++r) {
         try {
+            const auto value_row = values.row(r);
+            const auto weight_row = weights.row(r);
             detail::kmeans::cluster<false>(
                 where, [&](std::size_t c) { return values.coeff(r, static_cast<Eigen::Index>(c)); },
-                [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); }, n,
+                [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); },
+                detail::kmeans::contiguous_data(value_row), detail::kmeans::contiguous_data(weight_row), n,
                 static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(),
                 results[static_cast<std::size_t>(r)]);
         } catch (...) {

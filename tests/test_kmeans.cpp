@@ -277,6 +277,20 @@ TEST_CASE("k-means rejects bad input with the argument and index", "[kmeans]") {
                Catch::Contains("weights[0]"));
     CHECK_THAT(message([&] { sqz::weighted_kmeans(x, std::vector<float>{1, -0.5f, 1}, 2); }),
                Catch::Contains("weights[1] = -0.5 is negative"));
+    // Longer contiguous float rows go through the vectorised first pass: same messages, -0.0 weights accepted.
+    std::vector<float> long_x(20), long_w(20, 1.0f);
+    for (std::size_t i = 0; i < long_x.size(); ++i) long_x[i] = 0.1f * static_cast<float>(i);
+    auto bad_x = long_x;
+    bad_x[11] = nan;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(bad_x, long_w, 2); }), Catch::Contains("values[11] = nan"));
+    auto bad_w = long_w;
+    bad_w[13] = -1;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_w, 2); }), Catch::Contains("weights[13] = -1 is negative"));
+    bad_w[13] = 1;
+    bad_w[9] = inf;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_w, 2); }), Catch::Contains("weights[9] = inf"));
+    bad_w[9] = -0.0f;
+    CHECK_NOTHROW(sqz::weighted_kmeans(long_x, bad_w, 2));
     // Same checks in the row-batched entry, naming row and column.
     sqz::row_matrix<float> values(2, 3), weights(2, 3);
     values << 1, 2, 3, 4, 5, 6;
@@ -410,6 +424,12 @@ TEST_CASE("k-means accepts spans, vectors and Eigen expressions of float or doub
         CHECK(r->labels == reference.labels);
         CHECK(r->objective == reference.objective);
     }
+    // Strided storage (a row of a column-major matrix) takes the element-by-element path: same bits.
+    const Eigen::MatrixXf column_major_values = values, column_major_fisher = fisher;
+    const auto strided = sqz::weighted_kmeans(column_major_values.row(1), column_major_fisher.row(1), 8);
+    CHECK(strided.centroids == reference.centroids);
+    CHECK(strided.labels == reference.labels);
+    CHECK(strided.objective == reference.objective);
     const std::vector<double> xd(x.begin(), x.end());
     const auto as_double = sqz::weighted_kmeans(xd, w, 8);
     static_assert(std::is_same_v<decltype(as_double), const sqz::kmeans_result<double>>);

@@ -709,6 +709,7 @@ struct workspace {
     lloyd_scratch lloyd;
     std::vector<double> best_centre;
     std::vector<T> threshold;                  // labels: x >= threshold[i] means past distinct centroid i
+    std::vector<T> distinct;                   // the distinct centroids
     std::vector<std::uint8_t> distinct_first;  // first index of each distinct centroid
 };
 
@@ -845,10 +846,13 @@ void lloyd_partition(Workspace& ws, std::size_t m, std::size_t k, const kmeans_o
 
 /// Labels every value with its nearest centroid, the lowest index on ties. With d distinct centroids
 /// u_0 < ... < u_(d-1), x is past u_i when x > (u_i + u_(i+1)) / 2; threshold[i] is the smallest T above
-/// that midpoint, so the label is first_index[#{i : x >= threshold[i]}].
+/// that midpoint (in double), so #{i : x >= threshold[i]} is the nearest distinct centroid, up to rounding
+/// of the midpoint; a last comparison of the distances to the neighbours, computed as |x - u| in double,
+/// settles values within rounding of a midpoint. The label is the first index of that centroid.
 template <class T, class W>
 void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t n, std::uint8_t* labels) {
     ws.threshold.clear();
+    ws.distinct.assign(1, centroids[0]);
     ws.distinct_first.assign(1, 0);
     for (std::size_t c = 1; c < centroids.size(); ++c)
         if (centroids[c] != centroids[c - 1]) {
@@ -856,12 +860,20 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
             auto t = static_cast<T>(middle);
             if (static_cast<double>(t) <= middle) t = std::nextafter(t, std::numeric_limits<T>::infinity());
             ws.threshold.push_back(t);
+            ws.distinct.push_back(centroids[c]);
             ws.distinct_first.push_back(static_cast<std::uint8_t>(c));
         }
     const T* x = ws.x.data();
     const T* threshold = ws.threshold.data();
     const std::size_t count = ws.threshold.size();
+    const T* u = ws.distinct.data();
     const std::uint8_t* first = ws.distinct_first.data();
+    const auto label_of = [&](std::size_t p, T value) {
+        const auto v = static_cast<double>(value);
+        if (p + 1 <= count && static_cast<double>(u[p + 1]) - v < v - static_cast<double>(u[p])) ++p;
+        else if (p > 0 && v - static_cast<double>(u[p - 1]) <= static_cast<double>(u[p]) - v) --p;
+        return first[p];
+    };
     std::size_t i = 0;
     if (count <= 32) {  // few thresholds: count them, vectorised over values
 #if defined(__AVX2__)
@@ -873,7 +885,8 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
                     past = _mm256_sub_epi32(past, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(threshold[t]), _CMP_GE_OQ)));
                 alignas(32) std::int32_t lanes[8];
                 _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
-                for (int lane = 0; lane < 8; ++lane) labels[i + static_cast<std::size_t>(lane)] = first[lanes[lane]];
+                for (std::size_t lane = 0; lane < 8; ++lane)
+                    labels[i + lane] = label_of(static_cast<std::size_t>(lanes[lane]), x[i + lane]);
             }
         } else {
             for (; i + 4 <= n; i += 4) {
@@ -883,34 +896,32 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
                     past = _mm256_sub_epi64(past, _mm256_castpd_si256(_mm256_cmp_pd(v, _mm256_set1_pd(threshold[t]), _CMP_GE_OQ)));
                 alignas(32) std::int64_t lanes[4];
                 _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
-                for (int lane = 0; lane < 4; ++lane) labels[i + static_cast<std::size_t>(lane)] = first[lanes[lane]];
+                for (std::size_t lane = 0; lane < 4; ++lane)
+                    labels[i + lane] = label_of(static_cast<std::size_t>(lanes[lane]), x[i + lane]);
             }
         }
 #endif
         for (; i < n; ++i) {
             std::size_t past = 0;
             for (std::size_t t = 0; t < count; ++t) past += x[i] >= threshold[t] ? 1 : 0;
-            labels[i] = first[past];
+            labels[i] = label_of(past, x[i]);
         }
     } else {  // many thresholds: binary search
-        for (; i < n; ++i) {
-            const auto past = static_cast<std::size_t>(std::upper_bound(threshold, threshold + count, x[i]) - threshold);
-            labels[i] = first[past];
-        }
+        for (; i < n; ++i)
+            labels[i] = label_of(static_cast<std::size_t>(std::upper_bound(threshold, threshold + count, x[i]) - threshold), x[i]);
     }
 }
 
-/// Clusters one row, reading it through value_at(i) and weight_at(i); with Check, validates each entry
-/// (sqz::error naming `where` and the index).
 /// Step 1 for contiguous float values and weights, eight at a time: the same keys, copies, key range and
-/// sums as the generic loop (the sums in a fixed order, so results do not depend on alignment). Returns
+/// sums as the generic loop, whose sums use the same eight lanes and order, so that results never depend
+/// on how the row is stored. Returns
 /// the number of entries done; `suspect` is set if some value or weight may be invalid (the caller then
 /// checks them one by one, which also accepts -0.0 weights).
 inline std::size_t read_floats(const float* values, const float* weights, std::size_t n, float* x,
                                sort_item<float, float>* items, std::uint32_t& low, std::uint32_t& high,
                                std::uint32_t& ones, double& weight_total, double& weighted_sum, bool& suspect) {
     std::size_t i = 0;
-#if defined(__AVX2__)
+#if defined(__AVX2__) && defined(__FMA__)
     if (n >= 8) {
         const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
         const __m256i magnitude_mask = _mm256_set1_epi32(0x7fffffff);
@@ -943,8 +954,8 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
             const __m256d w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
             weight0 = _mm256_add_pd(weight0, w0);
             weight1 = _mm256_add_pd(weight1, w1);
-            sum0 = _mm256_add_pd(sum0, _mm256_mul_pd(w0, _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
-            sum1 = _mm256_add_pd(sum1, _mm256_mul_pd(w1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+            sum0 = _mm256_fmadd_pd(w0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)), sum0);
+            sum1 = _mm256_fmadd_pd(w1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), sum1);
         }
         alignas(32) std::uint32_t lanes[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), low_v);
@@ -967,6 +978,8 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
     return i;
 }
 
+/// Clusters one row, reading it through value_at(i) and weight_at(i), or through the arrays values and
+/// weights when not null; with Check, validates each entry (sqz::error naming `where` and the index).
 template <bool Check, class T, class W, class ValueAt, class WeightAt>
 void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* values, const W* weights,
              std::size_t n, std::size_t k, const kmeans_options& options, workspace<T, W>& ws,
@@ -993,6 +1006,10 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
                     }
         }
     }
+    // The rest one by one; the sums over whole blocks of eight in eight lanes, as read_floats does.
+    const std::size_t blocks_end = n / 8 * 8;
+    double weight_lane[8] = {}, sum_lane[8] = {};
+    const std::size_t first_generic = i;
     for (; i < n; ++i) {
         const T v = value_at(i);
         const W w = weight_at(i);
@@ -1009,8 +1026,25 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         low = std::min(low, key);
         high = std::max(high, key);
         ones |= key;
-        weight_total += static_cast<double>(w);
-        weighted_sum += static_cast<double>(w) * static_cast<double>(v);
+        if (i < blocks_end) {
+            weight_lane[i % 8] += static_cast<double>(w);
+            sum_lane[i % 8] = std::fma(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
+        } else {
+            if (i == blocks_end && first_generic < blocks_end) {
+                weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
+                                ((weight_lane[2] + weight_lane[6]) + (weight_lane[3] + weight_lane[7]));
+                weighted_sum += ((sum_lane[0] + sum_lane[4]) + (sum_lane[1] + sum_lane[5])) +
+                                ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
+            }
+            weight_total += static_cast<double>(w);
+            weighted_sum = std::fma(static_cast<double>(w), static_cast<double>(v), weighted_sum);
+        }
+    }
+    if (blocks_end == n && first_generic < blocks_end) {
+        weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
+                        ((weight_lane[2] + weight_lane[6]) + (weight_lane[3] + weight_lane[7]));
+        weighted_sum += ((sum_lane[0] + sum_lane[4]) + (sum_lane[1] + sum_lane[5])) +
+                        ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
     }
     const bool equal_weights = weight_total == 0;  // every weight zero: count every entry once
     if (equal_weights) {

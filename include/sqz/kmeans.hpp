@@ -9,7 +9,9 @@
 //
 // with cost(a, j) = sum w y^2 - (sum w y)^2 / sum w over distinct values a..j-1, O(1) from prefix sums.
 // The cost satisfies the quadrangle inequality, so the minimising a is monotone in j and in l; each layer
-// is solved by divide and conquer within those bounds.
+// is solved by divide and conquer within those bounds. The programme runs half the layers from each end
+// and meets in the middle, and skips every cell costlier than an upper bound from a quick Lloyd run
+// (docs/design.md has the details).
 //
 //   weighted_kmeans(values, weights, k, options)        one row: values and weights as std::span,
 //                                                       std::vector or Eigen vector expressions
@@ -20,13 +22,14 @@
 //   empty input, mismatched sizes and k outside 1..256 throw sqz::error naming the argument and index.
 // - Equal values (including -0.0 and +0.0) are merged: they always share a label.
 // - Entries of zero weight do not influence the centroids or the objective; like every entry they are
-//   labelled with their nearest centroid. If every weight is zero, all weights count as 1 (as
-//   scikit-learn's KMeans then does), and the objective uses those equal weights.
+//   labelled with their nearest centroid. If every weight is zero, all weights count as 1 (the row's
+//   unweighted k-means), and the objective uses those equal weights.
 // - If fewer than k distinct values have positive weight, each of them is a centroid and the last one
 //   is repeated to make k (objective 0).
 // - centroids are sorted ascending; labels[i] is the index of the centroid nearest to values[i], the
 //   lowest such index when two are equally near; objective = sum_i w_i (x_i - centroids[labels[i]])^2
 //   computed in double with the returned (value-type) centroids.
+// - Results depend only on the input values (not on how they are stored, nor on the thread count).
 #pragma once
 
 #include <sqz/error.hpp>

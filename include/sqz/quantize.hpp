@@ -288,6 +288,18 @@ void nearest_codes(std::span<const T> lut, std::span<const T> values, std::span<
     }
 }
 
+/// Canonical packing with the width as a compile-time constant for the common widths (the compiler then
+/// folds the shifts), the run-time form otherwise.
+inline void pack_row(std::span<const std::uint8_t> codes, int bits, std::span<std::uint8_t> out) {
+    switch (bits) {
+        case 2: return pack<2>(codes, out);
+        case 3: return pack<3>(codes, out);
+        case 4: return pack<4>(codes, out);
+        case 8: return pack<8>(codes, out);
+        default: return pack(codes, bits, out);
+    }
+}
+
 template <working_scalar T>
 struct quantize_scratch {
     std::vector<double> sensitivity;
@@ -437,7 +449,7 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
         outcome.weighted = (weighted[0] + weighted[1]) + (weighted[2] + weighted[3]);
         outcome.squared = (squared[0] + squared[1]) + (squared[2] + squared[3]);
         outcome.reference = (reference[0] + reference[1]) + (reference[2] + reference[3]);
-        pack(std::span<const std::uint8_t>(s.codes), bits, std::span<std::uint8_t>(packed).subspan(row * stride, stride));
+        pack_row(std::span<const std::uint8_t>(s.codes), bits, std::span<std::uint8_t>(packed).subspan(row * stride, stride));
         outcomes[row] = outcome;
     });
 

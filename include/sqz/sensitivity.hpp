@@ -26,6 +26,7 @@
 
 #include <cmath>
 #include <concepts>
+#include <limits>
 #include <cstdint>
 #include <span>
 #include <type_traits>
@@ -265,8 +266,9 @@ void require_sensitivity_shape(const P& provider, Eigen::Index rows, Eigen::Inde
 
 /// Checks one row of weights for being finite and >= 0, naming the first offending entry.
 inline void check_sensitivity_row(std::span<const double> f, Eigen::Index row, const char* where) {
+    constexpr double largest = std::numeric_limits<double>::max();
     bool valid = true;
-    for (const double v : f) valid &= std::isfinite(v) && v >= 0.0;  // branch-free scan, details on failure
+    for (const double v : f) valid &= (v >= 0.0) & (v <= largest);  // false for NaN, inf, negatives; vectorises
     if (valid) return;
     for (std::size_t j = 0; j < f.size(); ++j)
         if (!(std::isfinite(f[j]) && f[j] >= 0.0))
@@ -276,8 +278,9 @@ inline void check_sensitivity_row(std::span<const double> f, Eigen::Index row, c
 /// Checks one row of values for being finite, naming the first offending entry as what(row, j).
 template <working_scalar T>
 void check_finite_row(std::span<const T> values, Eigen::Index row, const char* where, const char* what) {
+    constexpr T largest = std::numeric_limits<T>::max();
     bool valid = true;
-    for (const T v : values) valid &= std::isfinite(v);
+    for (const T v : values) valid &= (v >= -largest) & (v <= largest);  // false for NaN and inf; vectorises
     if (valid) return;
     for (std::size_t j = 0; j < values.size(); ++j)
         if (!std::isfinite(values[j])) fail(where, ": ", what, "(", row, ", ", j, ") = ", values[j], " is not finite");

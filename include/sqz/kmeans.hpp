@@ -718,10 +718,13 @@ struct workspace {
 
 /// LSD radix sort of the items by key. Keys are first reduced to the bits that vary,
 /// (key - min) >> (trailing zeros common to all), so fp16 rows need two passes over at most 11-bit digits
-/// and float rows three.
+/// and float rows three. Real rows crowd into few leading digits, and counting consecutive equal digits
+/// waits on the previous increment; so the items are handled as four interleaved streams with counters of
+/// their own (offsets in stream order keep the sort stable).
 template <class T, class W>
 void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high, key_t<T> ones) {
     using K = key_t<T>;
+    constexpr std::size_t streams = 4;
     ws.key_low = 0;
     ws.key_shift = 0;
     if (low == high) return;
@@ -734,25 +737,48 @@ void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high,
     const K mask = static_cast<K>(radix - 1);
     ws.key_low = low;
     ws.key_shift = shift;
-    ws.histogram.assign(radix * static_cast<std::size_t>(passes), 0);
+    // Stream s is items [bound[s], bound[s + 1]); counters of pass p, stream s, digit d at
+    // ((p * streams) + s) * radix + d.
+    std::size_t bound[streams + 1];
+    for (std::size_t s = 0; s <= streams; ++s) bound[s] = n * s / streams;
+    const std::size_t shortest = n / streams;  // every stream has at least this many items
+    ws.histogram.assign(radix * streams * static_cast<std::size_t>(passes), 0);
     std::uint32_t* histogram = ws.histogram.data();
-    for (std::size_t i = 0; i < n; ++i) {
+    // The first pass's counters now, with the key reduction; later passes count the order they receive.
+    const auto count_item = [&](std::size_t s, std::size_t i) {
         const K key = (source[i].key - low) >> shift;
         source[i].key = key;
-        for (int p = 0; p < passes; ++p) ++histogram[static_cast<std::size_t>(p) * radix + ((key >> (p * digit_bits)) & mask)];
-    }
+        ++histogram[s * radix + (key & mask)];
+    };
+    for (std::size_t t = 0; t < shortest; ++t)
+        for (std::size_t s = 0; s < streams; ++s) count_item(s, bound[s] + t);
+    for (std::size_t s = 0; s < streams; ++s)
+        for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) count_item(s, i);
     ws.items_scratch.resize(n);
     sort_item<T, W>* target = ws.items_scratch.data();
     for (int p = 0; p < passes; ++p) {
-        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * radix;
-        std::uint32_t offset = 0;
-        for (std::size_t d = 0; d < radix; ++d) {
-            const std::uint32_t c = count[d];
-            count[d] = offset;
-            offset += c;
-        }
+        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * streams * radix;
         const int digit_shift = p * digit_bits;
-        for (std::size_t i = 0; i < n; ++i) target[count[(source[i].key >> digit_shift) & mask]++] = source[i];
+        if (p > 0) {  // the items moved: count this pass's digits per stream of the current order
+            for (std::size_t t = 0; t < shortest; ++t)
+                for (std::size_t s = 0; s < streams; ++s) ++count[s * radix + ((source[bound[s] + t].key >> digit_shift) & mask)];
+            for (std::size_t s = 0; s < streams; ++s)
+                for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) ++count[s * radix + ((source[i].key >> digit_shift) & mask)];
+        }
+        std::uint32_t offset = 0;
+        for (std::size_t d = 0; d < radix; ++d)
+            for (std::size_t s = 0; s < streams; ++s) {
+                const std::uint32_t c = count[s * radix + d];
+                count[s * radix + d] = offset;
+                offset += c;
+            }
+        const auto move_item = [&](std::size_t s, std::size_t i) {
+            target[count[s * radix + ((source[i].key >> digit_shift) & mask)]++] = source[i];
+        };
+        for (std::size_t t = 0; t < shortest; ++t)
+            for (std::size_t s = 0; s < streams; ++s) move_item(s, bound[s] + t);
+        for (std::size_t s = 0; s < streams; ++s)
+            for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) move_item(s, i);
         std::swap(source, target);
     }
     if (source != ws.items.data()) std::copy(source, source + n, ws.items.data());

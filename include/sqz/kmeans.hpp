@@ -383,8 +383,9 @@ struct dp_direction {
 
     prefix_sums sums() const { return {s0.data(), s1.data(), s2.data()}; }
 
-    /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound).
-    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound) {
+    /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound). The last
+    /// layer is only needed from j = last_from on (when the other direction already bounds the meeting).
+    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound, std::size_t last_from = 0) {
         const prefix_sums s = sums();
         const std::size_t stride = m + 1;
         value.resize(stride);
@@ -411,8 +412,11 @@ struct dp_direction {
                                 j_last + 1};
             // Minimisers never exceed the previous layer's reach: a cell within the bound has its
             // (l - 1)-cluster prefix within the bound too.
-            solver.solve(l, j_last + 1, l - 1, previous_reach);
-            if (solver.first_pruned <= l) return false;
+            const std::size_t j_first = l == layers ? std::max(l, last_from) : l;
+            if (j_first > j_last) return false;
+            solver.solve(j_first, j_last + 1, lower != nullptr ? std::max<std::size_t>(l - 1, lower[j_first]) : l - 1,
+                         previous_reach);
+            if (solver.first_pruned <= j_first) return false;
             reach[l] = solver.first_pruned - 1;
             std::swap(value, next_value);
         }
@@ -804,13 +808,12 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     backward.s0.resize(m + 1);
     backward.s1.resize(m + 1);
     backward.s2.resize(m + 1);
-    backward.s0[0] = backward.s1[0] = backward.s2[0] = 0;
-    for (std::size_t i = 1; i <= m; ++i) {  // mirrored groups: -y in reverse order, accumulated from the end
-        const std::size_t g = m - i;
-        const double w = ws.weight[g], y = ws.shifted[g];
-        backward.s0[i] = backward.s0[i - 1] + w;
-        backward.s1[i] = backward.s1[i - 1] - w * y;
-        backward.s2[i] = backward.s2[i - 1] + w * y * y;
+    // Mirrored groups (-y in reverse order): their prefix sums are suffix sums of the forward ones, as
+    // differences of forward prefix sums like every interval sum the forward direction uses.
+    for (std::size_t i = 0; i <= m; ++i) {
+        backward.s0[i] = s.s0[m] - s.s0[m - i];
+        backward.s1[i] = s.s1[m - i] - s.s1[m];
+        backward.s2[i] = s.s2[m] - s.s2[m - i];
     }
     const std::size_t left_layers = k / 2, right_layers = k - left_layers;
     double bound = std::numeric_limits<double>::infinity();
@@ -824,7 +827,9 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     std::size_t cut = 0;
     for (;;) {
         double best = std::numeric_limits<double>::infinity();
-        if (forward.run(m, k, left_layers, bound) && backward.run(m, k, right_layers, bound)) {
+        // Backward first: its reach tells where forward's last layer can meet it.
+        if (backward.run(m, k, right_layers, bound) &&
+            forward.run(m, k, left_layers, bound, m - backward.reach[right_layers])) {
             const std::size_t first = std::max(left_layers, m - backward.reach[right_layers]);
             const std::size_t last = std::min(forward.reach[left_layers], m - right_layers);
             for (std::size_t j = first; j <= last; ++j) {

@@ -946,6 +946,16 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
     }
 }
 
+/// a * b + c, fused where the target has FMA (as the vectorised first pass does), so that both ways of
+/// reading a row round alike; plain elsewhere (no slow software fma).
+inline double multiply_add(double a, double b, double c) {
+#if defined(__FMA__)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
 /// Step 1 for contiguous float values and weights, eight at a time: the same keys, copies, key range and
 /// sums as the generic loop, whose sums use the same eight lanes and order, so that results never depend
 /// on how the row is stored. Returns
@@ -1062,7 +1072,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         ones |= key;
         if (i < blocks_end) {
             weight_lane[i % 8] += static_cast<double>(w);
-            sum_lane[i % 8] = std::fma(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
+            sum_lane[i % 8] = multiply_add(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
         } else {
             if (i == blocks_end && first_generic < blocks_end) {
                 weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
@@ -1071,7 +1081,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
                                 ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
             }
             weight_total += static_cast<double>(w);
-            weighted_sum = std::fma(static_cast<double>(w), static_cast<double>(v), weighted_sum);
+            weighted_sum = multiply_add(static_cast<double>(w), static_cast<double>(v), weighted_sum);
         }
     }
     if (blocks_end == n && first_generic < blocks_end) {

@@ -1163,7 +1163,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     //    each going to its nearest centroid in one merge-like pass.
     result.labels.resize(n);
     assign_labels(ws, result.centroids, n, result.labels.data());
-    double objective = 0;
+    double partial[4] = {};  // four running sums (group g into g % 4) keep the additions from queueing
     std::size_t nearest = 0;
     const auto& centroid = result.centroids;
     for (std::size_t g = 0; g < m; ++g) {
@@ -1171,9 +1171,9 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         while (nearest + 1 < k && static_cast<double>(centroid[nearest + 1]) - v < v - static_cast<double>(centroid[nearest]))
             ++nearest;
         const double d = v - static_cast<double>(centroid[nearest]);
-        objective += ws.weight[g] * d * d;
+        partial[g % 4] += ws.weight[g] * d * d;
     }
-    result.objective = objective;
+    result.objective = (partial[0] + partial[1]) + (partial[2] + partial[3]);
 }
 
 template <class T, class W>

@@ -142,19 +142,19 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, (gap_ax, time_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for n, marker in zip(args.n, "os^v"):
+        colour = {"scikit-learn": "tab:blue", "sqz exact": "tab:orange", "sqz lloyd": "tab:green"}
+        for n, style, marker in zip(args.n, ["-", "--", ":", "-."], "os^v"):
             sel = [c for c in cases if c["n"] == n]
             ks = [c["k"] for c in sel]
-            gap_ax.plot(ks, [100 * c["sklearn_gap_mean"] for c in sel], marker=marker, label=f"scikit-learn, n={n}")
-            gap_ax.plot(ks, [100 * c["lloyd_gap_mean"] for c in sel], marker=marker, linestyle="--",
+            gap_ax.plot(ks, [100 * c["sklearn_gap_mean"] for c in sel], style, marker=marker,
+                        color=colour["scikit-learn"], label=f"scikit-learn, n={n}")
+            gap_ax.plot(ks, [100 * c["lloyd_gap_mean"] for c in sel], style, marker=marker, color=colour["sqz lloyd"],
                         label=f"sqz lloyd, n={n}")
-            time_ax.plot(ks, [c["sklearn_ms_per_row"] for c in sel], marker=marker, label=f"scikit-learn, n={n}")
-            time_ax.plot(ks, [c["exact_ms_per_row"] for c in sel], marker=marker, linestyle="-.",
-                         label=f"sqz exact, n={n}")
-            time_ax.plot(ks, [c["lloyd_ms_per_row"] for c in sel], marker=marker, linestyle=":",
-                         label=f"sqz lloyd, n={n}")
+            for name, key in (("scikit-learn", "sklearn_ms_per_row"), ("sqz exact", "exact_ms_per_row"),
+                              ("sqz lloyd", "lloyd_ms_per_row")):
+                time_ax.plot(ks, [c[key] for c in sel], style, marker=marker, color=colour[name], label=f"{name}, n={n}")
         gap_ax.set(xscale="log", xlabel="k (clusters)", ylabel="mean objective above the optimum (%)",
-                   title="Objective gap to the exact optimum")
+                   title="Objective gap to the exact optimum (sqz exact: 0)")
         time_ax.set(xscale="log", yscale="log", xlabel="k (clusters)", ylabel="ms per row, one thread",
                     title="Time per row")
         for ax in (gap_ax, time_ax):

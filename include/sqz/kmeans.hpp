@@ -383,8 +383,9 @@ struct dp_direction {
 
     prefix_sums sums() const { return {s0.data(), s1.data(), s2.data()}; }
 
-    /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound).
-    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound) {
+    /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound). The last
+    /// layer is only needed from j = last_from on (when the other direction already bounds the meeting).
+    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound, std::size_t last_from = 0) {
         const prefix_sums s = sums();
         const std::size_t stride = m + 1;
         value.resize(stride);
@@ -411,8 +412,11 @@ struct dp_direction {
                                 j_last + 1};
             // Minimisers never exceed the previous layer's reach: a cell within the bound has its
             // (l - 1)-cluster prefix within the bound too.
-            solver.solve(l, j_last + 1, l - 1, previous_reach);
-            if (solver.first_pruned <= l) return false;
+            const std::size_t j_first = l == layers ? std::max(l, last_from) : l;
+            if (j_first > j_last) return false;
+            solver.solve(j_first, j_last + 1, lower != nullptr ? std::max<std::size_t>(l - 1, lower[j_first]) : l - 1,
+                         previous_reach);
+            if (solver.first_pruned <= j_first) return false;
             reach[l] = solver.first_pruned - 1;
             std::swap(value, next_value);
         }
@@ -718,10 +722,13 @@ struct workspace {
 
 /// LSD radix sort of the items by key. Keys are first reduced to the bits that vary,
 /// (key - min) >> (trailing zeros common to all), so fp16 rows need two passes over at most 11-bit digits
-/// and float rows three.
+/// and float rows three. Real rows crowd into few leading digits, and counting consecutive equal digits
+/// waits on the previous increment; so the items are handled as four interleaved streams with counters of
+/// their own (offsets in stream order keep the sort stable).
 template <class T, class W>
 void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high, key_t<T> ones) {
     using K = key_t<T>;
+    constexpr std::size_t streams = 4;
     ws.key_low = 0;
     ws.key_shift = 0;
     if (low == high) return;
@@ -734,25 +741,48 @@ void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high,
     const K mask = static_cast<K>(radix - 1);
     ws.key_low = low;
     ws.key_shift = shift;
-    ws.histogram.assign(radix * static_cast<std::size_t>(passes), 0);
+    // Stream s is items [bound[s], bound[s + 1]); counters of pass p, stream s, digit d at
+    // ((p * streams) + s) * radix + d.
+    std::size_t bound[streams + 1];
+    for (std::size_t s = 0; s <= streams; ++s) bound[s] = n * s / streams;
+    const std::size_t shortest = n / streams;  // every stream has at least this many items
+    ws.histogram.assign(radix * streams * static_cast<std::size_t>(passes), 0);
     std::uint32_t* histogram = ws.histogram.data();
-    for (std::size_t i = 0; i < n; ++i) {
+    // The first pass's counters now, with the key reduction; later passes count the order they receive.
+    const auto count_item = [&](std::size_t s, std::size_t i) {
         const K key = (source[i].key - low) >> shift;
         source[i].key = key;
-        for (int p = 0; p < passes; ++p) ++histogram[static_cast<std::size_t>(p) * radix + ((key >> (p * digit_bits)) & mask)];
-    }
+        ++histogram[s * radix + (key & mask)];
+    };
+    for (std::size_t t = 0; t < shortest; ++t)
+        for (std::size_t s = 0; s < streams; ++s) count_item(s, bound[s] + t);
+    for (std::size_t s = 0; s < streams; ++s)
+        for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) count_item(s, i);
     ws.items_scratch.resize(n);
     sort_item<T, W>* target = ws.items_scratch.data();
     for (int p = 0; p < passes; ++p) {
-        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * radix;
-        std::uint32_t offset = 0;
-        for (std::size_t d = 0; d < radix; ++d) {
-            const std::uint32_t c = count[d];
-            count[d] = offset;
-            offset += c;
-        }
+        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * streams * radix;
         const int digit_shift = p * digit_bits;
-        for (std::size_t i = 0; i < n; ++i) target[count[(source[i].key >> digit_shift) & mask]++] = source[i];
+        if (p > 0) {  // the items moved: count this pass's digits per stream of the current order
+            for (std::size_t t = 0; t < shortest; ++t)
+                for (std::size_t s = 0; s < streams; ++s) ++count[s * radix + ((source[bound[s] + t].key >> digit_shift) & mask)];
+            for (std::size_t s = 0; s < streams; ++s)
+                for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) ++count[s * radix + ((source[i].key >> digit_shift) & mask)];
+        }
+        std::uint32_t offset = 0;
+        for (std::size_t d = 0; d < radix; ++d)
+            for (std::size_t s = 0; s < streams; ++s) {
+                const std::uint32_t c = count[s * radix + d];
+                count[s * radix + d] = offset;
+                offset += c;
+            }
+        const auto move_item = [&](std::size_t s, std::size_t i) {
+            target[count[s * radix + ((source[i].key >> digit_shift) & mask)]++] = source[i];
+        };
+        for (std::size_t t = 0; t < shortest; ++t)
+            for (std::size_t s = 0; s < streams; ++s) move_item(s, bound[s] + t);
+        for (std::size_t s = 0; s < streams; ++s)
+            for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) move_item(s, i);
         std::swap(source, target);
     }
     if (source != ws.items.data()) std::copy(source, source + n, ws.items.data());
@@ -778,13 +808,12 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     backward.s0.resize(m + 1);
     backward.s1.resize(m + 1);
     backward.s2.resize(m + 1);
-    backward.s0[0] = backward.s1[0] = backward.s2[0] = 0;
-    for (std::size_t i = 1; i <= m; ++i) {  // mirrored groups: -y in reverse order, accumulated from the end
-        const std::size_t g = m - i;
-        const double w = ws.weight[g], y = ws.shifted[g];
-        backward.s0[i] = backward.s0[i - 1] + w;
-        backward.s1[i] = backward.s1[i - 1] - w * y;
-        backward.s2[i] = backward.s2[i - 1] + w * y * y;
+    // Mirrored groups (-y in reverse order): their prefix sums are suffix sums of the forward ones, as
+    // differences of forward prefix sums like every interval sum the forward direction uses.
+    for (std::size_t i = 0; i <= m; ++i) {
+        backward.s0[i] = s.s0[m] - s.s0[m - i];
+        backward.s1[i] = s.s1[m - i] - s.s1[m];
+        backward.s2[i] = s.s2[m] - s.s2[m - i];
     }
     const std::size_t left_layers = k / 2, right_layers = k - left_layers;
     double bound = std::numeric_limits<double>::infinity();
@@ -798,7 +827,9 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     std::size_t cut = 0;
     for (;;) {
         double best = std::numeric_limits<double>::infinity();
-        if (forward.run(m, k, left_layers, bound) && backward.run(m, k, right_layers, bound)) {
+        // Backward first: its reach tells where forward's last layer can meet it.
+        if (backward.run(m, k, right_layers, bound) &&
+            forward.run(m, k, left_layers, bound, m - backward.reach[right_layers])) {
             const std::size_t first = std::max(left_layers, m - backward.reach[right_layers]);
             const std::size_t last = std::min(forward.reach[left_layers], m - right_layers);
             for (std::size_t j = first; j <= last; ++j) {
@@ -913,6 +944,16 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
         for (; i < n; ++i)
             labels[i] = label_of(static_cast<std::size_t>(std::upper_bound(threshold, threshold + count, x[i]) - threshold), x[i]);
     }
+}
+
+/// a * b + c, fused where the target has FMA (as the vectorised first pass does), so that both ways of
+/// reading a row round alike; plain elsewhere (no slow software fma).
+inline double multiply_add(double a, double b, double c) {
+#if defined(__FMA__)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
 }
 
 /// Step 1 for contiguous float values and weights, eight at a time: the same keys, copies, key range and
@@ -1031,7 +1072,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         ones |= key;
         if (i < blocks_end) {
             weight_lane[i % 8] += static_cast<double>(w);
-            sum_lane[i % 8] = std::fma(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
+            sum_lane[i % 8] = multiply_add(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
         } else {
             if (i == blocks_end && first_generic < blocks_end) {
                 weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
@@ -1040,7 +1081,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
                                 ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
             }
             weight_total += static_cast<double>(w);
-            weighted_sum = std::fma(static_cast<double>(w), static_cast<double>(v), weighted_sum);
+            weighted_sum = multiply_add(static_cast<double>(w), static_cast<double>(v), weighted_sum);
         }
     }
     if (blocks_end == n && first_generic < blocks_end) {
@@ -1122,7 +1163,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     //    each going to its nearest centroid in one merge-like pass.
     result.labels.resize(n);
     assign_labels(ws, result.centroids, n, result.labels.data());
-    double objective = 0;
+    double partial[4] = {};  // four running sums (group g into g % 4) keep the additions from queueing
     std::size_t nearest = 0;
     const auto& centroid = result.centroids;
     for (std::size_t g = 0; g < m; ++g) {
@@ -1130,9 +1171,9 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         while (nearest + 1 < k && static_cast<double>(centroid[nearest + 1]) - v < v - static_cast<double>(centroid[nearest]))
             ++nearest;
         const double d = v - static_cast<double>(centroid[nearest]);
-        objective += ws.weight[g] * d * d;
+        partial[g % 4] += ws.weight[g] * d * d;
     }
-    result.objective = objective;
+    result.objective = (partial[0] + partial[1]) + (partial[2] + partial[3]);
 }
 
 template <class T, class W>

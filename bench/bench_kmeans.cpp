@@ -2,15 +2,16 @@
 // same LLM-like rows (Student-t(5) weights, scale 0.02, with and without fp16 rounding; Fisher-like
 // sensitivities as weights).
 //
-//   sqz-bench-kmeans [--json] [--rows R] [--quick]
+//   sqz-bench-kmeans [--json] [--rows R] [--repeat R] [--quick]
 //       times exact and lloyd for n in {4096, 14336}, k in {4, 8, 16, 256}, fp16 on and off; lloyd lines
-//       also give its mean and max gap to the exact optimum on the same rows
+//       also give its mean and max gap to the exact optimum on the same rows. Each row is timed --repeat
+//       times (default 5, 2 at k = 256) and its fastest run kept; ms_per_row is the mean over rows.
 //   sqz-bench-kmeans --dump-rows FILE [--n N] [--rows R] [--no-fp16] [--seed S]
 //       writes rows for bench/compare_sklearn.py: "SQZKMRW1", uint32 rows, uint32 cols (little endian),
 //       then rows*cols float32 values and rows*cols float32 weights, row-major
 //   sqz-bench-kmeans --input FILE --k K [--method exact|lloyd] [--repeat R]
 //       clusters every row of FILE on one thread; prints one JSON line per row (objective, centroids) and
-//       a summary line with ms_per_row (best of R timed passes)
+//       a summary line with ms_per_row (fastest of R runs per row, mean over rows)
 #include <sqz/kmeans.hpp>
 #include <sqz/synthetic.hpp>
 
@@ -47,24 +48,33 @@ struct timing {
     std::vector<std::vector<float>> centroids;
 };
 
-// Best of `repeats` passes over all rows, one thread, one weighted_kmeans call per row (as a quantizer
-// running rows on its own threads would call it).
-timing time_rows(const row_set& rows, int k, const sqz::kmeans_options& options, int repeats) {
-    timing t;
-    const auto count = rows.values.rows();
-    t.objectives.resize(static_cast<std::size_t>(count));
-    t.centroids.resize(static_cast<std::size_t>(count));
-    double best = 1e300;
-    for (int r = 0; r < repeats; ++r) {
-        const auto start = std::chrono::steady_clock::now();
-        for (Eigen::Index i = 0; i < count; ++i) {
-            auto result = sqz::weighted_kmeans(rows.values.row(i), rows.weights.row(i), k, options);
-            t.objectives[static_cast<std::size_t>(i)] = result.objective;
-            t.centroids[static_cast<std::size_t>(i)] = std::move(result.centroids);
-        }
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+// One thread, one weighted_kmeans call per row (as a quantizer running rows on its own threads would call
+// it). Every row is timed `repeats` times and its fastest run kept: on a shared machine the minimum is the
+// run least disturbed by other processes. The methods alternate row by row, so they see the same load.
+std::vector<timing> time_rows(const row_set& rows, int k, const std::vector<sqz::kmeans_options>& methods, int repeats) {
+    const auto count = static_cast<std::size_t>(rows.values.rows());
+    std::vector<timing> t(methods.size());
+    std::vector<std::vector<double>> best(methods.size(), std::vector<double>(count, 1e300));
+    for (auto& m : t) {
+        m.objectives.resize(count);
+        m.centroids.resize(count);
     }
-    t.ms_per_row = 1e3 * best / static_cast<double>(count);
+    for (int r = 0; r < repeats; ++r)
+        for (std::size_t i = 0; i < count; ++i)
+            for (std::size_t m = 0; m < methods.size(); ++m) {
+                const auto row = static_cast<Eigen::Index>(i);
+                const auto start = std::chrono::steady_clock::now();
+                auto result = sqz::weighted_kmeans(rows.values.row(row), rows.weights.row(row), k, methods[m]);
+                const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+                best[m][i] = std::min(best[m][i], seconds);
+                t[m].objectives[i] = result.objective;
+                t[m].centroids[i] = std::move(result.centroids);
+            }
+    for (std::size_t m = 0; m < methods.size(); ++m) {
+        double total = 0;
+        for (double seconds : best[m]) total += seconds;
+        t[m].ms_per_row = 1e3 * total / static_cast<double>(count);
+    }
     return t;
 }
 
@@ -105,8 +115,7 @@ row_set read_rows(const std::string& path) {
 
 int run_input(const std::string& path, int k, sqz::kmeans_method method, int repeats) {
     const auto rows = read_rows(path);
-    const sqz::kmeans_options options{.method = method};
-    const auto t = time_rows(rows, k, options, repeats);
+    const auto t = time_rows(rows, k, {sqz::kmeans_options{.method = method}}, repeats)[0];
     for (std::size_t i = 0; i < t.objectives.size(); ++i) {
         std::printf("{\"row\":%zu,\"objective\":%.17g,\"centroids\":[", i, t.objectives[i]);
         for (std::size_t c = 0; c < t.centroids[i].size(); ++c)
@@ -124,7 +133,7 @@ int run_input(const std::string& path, int k, sqz::kmeans_method method, int rep
 int main(int argc, char** argv) try {
     bool json = false, quick = false, fp16 = true;
     long rows_override = 0, n = 4096;
-    int k = 16, repeats = 3;
+    int k = 16, repeats = 5;
     std::uint64_t seed = 1;
     std::string dump_path, input_path;
     sqz::kmeans_method method = sqz::kmeans_method::exact;
@@ -165,9 +174,13 @@ int main(int argc, char** argv) try {
             const long row_count = rows_override > 0 ? rows_override : (quick ? 8 : (cols > 8192 ? 24 : 64));
             const auto rows = make_rows(row_count, cols, rounded, seed);
             for (const int clusters : {4, 8, 16, 256}) {
-                const int reps = clusters == 256 ? 1 : repeats;
-                const auto exact = time_rows(rows, clusters, {.method = sqz::kmeans_method::exact}, reps);
-                const auto lloyd = time_rows(rows, clusters, {.method = sqz::kmeans_method::lloyd}, reps);
+                const int reps = clusters == 256 ? std::min(repeats, 2) : repeats;
+                const auto both = time_rows(rows, clusters,
+                                            {sqz::kmeans_options{.method = sqz::kmeans_method::exact},
+                                             sqz::kmeans_options{.method = sqz::kmeans_method::lloyd}},
+                                            reps);
+                const timing& exact = both[0];
+                const timing& lloyd = both[1];
                 double gap_sum = 0, gap_max = 0;
                 for (std::size_t r = 0; r < exact.objectives.size(); ++r) {
                     const double gap = lloyd.objectives[r] / exact.objectives[r] - 1;

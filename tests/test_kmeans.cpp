@@ -11,6 +11,7 @@
 #include <numeric>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -209,6 +210,20 @@ TEST_CASE("exact k-means on LLM-like fp16 rows matches the slow DP, in float and
     }
 }
 
+TEST_CASE("exact k-means with many clusters matches the slow DP", "[kmeans]") {
+    sqz::synthetic::rng random(404);
+    for (const int k : {24, 64, 100}) {
+        std::vector<double> x(260), w(260);
+        for (std::size_t i = 0; i < x.size(); ++i) {
+            x[i] = sqz::round_to_half(static_cast<float>(0.02 * random.student_t(5.0)));
+            w[i] = random.uniform() < 0.1 ? 0.0 : std::exp(2.0 * random.normal());
+        }
+        INFO("k = " << k);
+        const auto result = sqz::weighted_kmeans(x, w, k);
+        CHECK(check_result(result, x, w, k) == Approx(slow_dp_optimum(x, w, k)).epsilon(1e-9).margin(1e-18));
+    }
+}
+
 TEST_CASE("weights pull centroids toward heavy values", "[kmeans]") {
     const std::vector<double> x{0, 1, 2, 10, 11, 12};
     std::vector<double> w{1, 1, 1, 1, 1, 1};
@@ -262,6 +277,20 @@ TEST_CASE("k-means rejects bad input with the argument and index", "[kmeans]") {
                Catch::Contains("weights[0]"));
     CHECK_THAT(message([&] { sqz::weighted_kmeans(x, std::vector<float>{1, -0.5f, 1}, 2); }),
                Catch::Contains("weights[1] = -0.5 is negative"));
+    // Longer contiguous float rows go through the vectorised first pass: same messages, -0.0 weights accepted.
+    std::vector<float> long_x(20), long_w(20, 1.0f);
+    for (std::size_t i = 0; i < long_x.size(); ++i) long_x[i] = 0.1f * static_cast<float>(i);
+    auto bad_x = long_x;
+    bad_x[11] = nan;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(bad_x, long_w, 2); }), Catch::Contains("values[11] = nan"));
+    auto bad_w = long_w;
+    bad_w[13] = -1;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_w, 2); }), Catch::Contains("weights[13] = -1 is negative"));
+    bad_w[13] = 1;
+    bad_w[9] = inf;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_w, 2); }), Catch::Contains("weights[9] = inf"));
+    bad_w[9] = -0.0f;
+    CHECK_NOTHROW(sqz::weighted_kmeans(long_x, bad_w, 2));
     // Same checks in the row-batched entry, naming row and column.
     sqz::row_matrix<float> values(2, 3), weights(2, 3);
     values << 1, 2, 3, 4, 5, 6;
@@ -350,6 +379,33 @@ TEST_CASE("k-means edge cases: few distinct values, zero weights, ties, signed z
     }
 }
 
+TEST_CASE("k-means rejects values whose weighted squares overflow double", "[kmeans]") {
+    const std::vector<double> x{-1e200, 0.0, 1e200, 2e200};
+    const std::vector<double> w{1, 1, 1, 1};
+    CHECK_THROWS_WITH(sqz::weighted_kmeans(x, w, 2), Catch::Contains("overflows double"));
+    // A zero weight is accepted with either sign of zero.
+    const auto r = sqz::weighted_kmeans(std::vector<double>{1, 2, 3}, std::vector<double>{1, -0.0, 1}, 2);
+    CHECK(r.centroids == std::vector<double>{1, 3});
+}
+
+TEST_CASE("per-thread scratch memory does not leak between rows of different sizes", "[kmeans]") {
+    const auto values = sqz::synthetic::llm_like_weights(3, 3000, 41);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(3, 3000, 42);
+    const auto small_values = sqz::synthetic::llm_like_weights(1, 200, 43);
+    const auto small_fisher = sqz::synthetic::fisher_like_sensitivity(1, 200, 44);
+    for (auto method : {sqz::kmeans_method::exact, sqz::kmeans_method::lloyd}) {
+        const sqz::kmeans_options options{.method = method};
+        // In this thread after larger rows, and in a fresh thread with fresh scratch memory.
+        for (Eigen::Index r = 0; r < 3; ++r) sqz::weighted_kmeans(values.row(r), fisher.row(r), 32, options);
+        const auto warm = sqz::weighted_kmeans(small_values.row(0), small_fisher.row(0), 16, options);
+        sqz::kmeans_result<float> fresh;
+        std::thread([&] { fresh = sqz::weighted_kmeans(small_values.row(0), small_fisher.row(0), 16, options); }).join();
+        CHECK(warm.centroids == fresh.centroids);
+        CHECK(warm.labels == fresh.labels);
+        CHECK(warm.objective == fresh.objective);
+    }
+}
+
 TEST_CASE("k-means accepts spans, vectors and Eigen expressions of float or double", "[kmeans]") {
     const auto values = sqz::synthetic::llm_like_weights(2, 256, 11);
     const auto fisher = sqz::synthetic::fisher_like_sensitivity(2, 256, 12);
@@ -368,6 +424,12 @@ TEST_CASE("k-means accepts spans, vectors and Eigen expressions of float or doub
         CHECK(r->labels == reference.labels);
         CHECK(r->objective == reference.objective);
     }
+    // Strided storage (a row of a column-major matrix) takes the element-by-element path: same bits.
+    const Eigen::MatrixXf column_major_values = values, column_major_fisher = fisher;
+    const auto strided = sqz::weighted_kmeans(column_major_values.row(1), column_major_fisher.row(1), 8);
+    CHECK(strided.centroids == reference.centroids);
+    CHECK(strided.labels == reference.labels);
+    CHECK(strided.objective == reference.objective);
     const std::vector<double> xd(x.begin(), x.end());
     const auto as_double = sqz::weighted_kmeans(xd, w, 8);
     static_assert(std::is_same_v<decltype(as_double), const sqz::kmeans_result<double>>);
@@ -416,5 +478,5 @@ TEST_CASE("lloyd is deterministic, seed-dependent only through sampling, and nea
         CHECK(exact.objective <= a.objective * (1 + 1e-9));
         gap += a.objective / exact.objective - 1;
     }
-    CHECK(gap / 6 < 0.25);  // a loose sanity bound; the benchmark measures the real gap
+    CHECK(gap / 6 < 0.1);  // a loose sanity bound; the benchmark measures the real gap
 }

@@ -56,6 +56,17 @@ sqz::row_matrix<T> extracted_mask(const sqz::quantized_matrix<T, Bits>& q) {
     return mask;
 }
 
+// Whether c + r == w holds exactly in the reals: Dekker's Fast2Sum (an independent formula from the
+// library's TwoSum) gives the rounding error of the float sum.
+bool exact_real_sum(float c, float r, float w) {
+    float a = c;
+    float b = r;
+    if (std::abs(a) < std::abs(b)) std::swap(a, b);
+    const float sum = a + b;
+    const float error = b - (sum - a);
+    return sum == w && error == 0.0f;
+}
+
 // Brute force: the minimum of sum f (x - c(x))^2 over all ways to split the sorted values into at most k
 // contiguous groups (each at its weighted mean), for tiny rows.
 double optimal_objective(std::vector<std::pair<double, double>> points, int k) {
@@ -89,6 +100,7 @@ double optimal_objective(std::vector<std::pair<double, double>> points, int k) {
 TEST_CASE("D + S reproduces W exactly at every extracted position, codes are nearest", "[quantize]") {
     const matrix w = llm_weights(24, 70, 1);
     const matrix f = fisher(24, 70, 2);
+    long real_exact = 0;
     for (int bits : {1, 2, 3, 4, 8})
         for (const auto format : {sqz::lut_format::fp32, sqz::lut_format::fp16})
             for (const auto codebook : {sqz::codebook_method::kmeans, sqz::codebook_method::rtn})
@@ -112,8 +124,20 @@ TEST_CASE("D + S reproduces W exactly at every extracted position, codes are nea
                     const matrix d = q.dequantize();
                     for (Eigen::Index i = 0; i < w.rows(); ++i)
                         for (Eigen::Index j = 0; j < w.cols(); ++j)
-                            if (mask(i, j) != 0) REQUIRE(d(i, j) == w(i, j));
+                            if (mask(i, j) != 0) {
+                                REQUIRE(d(i, j) == w(i, j));
+                                // Whenever some LUT entry makes D + S exact as a real sum (so also when added
+                                // in double), the chosen one does.
+                                bool possible = false;
+                                for (Eigen::Index k = 0; k < q.levels(); ++k)
+                                    possible = possible || exact_real_sum(q.lut()(i, k), static_cast<float>(w(i, j) - q.lut()(i, k)), w(i, j));
+                                if (possible)
+                                    REQUIRE(static_cast<double>(q.dense_value(i, j)) + static_cast<double>(q.sparse().coeff(i, j)) ==
+                                            static_cast<double>(w(i, j)));
+                                real_exact += possible ? 1 : 0;
+                            }
                 }
+    CHECK(real_exact > 2000);  // most of the 40 x 68 extracted entries allow it
 }
 
 TEST_CASE("extracted entries choose a centroid that reproduces them, nearest first", "[quantize]") {
@@ -175,6 +199,7 @@ TEST_CASE("exact residuals on adversarial values against a brute-force search", 
     // reconstruction is exact; when it reports failure, no float residual near any centroid reproduces w.
     sqz::synthetic::rng random(77);
     int exact = 0;
+    int exact_in_reals = 0;
     for (int trial = 0; trial < 3000; ++trial) {
         const auto random_float = [&] {
             const double magnitude = std::pow(10.0, -30.0 + 33.0 * random.uniform());
@@ -185,13 +210,25 @@ TEST_CASE("exact residuals on adversarial values against a brute-force search", 
         std::sort(lut.begin(), lut.end());
         const float w = random_float();
         const auto chosen = sqz::detail::exact_sparse_code<float>(lut, w);
+        const double d = std::abs(static_cast<double>(w) - lut[chosen.code]);
         if (chosen.exact) {
             ++exact;
             REQUIRE(static_cast<float>(lut[chosen.code] + chosen.residual) == w);
-            // Nearest first: no nearer centroid reproduces w with the plain residual.
-            const double d = std::abs(static_cast<double>(w) - lut[chosen.code]);
-            for (const float c : lut)
-                if (std::abs(static_cast<double>(w) - c) < d) REQUIRE(static_cast<float>(c + static_cast<float>(w - c)) != w);
+            if (exact_real_sum(lut[chosen.code], chosen.residual, w)) {
+                ++exact_in_reals;
+                // Nearest first among the real-exact ones.
+                for (const float c : lut)
+                    if (std::abs(static_cast<double>(w) - c) < d) REQUIRE_FALSE(exact_real_sum(c, static_cast<float>(w - c), w));
+            } else {
+                // No entry at all allows a real-exact sum, and no nearer entry reproduces w in float.
+                for (const float c : lut) REQUIRE_FALSE(exact_real_sum(c, static_cast<float>(w - c), w));
+                for (const float c : lut)
+                    if (std::abs(static_cast<double>(w) - c) < d) {
+                        float r = std::nextafter(static_cast<float>(w - c), -std::numeric_limits<float>::infinity());
+                        for (int step = 0; step < 3; ++step, r = std::nextafter(r, std::numeric_limits<float>::infinity()))
+                            REQUIRE(static_cast<float>(c + r) != w);
+                    }
+            }
         } else {
             for (const float c : lut) {
                 float r = static_cast<float>(w - c);
@@ -202,6 +239,8 @@ TEST_CASE("exact residuals on adversarial values against a brute-force search", 
         }
     }
     CHECK(exact > 1000);  // the search succeeds for most of them
+    CHECK(exact_in_reals > 200);
+    CHECK(exact_in_reals < exact);  // and some need the float-rounding tier
 }
 
 TEST_CASE("the report equals independent computations from the public API", "[quantize]") {
@@ -233,7 +272,7 @@ TEST_CASE("the report equals independent computations from the public API", "[qu
     CHECK(report.storage.total() == q.storage_bytes().total());
     CHECK(report.rows == 16);
     CHECK(report.bits == 3);
-    CHECK(report.seconds >= report.split_seconds);
+    CHECK(report.seconds >= report.split_seconds + report.codebook_seconds);
     const auto evaluated = sqz::evaluate(w, f, q);
     CHECK(evaluated.taylor_objective == Approx(report.taylor_objective).epsilon(1e-12));
     CHECK(evaluated.relative_error == Approx(report.relative_error).epsilon(1e-12));
@@ -463,6 +502,17 @@ TEST_CASE("bad input to quantize is rejected with a message naming the problem",
     CHECK_THROWS_WITH(sqz::quantize(w, bad_f), Catch::Contains("sensitivity(2, 0) = -1e-09 is negative"));
     bad_f(2, 0) = std::numeric_limits<float>::quiet_NaN();
     CHECK_THROWS_WITH(sqz::quantize(w, bad_f, cfg{.threads = 2}), Catch::Contains("sensitivity(2, 0) = nan is not finite"));
+    // Errors in several rows: the lowest row is reported, for any thread count, with or without a split.
+    bad_w = w;
+    bad_w(2, 1) = std::numeric_limits<float>::quiet_NaN();
+    bad_f = f;
+    bad_f(1, 7) = -2.0f;
+    for (const int threads : {1, 2}) {
+        CHECK_THROWS_WITH(sqz::quantize(bad_w, bad_f, cfg{.threads = threads}), Catch::Contains("sensitivity(1, 7) = -2"));
+        CHECK_THROWS_WITH(sqz::quantize(bad_w, f, cfg{.threads = threads}), Catch::Contains("W(2, 1) = nan"));
+        CHECK_THROWS_WITH(sqz::quantize(bad_w, f, cfg{.split = {.outlier_fraction = 0.1}, .threads = threads}),
+                          Catch::Contains("W(2, 1) = nan"));
+    }
     // Values beyond fp16's range cannot have an fp16 codebook.
     const matrix huge = matrix::Constant(2, 4, 1e6f);
     CHECK_THROWS_WITH(sqz::quantize(huge, matrix(matrix::Ones(2, 4)), cfg{.format = sqz::lut_format::fp16}),

@@ -9,7 +9,9 @@
 //
 // with cost(a, j) = sum w y^2 - (sum w y)^2 / sum w over distinct values a..j-1, O(1) from prefix sums.
 // The cost satisfies the quadrangle inequality, so the minimising a is monotone in j and in l; each layer
-// is solved by divide and conquer within those bounds.
+// is solved by divide and conquer within those bounds. The programme runs half the layers from each end
+// and meets in the middle, and skips every cell costlier than an upper bound from a quick Lloyd run
+// (docs/design.md has the details).
 //
 //   weighted_kmeans(values, weights, k, options)        one row: values and weights as std::span,
 //                                                       std::vector or Eigen vector expressions
@@ -20,13 +22,14 @@
 //   empty input, mismatched sizes and k outside 1..256 throw sqz::error naming the argument and index.
 // - Equal values (including -0.0 and +0.0) are merged: they always share a label.
 // - Entries of zero weight do not influence the centroids or the objective; like every entry they are
-//   labelled with their nearest centroid. If every weight is zero, all weights count as 1 (as
-//   scikit-learn's KMeans then does), and the objective uses those equal weights.
+//   labelled with their nearest centroid. If every weight is zero, all weights count as 1 (the row's
+//   unweighted k-means), and the objective uses those equal weights.
 // - If fewer than k distinct values have positive weight, each of them is a centroid and the last one
 //   is repeated to make k (objective 0).
 // - centroids are sorted ascending; labels[i] is the index of the centroid nearest to values[i], the
 //   lowest such index when two are equally near; objective = sum_i w_i (x_i - centroids[labels[i]])^2
 //   computed in double with the returned (value-type) centroids.
+// - Results depend only on the input values (not on how they are stored, nor on the thread count).
 #pragma once
 
 #include <sqz/error.hpp>
@@ -120,6 +123,22 @@ private:
     [[no_unique_address]] std::conditional_t<eigen_dense<C>, char, std::ranges::iterator_t<const C>> first_{};
 };
 
+/// The elements as a contiguous array when they are stored as one (vectors, spans, Eigen vectors and rows
+/// of row-major matrices), else null.
+template <class C>
+const element_t<C>* contiguous_data(const C& c) {
+    if constexpr (eigen_dense<C>) {
+        if constexpr ((C::Flags & Eigen::DirectAccessBit) != 0)
+            return c.innerStride() == 1 || c.size() <= 1 ? c.data() : nullptr;
+        else
+            return nullptr;
+    } else if constexpr (std::ranges::contiguous_range<const C>) {
+        return std::ranges::data(c);
+    } else {
+        return nullptr;
+    }
+}
+
 /// Sort key for a float or double whose unsigned order is the numeric order: 2^(b-1) + magnitude for
 /// positive values and 2^(b-1) - magnitude for negative ones. Both zeros map to 2^(b-1), so they merge, and
 /// trailing zero bits of the input survive (fp16 data in a float leaves 13 of them for the sort to skip).
@@ -170,13 +189,12 @@ struct prefix_sums {
 /// neighbours. Cells above `bound` cannot lie on an optimal path; once one is found, the cells right of it
 /// are skipped (D is non-decreasing in j).
 struct layer_solver {
-    static constexpr std::size_t sweep_candidates = 16;  // measured: 8..16 is fastest
+    static constexpr std::size_t sweep_candidates = 8;  // measured: 8 to 16 is fastest
     prefix_sums s;
     const double* reduced;
     double* value;                      // D of this layer, indexed by j
     std::uint32_t* choice;              // minimiser of this layer, indexed by j
     const std::uint32_t* lower;         // previous layer's minimisers, indexed by j; null for layer 2
-    std::size_t lower_reach;            // lower[j] is known for j <= lower_reach
     double bound;
     mutable std::size_t first_pruned;   // leftmost cell found beyond the bound; every cell left of it is set
 
@@ -254,47 +272,57 @@ struct layer_solver {
         return {best, best_a};
     }
 
-    std::size_t lower_at(std::size_t j) const { return lower[std::min(j, lower_reach)]; }
-
-    /// Every cell j in [j_begin, j_end) by trying each candidate in [a_begin, a_end] (within the cell's
-    /// own bounds): once the candidates are few, this beats halving further. Vectorised over j.
+    /// Every cell j in [j_begin, j_end) by trying each candidate in [a_begin, a_end]: once the candidates
+    /// are few, this beats halving further. Vectorised over four consecutive cells, which share the
+    /// candidates from the first cell's lower bound (a wider range than the others' own bounds, so the
+    /// same minimum) up to j - 1; the last three candidates are masked per cell (a < j).
     void sweep(std::size_t j_begin, std::size_t j_end, std::size_t a_begin, std::size_t a_end) const {
-        std::size_t j = j_begin;
 #if defined(__AVX2__)
-        for (; j + 4 <= j_end || (j < j_end && j_end - j_begin >= 4); j += 4) {
-            if (j + 4 > j_end) j = j_end - 4;  // the last block may overlap the previous one
-            const __m256d w_j = _mm256_loadu_pd(s.s0 + j);
-            const __m256d wy_j = _mm256_loadu_pd(s.s1 + j);
-            const std::size_t first = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
-            const std::size_t last = std::min(a_end, j + 2);  // lane 3 (cell j + 3) allows a <= j + 2
-            __m256d from = _mm256_set1_pd(static_cast<double>(a_begin));
-            if (lower != nullptr)
-                from = _mm256_max_pd(from, _mm256_setr_pd(static_cast<double>(lower_at(j)), static_cast<double>(lower_at(j + 1)),
-                                                          static_cast<double>(lower_at(j + 2)), static_cast<double>(lower_at(j + 3))));
-            const __m256d to = _mm256_min_pd(_mm256_set1_pd(static_cast<double>(a_end)),
-                                             _mm256_setr_pd(static_cast<double>(j) - 1, static_cast<double>(j),
-                                                            static_cast<double>(j) + 1, static_cast<double>(j) + 2));
-            __m256d best = _mm256_set1_pd(std::numeric_limits<double>::infinity());
-            __m256d at = from;
-            for (std::size_t a = first; a <= last; ++a) {
-                const __m256d index = _mm256_set1_pd(static_cast<double>(a));
-                const __m256d w = _mm256_sub_pd(w_j, _mm256_set1_pd(s.s0[a]));
-                const __m256d wy = _mm256_sub_pd(wy_j, _mm256_set1_pd(s.s1[a]));
-                const __m256d v = _mm256_sub_pd(_mm256_set1_pd(reduced[a]), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
-                const __m256d valid = _mm256_and_pd(_mm256_cmp_pd(index, from, _CMP_GE_OQ), _mm256_cmp_pd(index, to, _CMP_LE_OQ));
-                const __m256d better = _mm256_and_pd(valid, _mm256_cmp_pd(v, best, _CMP_LT_OQ));
-                best = _mm256_blendv_pd(best, v, better);
-                at = _mm256_blendv_pd(at, index, better);
+        if (j_end - j_begin >= 4) {
+            const __m256d one = _mm256_set1_pd(1);
+            const __m256d lane = _mm256_setr_pd(0, 1, 2, 3);
+            for (std::size_t block = j_begin; block < j_end; block += 4) {
+                const std::size_t j = std::min(block, j_end - 4);  // the last block may overlap the previous one
+                const std::size_t first = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
+                const std::size_t last = std::min(a_end, j + 2);
+                const __m256d w_j = _mm256_loadu_pd(s.s0 + j);
+                const __m256d wy_j = _mm256_loadu_pd(s.s1 + j);
+                __m256d best = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+                __m256d at = _mm256_setzero_pd();
+                __m256d index = _mm256_set1_pd(static_cast<double>(first));
+                std::size_t a = first;
+                const auto candidate = [&](std::size_t c) {
+                    const __m256d w = _mm256_sub_pd(w_j, _mm256_broadcast_sd(s.s0 + c));
+                    const __m256d wy = _mm256_sub_pd(wy_j, _mm256_broadcast_sd(s.s1 + c));
+                    return _mm256_sub_pd(_mm256_broadcast_sd(reduced + c), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
+                };
+                for (const std::size_t shared = std::min(last, j - 1); a <= shared; ++a) {
+                    const __m256d v = candidate(a);
+                    const __m256d better = _mm256_cmp_pd(v, best, _CMP_LT_OQ);
+                    best = _mm256_blendv_pd(best, v, better);
+                    at = _mm256_blendv_pd(at, index, better);
+                    index = _mm256_add_pd(index, one);
+                }
+                for (; a <= last; ++a) {  // a >= j: only cells j + 1 + (a - j) and up may use it
+                    const __m256d v = candidate(a);
+                    const __m256d allowed = _mm256_cmp_pd(lane, _mm256_set1_pd(static_cast<double>(a - j)), _CMP_GT_OQ);
+                    const __m256d better = _mm256_and_pd(allowed, _mm256_cmp_pd(v, best, _CMP_LT_OQ));
+                    best = _mm256_blendv_pd(best, v, better);
+                    at = _mm256_blendv_pd(at, index, better);
+                    index = _mm256_add_pd(index, one);
+                }
+                const __m256d result = _mm256_add_pd(_mm256_loadu_pd(s.s2 + j), best);
+                _mm256_storeu_pd(value + j, result);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(choice + j), _mm256_cvttpd_epi32(at));
+                const int beyond = _mm256_movemask_pd(_mm256_cmp_pd(result, _mm256_set1_pd(bound), _CMP_GT_OQ));
+                if (beyond != 0)
+                    first_pruned = std::min(first_pruned, j + static_cast<std::size_t>(std::countr_zero(static_cast<unsigned>(beyond))));
             }
-            const __m256d result = _mm256_add_pd(_mm256_loadu_pd(s.s2 + j), best);
-            _mm256_storeu_pd(value + j, result);
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(choice + j), _mm256_cvttpd_epi32(at));
-            const int beyond = _mm256_movemask_pd(_mm256_cmp_pd(result, _mm256_set1_pd(bound), _CMP_GT_OQ));
-            if (beyond != 0) first_pruned = std::min(first_pruned, j + static_cast<std::size_t>(std::countr_zero(static_cast<unsigned>(beyond))));
+            return;
         }
 #endif
-        for (; j < j_end; ++j) {
-            const std::size_t first = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
+        for (std::size_t j = j_begin; j < j_end; ++j) {
+            const std::size_t first = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
             const std::size_t last = std::min(a_end, j - 1);
             double best = g(first, j);
             std::size_t best_a = first;
@@ -319,7 +347,7 @@ struct layer_solver {
                 return;
             }
             const std::size_t j = j_begin + (j_end - j_begin) / 2;
-            const std::size_t lo = lower != nullptr ? std::max(a_begin, lower_at(j)) : a_begin;
+            const std::size_t lo = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
             const auto [best, best_a] = scan(j, lo, std::min(a_end, j - 1));
             value[j] = s.s2[j] + best;
             choice[j] = static_cast<std::uint32_t>(best_a);
@@ -355,8 +383,9 @@ struct dp_direction {
 
     prefix_sums sums() const { return {s0.data(), s1.data(), s2.data()}; }
 
-    /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound).
-    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound) {
+    /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound). The last
+    /// layer is only needed from j = last_from on (when the other direction already bounds the meeting).
+    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound, std::size_t last_from = 0) {
         const prefix_sums s = sums();
         const std::size_t stride = m + 1;
         value.resize(stride);
@@ -376,17 +405,34 @@ struct dp_direction {
             const std::size_t previous_reach = reach[l - 1];
             for (std::size_t a = l - 1; a <= previous_reach; ++a) reduced[a] = value[a] - s.s2[a];
             const std::size_t j_last = m - (k - l);
-            layer_solver solver{s, reduced.data(), next_value.data(), choice.data() + (l - 2) * stride,
-                                l >= 3 ? choice.data() + (l - 3) * stride : nullptr, previous_reach, bound, j_last + 1};
+            std::uint32_t* lower = l >= 3 ? choice.data() + (l - 3) * stride : nullptr;
+            if (lower != nullptr)  // beyond its reach, the previous layer's last minimiser is still a lower bound
+                std::fill(lower + previous_reach + 1, lower + j_last + 1, lower[previous_reach]);
+            layer_solver solver{s, reduced.data(), next_value.data(), choice.data() + (l - 2) * stride, lower, bound,
+                                j_last + 1};
             // Minimisers never exceed the previous layer's reach: a cell within the bound has its
             // (l - 1)-cluster prefix within the bound too.
-            solver.solve(l, j_last + 1, l - 1, previous_reach);
-            if (solver.first_pruned <= l) return false;
+            const std::size_t j_first = l == layers ? std::max(l, last_from) : l;
+            if (j_first > j_last) return false;
+            solver.solve(j_first, j_last + 1, lower != nullptr ? std::max<std::size_t>(l - 1, lower[j_first]) : l - 1,
+                         previous_reach);
+            if (solver.first_pruned <= j_first) return false;
             reach[l] = solver.first_pruned - 1;
             std::swap(value, next_value);
         }
         return true;
     }
+};
+
+/// Scratch memory of the Lloyd solver (kept in the per-thread workspace).
+struct lloyd_scratch {
+    struct move_record {
+        double saving;
+        std::size_t cell, at;
+    };
+    std::vector<double> centre, cell, saved_centre;
+    std::vector<std::uint32_t> start, moved_start, saved_boundaries;
+    std::vector<move_record> splits, merges, pairs;
 };
 
 /// Greedy weighted k-means++ seeding and Lloyd iterations on sorted groups y (ascending, shifted) with
@@ -396,14 +442,37 @@ struct lloyd_solver {
     const double* y;
     prefix_sums s;
     std::size_t m;
-    std::vector<double>& centre;       // sorted
-    std::vector<std::uint32_t>& start;  // cell c is groups [start[c], start[c + 1])
-    std::vector<double>& cell;         // cell costs
+    lloyd_scratch& scratch;
+    std::vector<double>& centre = scratch.centre;       // sorted
+    std::vector<std::uint32_t>& start = scratch.start;  // cell c is groups [start[c], start[c + 1])
+    std::vector<double>& cell = scratch.cell;           // cell costs
 
-    std::size_t first_at_least(double c) const {
-        return static_cast<std::size_t>(std::lower_bound(y, y + m, c) - y);
+    /// First group in [lo, hi] with y >= c, or hi.
+    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const {
+        return static_cast<std::size_t>(std::lower_bound(y + lo, y + hi, c) - y);
     }
-    std::size_t split(std::size_t c) const { return first_at_least(0.5 * (centre[c] + centre[c + 1])); }
+    /// First group with y >= c, by a galloping search from `hint` (boundaries move little between calls).
+    std::size_t first_at_least_near(double c, std::size_t hint) const {
+        hint = std::min(hint, m);
+        std::size_t step = 1;
+        if (hint < m && y[hint] < c) {  // the answer is in (hint, m]
+            std::size_t lo = hint + 1;   // y[lo - 1] < c
+            while (lo + step - 1 < m && y[lo + step - 1] < c) {
+                lo += step;
+                step *= 2;
+            }
+            return first_at_least(c, lo, std::min(m, lo + step - 1));
+        }
+        std::size_t hi = hint;  // hi == m or y[hi] >= c: the answer is in [0, hi]
+        while (hi >= step && y[hi - step] >= c) {
+            hi -= step;
+            step *= 2;
+        }
+        return first_at_least(c, hi >= step ? hi - step + 1 : 0, hi);
+    }
+    std::size_t split(std::size_t c, std::size_t hint) const {
+        return first_at_least_near(0.5 * (centre[c] + centre[c + 1]), hint);
+    }
 
     /// A group drawn with probability proportional to w (y - nearest centre)^2; m if none can be drawn.
     std::size_t sample(synthetic::rng& random, double total) const {
@@ -432,8 +501,10 @@ struct lloyd_solver {
         const bool has_left = at > 0, has_right = at < count;
         const std::size_t region_begin = has_left ? start[at - 1] : 0;
         const std::size_t region_end = has_right ? start[at + 1] : m;
-        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v)) : region_begin;
-        const std::size_t right_begin = has_right ? std::max(left_end, first_at_least(0.5 * (v + centre[at]))) : region_end;
+        // The new boundaries lie inside the region of the neighbouring cells.
+        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end) : region_begin;
+        const std::size_t right_begin =
+            has_right ? first_at_least(0.5 * (v + centre[at]), left_end, region_end) : region_end;
         double before = 0, after = s.cost_around(left_end, right_begin, v);
         if (has_left) {
             before += cell[at - 1];
@@ -446,14 +517,34 @@ struct lloyd_solver {
         return after - before;
     }
 
+    /// Cells of the current centres; the previous boundaries (when their count matches) are search hints.
     void recompute_cells() {
         const std::size_t count = centre.size();
+        const bool hinted = start.size() == count + 1;
         start.resize(count + 1);
         start[0] = 0;
         start[count] = static_cast<std::uint32_t>(m);
-        for (std::size_t c = 0; c + 1 < count; ++c) start[c + 1] = static_cast<std::uint32_t>(split(c));
+        for (std::size_t c = 0; c + 1 < count; ++c)
+            start[c + 1] = static_cast<std::uint32_t>(split(c, hinted ? start[c + 1] : m * (c + 1) / count));
         cell.resize(count);
         for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
+    }
+
+    /// Inserts centre v (not a centre yet) in sorted position, updating only the cells next to it.
+    void insert_centre(double v) {
+        const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
+        const std::size_t count = centre.size();
+        const std::size_t region_begin = at > 0 ? start[at - 1] : 0;
+        const std::size_t region_end = at < count ? start[at + 1] : m;
+        centre.insert(centre.begin() + static_cast<std::ptrdiff_t>(at), v);
+        start.insert(start.begin() + static_cast<std::ptrdiff_t>(at) + 1, static_cast<std::uint32_t>(at < count ? 0 : m));
+        cell.insert(cell.begin() + static_cast<std::ptrdiff_t>(at), 0.0);
+        // Now centre[at] = v; boundaries at and at + 1 are new, and inside the old region.
+        if (at > 0) start[at] = static_cast<std::uint32_t>(first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end));
+        if (at < count)
+            start[at + 1] = static_cast<std::uint32_t>(first_at_least(0.5 * (v + centre[at + 1]), start[at], region_end));
+        for (std::size_t c = at > 0 ? at - 1 : 0; c <= std::min(at + 1, count); ++c)
+            cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
     }
 
     double total() const {
@@ -495,8 +586,7 @@ struct lloyd_solver {
                     }
                 }
             }
-            centre.insert(std::upper_bound(centre.begin(), centre.end(), best_value), best_value);
-            recompute_cells();
+            insert_centre(best_value);
         }
     }
 
@@ -509,7 +599,7 @@ struct lloyd_solver {
             }
             bool moved = false;
             for (std::size_t c = 0; c + 1 < centre.size(); ++c) {
-                const auto b = static_cast<std::uint32_t>(split(c));
+                const auto b = static_cast<std::uint32_t>(split(c, start[c + 1]));
                 moved |= b != start[c + 1];
                 start[c + 1] = b;
             }
@@ -518,6 +608,98 @@ struct lloyd_solver {
         recompute_cells();
         return total();
     }
+
+    /// Lloyd stops in local optima where one cell spans two natural clusters while two neighbouring
+    /// cells share one. A split-and-merge move fixes that: split a cell at its best 2-split point and merge
+    /// an adjacent pair of other cells, then run Lloyd again; the moves are tried in order of estimated
+    /// net saving and the first that lowers the cost is kept. `cost` is the current total; returns the
+    /// improved one.
+    /// A good 2-split of groups [a, b) (b - a >= 2): 2-means by Lloyd, from a split at the weighted mean.
+    std::size_t two_means_split(std::size_t a, std::size_t b) const {
+        const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
+        std::size_t t = clamp_split(static_cast<std::size_t>(
+            std::lower_bound(y + a, y + b, (s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a])) - y));
+        for (int iteration = 0; iteration < 16; ++iteration) {
+            const double left = (s.s1[t] - s.s1[a]) / (s.s0[t] - s.s0[a]);
+            const double right = (s.s1[b] - s.s1[t]) / (s.s0[b] - s.s0[t]);
+            const std::size_t next = clamp_split(static_cast<std::size_t>(std::lower_bound(y + a, y + b, 0.5 * (left + right)) - y));
+            if (next == t) break;
+            t = next;
+        }
+        return t;
+    }
+
+    double split_and_merge(int rounds, int max_iterations, double cost) {
+        const std::size_t k = centre.size();
+        if (k < 3) return cost;
+        using move = lloyd_scratch::move_record;
+        auto& splits = scratch.splits;
+        auto& merges = scratch.merges;
+        auto& pairs = scratch.pairs;
+        auto& saved_centre = scratch.saved_centre;
+        auto& saved_boundaries = scratch.saved_boundaries;
+        auto& moved_start = scratch.moved_start;
+        constexpr std::size_t candidates = 2, tries = 2;
+        for (int round = 0; round < rounds; ++round) {
+            splits.clear();
+            merges.clear();
+            for (std::size_t c = 0; c < k; ++c) {
+                const std::size_t a = start[c], b = start[c + 1];
+                if (b - a < 2) continue;
+                const std::size_t t = two_means_split(a, b);
+                splits.push_back({s.interval_cost(a, b) - (s.interval_cost(a, t) + s.interval_cost(t, b)), c, t});
+            }
+            for (std::size_t c = 0; c + 1 < k; ++c)
+                merges.push_back({-(s.interval_cost(start[c], start[c + 2]) - s.interval_cost(start[c], start[c + 1]) -
+                                    s.interval_cost(start[c + 1], start[c + 2])),
+                                  c, 0});
+            const auto larger = [](const move& x, const move& y) { return x.saving > y.saving; };
+            const std::size_t split_count = std::min(candidates, splits.size());
+            const std::size_t merge_count = std::min(candidates + 2, merges.size());
+            std::partial_sort(splits.begin(), splits.begin() + static_cast<std::ptrdiff_t>(split_count), splits.end(), larger);
+            std::partial_sort(merges.begin(), merges.begin() + static_cast<std::ptrdiff_t>(merge_count), merges.end(), larger);
+            pairs.clear();
+            for (std::size_t i = 0; i < split_count; ++i)
+                for (std::size_t j = 0; j < merge_count; ++j) {
+                    const move& sp = splits[i];
+                    const move& me = merges[j];
+                    if (me.cell == sp.cell || me.cell + 1 == sp.cell) continue;
+                    // Estimated net saving: Lloyd after the move often gains more, so a few moves are tried
+                    // even when the estimate is negative.
+                    pairs.push_back({sp.saving + me.saving, i, j});
+                }
+            std::sort(pairs.begin(), pairs.end(), larger);
+            saved_centre = centre;
+            saved_boundaries = start;
+            bool improved = false;
+            for (std::size_t p = 0; p < std::min(pairs.size(), tries); ++p) {
+                const move& pair = pairs[p];
+                const move& sp = splits[pair.cell];
+                const move& me = merges[pair.at];
+                moved_start.clear();
+                for (std::size_t c = 1; c < k; ++c)
+                    if (c != me.cell + 1) moved_start.push_back(saved_boundaries[c]);
+                moved_start.insert(std::upper_bound(moved_start.begin(), moved_start.end(), static_cast<std::uint32_t>(sp.at)),
+                                   static_cast<std::uint32_t>(sp.at));
+                for (std::size_t c = 0; c < k; ++c) {
+                    const std::size_t a = c == 0 ? 0 : moved_start[c - 1], b = c + 1 == k ? m : moved_start[c];
+                    centre[c] = std::clamp((s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]), y[a], y[b - 1]);
+                }
+                recompute_cells();
+                const double moved_cost = iterate(max_iterations);
+                if (moved_cost < cost) {
+                    cost = moved_cost;
+                    improved = true;
+                    break;
+                }
+                centre = saved_centre;
+                recompute_cells();
+            }
+            if (!improved) break;
+        }
+        return cost;
+    }
+
 };
 
 /// Per-thread scratch memory, grown on demand and reused across rows (no allocation per row once warm).
@@ -531,18 +713,22 @@ struct workspace {
     std::vector<double> value, weight, shifted;  // positive-weight groups, ascending; shifted = value - pivot
     dp_direction forward, backward;              // forward.s0..s2 are the prefix sums of the groups
     std::vector<std::uint32_t> cluster_end;      // cluster c is groups [cluster_end[c - 1], cluster_end[c])
-    std::vector<double> centre, best_centre, cell;  // lloyd
-    std::vector<std::uint32_t> start;
+    lloyd_scratch lloyd;
+    std::vector<double> best_centre;
     std::vector<T> threshold;                  // labels: x >= threshold[i] means past distinct centroid i
+    std::vector<T> distinct;                   // the distinct centroids
     std::vector<std::uint8_t> distinct_first;  // first index of each distinct centroid
 };
 
 /// LSD radix sort of the items by key. Keys are first reduced to the bits that vary,
 /// (key - min) >> (trailing zeros common to all), so fp16 rows need two passes over at most 11-bit digits
-/// and float rows three.
+/// and float rows three. Real rows crowd into few leading digits, and counting consecutive equal digits
+/// waits on the previous increment; so the items are handled as four interleaved streams with counters of
+/// their own (offsets in stream order keep the sort stable).
 template <class T, class W>
 void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high, key_t<T> ones) {
     using K = key_t<T>;
+    constexpr std::size_t streams = 4;
     ws.key_low = 0;
     ws.key_shift = 0;
     if (low == high) return;
@@ -555,25 +741,48 @@ void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high,
     const K mask = static_cast<K>(radix - 1);
     ws.key_low = low;
     ws.key_shift = shift;
-    ws.histogram.assign(radix * static_cast<std::size_t>(passes), 0);
+    // Stream s is items [bound[s], bound[s + 1]); counters of pass p, stream s, digit d at
+    // ((p * streams) + s) * radix + d.
+    std::size_t bound[streams + 1];
+    for (std::size_t s = 0; s <= streams; ++s) bound[s] = n * s / streams;
+    const std::size_t shortest = n / streams;  // every stream has at least this many items
+    ws.histogram.assign(radix * streams * static_cast<std::size_t>(passes), 0);
     std::uint32_t* histogram = ws.histogram.data();
-    for (std::size_t i = 0; i < n; ++i) {
+    // The first pass's counters now, with the key reduction; later passes count the order they receive.
+    const auto count_item = [&](std::size_t s, std::size_t i) {
         const K key = (source[i].key - low) >> shift;
         source[i].key = key;
-        for (int p = 0; p < passes; ++p) ++histogram[static_cast<std::size_t>(p) * radix + ((key >> (p * digit_bits)) & mask)];
-    }
+        ++histogram[s * radix + (key & mask)];
+    };
+    for (std::size_t t = 0; t < shortest; ++t)
+        for (std::size_t s = 0; s < streams; ++s) count_item(s, bound[s] + t);
+    for (std::size_t s = 0; s < streams; ++s)
+        for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) count_item(s, i);
     ws.items_scratch.resize(n);
     sort_item<T, W>* target = ws.items_scratch.data();
     for (int p = 0; p < passes; ++p) {
-        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * radix;
-        std::uint32_t offset = 0;
-        for (std::size_t d = 0; d < radix; ++d) {
-            const std::uint32_t c = count[d];
-            count[d] = offset;
-            offset += c;
-        }
+        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * streams * radix;
         const int digit_shift = p * digit_bits;
-        for (std::size_t i = 0; i < n; ++i) target[count[(source[i].key >> digit_shift) & mask]++] = source[i];
+        if (p > 0) {  // the items moved: count this pass's digits per stream of the current order
+            for (std::size_t t = 0; t < shortest; ++t)
+                for (std::size_t s = 0; s < streams; ++s) ++count[s * radix + ((source[bound[s] + t].key >> digit_shift) & mask)];
+            for (std::size_t s = 0; s < streams; ++s)
+                for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) ++count[s * radix + ((source[i].key >> digit_shift) & mask)];
+        }
+        std::uint32_t offset = 0;
+        for (std::size_t d = 0; d < radix; ++d)
+            for (std::size_t s = 0; s < streams; ++s) {
+                const std::uint32_t c = count[s * radix + d];
+                count[s * radix + d] = offset;
+                offset += c;
+            }
+        const auto move_item = [&](std::size_t s, std::size_t i) {
+            target[count[s * radix + ((source[i].key >> digit_shift) & mask)]++] = source[i];
+        };
+        for (std::size_t t = 0; t < shortest; ++t)
+            for (std::size_t s = 0; s < streams; ++s) move_item(s, bound[s] + t);
+        for (std::size_t s = 0; s < streams; ++s)
+            for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) move_item(s, i);
         std::swap(source, target);
     }
     if (source != ws.items.data()) std::copy(source, source + n, ws.items.data());
@@ -599,18 +808,17 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     backward.s0.resize(m + 1);
     backward.s1.resize(m + 1);
     backward.s2.resize(m + 1);
-    backward.s0[0] = backward.s1[0] = backward.s2[0] = 0;
-    for (std::size_t i = 1; i <= m; ++i) {  // mirrored groups: -y in reverse order, accumulated from the end
-        const std::size_t g = m - i;
-        const double w = ws.weight[g], y = ws.shifted[g];
-        backward.s0[i] = backward.s0[i - 1] + w;
-        backward.s1[i] = backward.s1[i - 1] - w * y;
-        backward.s2[i] = backward.s2[i - 1] + w * y * y;
+    // Mirrored groups (-y in reverse order): their prefix sums are suffix sums of the forward ones, as
+    // differences of forward prefix sums like every interval sum the forward direction uses.
+    for (std::size_t i = 0; i <= m; ++i) {
+        backward.s0[i] = s.s0[m] - s.s0[m - i];
+        backward.s1[i] = s.s1[m - i] - s.s1[m];
+        backward.s2[i] = s.s2[m] - s.s2[m - i];
     }
     const std::size_t left_layers = k / 2, right_layers = k - left_layers;
     double bound = std::numeric_limits<double>::infinity();
     if (k >= 4) {
-        lloyd_solver lloyd{ws.shifted.data(), s, m, ws.centre, ws.start, ws.cell};
+        lloyd_solver lloyd{ws.shifted.data(), s, m, ws.lloyd};
         synthetic::rng random(0x9e3779b97f4a7c15ull);
         lloyd.seed(random, k);
         // Slack for rounding: cell costs come from differences of prefix sums.
@@ -619,7 +827,9 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     std::size_t cut = 0;
     for (;;) {
         double best = std::numeric_limits<double>::infinity();
-        if (forward.run(m, k, left_layers, bound) && backward.run(m, k, right_layers, bound)) {
+        // Backward first: its reach tells where forward's last layer can meet it.
+        if (backward.run(m, k, right_layers, bound) &&
+            forward.run(m, k, left_layers, bound, m - backward.reach[right_layers])) {
             const std::size_t first = std::max(left_layers, m - backward.reach[right_layers]);
             const std::size_t last = std::min(forward.reach[left_layers], m - right_layers);
             for (std::size_t j = first; j <= last; ++j) {
@@ -648,29 +858,35 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     ws.cluster_end[k - 1] = static_cast<std::uint32_t>(m);
 }
 
+/// Rounds of split-and-merge moves after Lloyd converges (each keeps the first of a few moves that helps).
+inline constexpr int split_merge_rounds = 16;
+
 /// Lloyd's method on the m > k >= 2 positive-weight groups: `restarts` runs from greedy k-means++ seeds;
 /// fills ws.best_centre with the k sorted centres (shifted) of the cheapest run.
 template <class Workspace>
 void lloyd_partition(Workspace& ws, std::size_t m, std::size_t k, const kmeans_options& options) {
-    lloyd_solver lloyd{ws.shifted.data(), ws.forward.sums(), m, ws.centre, ws.start, ws.cell};
+    lloyd_solver lloyd{ws.shifted.data(), ws.forward.sums(), m, ws.lloyd};
     synthetic::rng random(options.seed);
     double best = std::numeric_limits<double>::infinity();
     for (int restart = 0; restart < std::max(1, options.restarts); ++restart) {
         lloyd.seed(random, k);
-        const double cost = lloyd.iterate(options.max_iterations);
+        const double cost = lloyd.split_and_merge(split_merge_rounds, options.max_iterations, lloyd.iterate(options.max_iterations));
         if (cost < best) {
             best = cost;
-            ws.best_centre = ws.centre;
+            ws.best_centre = ws.lloyd.centre;
         }
     }
 }
 
 /// Labels every value with its nearest centroid, the lowest index on ties. With d distinct centroids
 /// u_0 < ... < u_(d-1), x is past u_i when x > (u_i + u_(i+1)) / 2; threshold[i] is the smallest T above
-/// that midpoint, so the label is first_index[#{i : x >= threshold[i]}].
+/// that midpoint (in double), so #{i : x >= threshold[i]} is the nearest distinct centroid, up to rounding
+/// of the midpoint; a last comparison of the distances to the neighbours, computed as |x - u| in double,
+/// settles values within rounding of a midpoint. The label is the first index of that centroid.
 template <class T, class W>
 void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t n, std::uint8_t* labels) {
     ws.threshold.clear();
+    ws.distinct.assign(1, centroids[0]);
     ws.distinct_first.assign(1, 0);
     for (std::size_t c = 1; c < centroids.size(); ++c)
         if (centroids[c] != centroids[c - 1]) {
@@ -678,12 +894,20 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
             auto t = static_cast<T>(middle);
             if (static_cast<double>(t) <= middle) t = std::nextafter(t, std::numeric_limits<T>::infinity());
             ws.threshold.push_back(t);
+            ws.distinct.push_back(centroids[c]);
             ws.distinct_first.push_back(static_cast<std::uint8_t>(c));
         }
     const T* x = ws.x.data();
     const T* threshold = ws.threshold.data();
     const std::size_t count = ws.threshold.size();
+    const T* u = ws.distinct.data();
     const std::uint8_t* first = ws.distinct_first.data();
+    const auto label_of = [&](std::size_t p, T value) {
+        const auto v = static_cast<double>(value);
+        if (p + 1 <= count && static_cast<double>(u[p + 1]) - v < v - static_cast<double>(u[p])) ++p;
+        else if (p > 0 && v - static_cast<double>(u[p - 1]) <= static_cast<double>(u[p]) - v) --p;
+        return first[p];
+    };
     std::size_t i = 0;
     if (count <= 32) {  // few thresholds: count them, vectorised over values
 #if defined(__AVX2__)
@@ -695,7 +919,8 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
                     past = _mm256_sub_epi32(past, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(threshold[t]), _CMP_GE_OQ)));
                 alignas(32) std::int32_t lanes[8];
                 _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
-                for (int lane = 0; lane < 8; ++lane) labels[i + static_cast<std::size_t>(lane)] = first[lanes[lane]];
+                for (std::size_t lane = 0; lane < 8; ++lane)
+                    labels[i + lane] = label_of(static_cast<std::size_t>(lanes[lane]), x[i + lane]);
             }
         } else {
             for (; i + 4 <= n; i += 4) {
@@ -705,28 +930,104 @@ void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::si
                     past = _mm256_sub_epi64(past, _mm256_castpd_si256(_mm256_cmp_pd(v, _mm256_set1_pd(threshold[t]), _CMP_GE_OQ)));
                 alignas(32) std::int64_t lanes[4];
                 _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
-                for (int lane = 0; lane < 4; ++lane) labels[i + static_cast<std::size_t>(lane)] = first[lanes[lane]];
+                for (std::size_t lane = 0; lane < 4; ++lane)
+                    labels[i + lane] = label_of(static_cast<std::size_t>(lanes[lane]), x[i + lane]);
             }
         }
 #endif
         for (; i < n; ++i) {
             std::size_t past = 0;
             for (std::size_t t = 0; t < count; ++t) past += x[i] >= threshold[t] ? 1 : 0;
-            labels[i] = first[past];
+            labels[i] = label_of(past, x[i]);
         }
     } else {  // many thresholds: binary search
-        for (; i < n; ++i) {
-            const auto past = static_cast<std::size_t>(std::upper_bound(threshold, threshold + count, x[i]) - threshold);
-            labels[i] = first[past];
-        }
+        for (; i < n; ++i)
+            labels[i] = label_of(static_cast<std::size_t>(std::upper_bound(threshold, threshold + count, x[i]) - threshold), x[i]);
     }
 }
 
-/// Clusters one row, reading it through value_at(i) and weight_at(i); with Check, validates each entry
-/// (sqz::error naming `where` and the index).
+/// a * b + c, fused where the target has FMA (as the vectorised first pass does), so that both ways of
+/// reading a row round alike; plain elsewhere (no slow software fma).
+inline double multiply_add(double a, double b, double c) {
+#if defined(__FMA__)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+/// Step 1 for contiguous float values and weights, eight at a time: the same keys, copies, key range and
+/// sums as the generic loop, whose sums use the same eight lanes and order, so that results never depend
+/// on how the row is stored. Returns
+/// the number of entries done; `suspect` is set if some value or weight may be invalid (the caller then
+/// checks them one by one, which also accepts -0.0 weights).
+inline std::size_t read_floats(const float* values, const float* weights, std::size_t n, float* x,
+                               sort_item<float, float>* items, std::uint32_t& low, std::uint32_t& high,
+                               std::uint32_t& ones, double& weight_total, double& weighted_sum, bool& suspect) {
+    std::size_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (n >= 8) {
+        const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+        const __m256i magnitude_mask = _mm256_set1_epi32(0x7fffffff);
+        const __m256i infinity = _mm256_set1_epi32(0x7f800000);
+        __m256i low_v = _mm256_set1_epi32(-1), high_v = _mm256_setzero_si256(), ones_v = high_v, bad = high_v;
+        __m256d weight0 = _mm256_setzero_pd(), weight1 = weight0, sum0 = weight0, sum1 = weight0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = _mm256_loadu_ps(values + i);
+            const __m256 w = _mm256_loadu_ps(weights + i);
+            const __m256i bits = _mm256_castps_si256(v);
+            const __m256i magnitude = _mm256_and_si256(bits, magnitude_mask);
+            // Not finite: magnitude >= infinity. Weight not a finite non-negative: bits >= infinity as signed
+            // integers fails for negative (sign bit) and non-finite weights.
+            bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(magnitude, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))));
+            const __m256i weight_bits = _mm256_castps_si256(w);
+            bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(weight_bits, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))),
+                                                       _mm256_cmpgt_epi32(_mm256_setzero_si256(), weight_bits)));
+            // key = 2^31 + magnitude for positive values, 2^31 - magnitude for negative ones.
+            const __m256i negative = _mm256_srai_epi32(bits, 31);
+            const __m256i key = _mm256_add_epi32(sign, _mm256_sub_epi32(_mm256_xor_si256(magnitude, negative), negative));
+            low_v = _mm256_min_epu32(low_v, key);
+            high_v = _mm256_max_epu32(high_v, key);
+            ones_v = _mm256_or_si256(ones_v, key);
+            _mm256_storeu_ps(x + i, v);
+            const __m256i pairs_low = _mm256_unpacklo_epi32(key, weight_bits);   // k0 w0 k1 w1 | k4 w4 k5 w5
+            const __m256i pairs_high = _mm256_unpackhi_epi32(key, weight_bits);  // k2 w2 k3 w3 | k6 w6 k7 w7
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(items + i), _mm256_permute2x128_si256(pairs_low, pairs_high, 0x20));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(items + i + 4), _mm256_permute2x128_si256(pairs_low, pairs_high, 0x31));
+            const __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(w));
+            const __m256d w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+            weight0 = _mm256_add_pd(weight0, w0);
+            weight1 = _mm256_add_pd(weight1, w1);
+            sum0 = _mm256_fmadd_pd(w0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)), sum0);
+            sum1 = _mm256_fmadd_pd(w1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), sum1);
+        }
+        alignas(32) std::uint32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), low_v);
+        for (const std::uint32_t lane : lanes) low = std::min(low, lane);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), high_v);
+        for (const std::uint32_t lane : lanes) high = std::max(high, lane);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), ones_v);
+        for (const std::uint32_t lane : lanes) ones |= lane;
+        suspect = suspect || !_mm256_testz_si256(bad, bad);
+        alignas(32) double totals[4];
+        _mm256_store_pd(totals, _mm256_add_pd(weight0, weight1));
+        weight_total += (totals[0] + totals[1]) + (totals[2] + totals[3]);
+        _mm256_store_pd(totals, _mm256_add_pd(sum0, sum1));
+        weighted_sum += (totals[0] + totals[1]) + (totals[2] + totals[3]);
+    }
+#else
+    (void)values, (void)weights, (void)n, (void)x, (void)items, (void)low, (void)high, (void)ones, (void)weight_total,
+        (void)weighted_sum, (void)suspect;
+#endif
+    return i;
+}
+
+/// Clusters one row, reading it through value_at(i) and weight_at(i), or through the arrays values and
+/// weights when not null; with Check, validates each entry (sqz::error naming `where` and the index).
 template <bool Check, class T, class W, class ValueAt, class WeightAt>
-void cluster(const char* where, ValueAt value_at, WeightAt weight_at, std::size_t n, std::size_t k,
-             const kmeans_options& options, workspace<T, W>& ws, kmeans_result<T>& result) {
+void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* values, const W* weights,
+             std::size_t n, std::size_t k, const kmeans_options& options, workspace<T, W>& ws,
+             kmeans_result<T>& result) {
     using K = key_t<T>;
     // 1. One pass over the input: checks, sort keys with weights, key range, weight sums.
     ws.x.resize(n);
@@ -735,7 +1036,25 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, std::size_
     sort_item<T, W>* items = ws.items.data();
     K low = std::numeric_limits<K>::max(), high = 0, ones = 0;
     double weight_total = 0, weighted_sum = 0;
-    for (std::size_t i = 0; i < n; ++i) {
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
+        if (values != nullptr && weights != nullptr) {
+            bool suspect = false;
+            i = read_floats(values, weights, n, x, items, low, high, ones, weight_total, weighted_sum, suspect);
+            if (Check && suspect)
+                for (std::size_t j = 0; j < i; ++j)
+                    if (!(std::isfinite(x[j]) && std::isfinite(weights[j]) && weights[j] >= 0)) {
+                        require(std::isfinite(x[j]), where, ": values[", j, "] = ", x[j], " is not finite");
+                        require(std::isfinite(weights[j]), where, ": weights[", j, "] = ", weights[j], " is not finite");
+                        fail(where, ": weights[", j, "] = ", weights[j], " is negative");
+                    }
+        }
+    }
+    // The rest one by one; the sums over whole blocks of eight in eight lanes, as read_floats does.
+    const std::size_t blocks_end = n / 8 * 8;
+    double weight_lane[8] = {}, sum_lane[8] = {};
+    const std::size_t first_generic = i;
+    for (; i < n; ++i) {
         const T v = value_at(i);
         const W w = weight_at(i);
         if constexpr (Check) {
@@ -751,8 +1070,25 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, std::size_
         low = std::min(low, key);
         high = std::max(high, key);
         ones |= key;
-        weight_total += static_cast<double>(w);
-        weighted_sum += static_cast<double>(w) * static_cast<double>(v);
+        if (i < blocks_end) {
+            weight_lane[i % 8] += static_cast<double>(w);
+            sum_lane[i % 8] = multiply_add(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
+        } else {
+            if (i == blocks_end && first_generic < blocks_end) {
+                weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
+                                ((weight_lane[2] + weight_lane[6]) + (weight_lane[3] + weight_lane[7]));
+                weighted_sum += ((sum_lane[0] + sum_lane[4]) + (sum_lane[1] + sum_lane[5])) +
+                                ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
+            }
+            weight_total += static_cast<double>(w);
+            weighted_sum = multiply_add(static_cast<double>(w), static_cast<double>(v), weighted_sum);
+        }
+    }
+    if (blocks_end == n && first_generic < blocks_end) {
+        weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
+                        ((weight_lane[2] + weight_lane[6]) + (weight_lane[3] + weight_lane[7]));
+        weighted_sum += ((sum_lane[0] + sum_lane[4]) + (sum_lane[1] + sum_lane[5])) +
+                        ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
     }
     const bool equal_weights = weight_total == 0;  // every weight zero: count every entry once
     if (equal_weights) {
@@ -827,7 +1163,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, std::size_
     //    each going to its nearest centroid in one merge-like pass.
     result.labels.resize(n);
     assign_labels(ws, result.centroids, n, result.labels.data());
-    double objective = 0;
+    double partial[4] = {};  // four running sums (group g into g % 4) keep the additions from queueing
     std::size_t nearest = 0;
     const auto& centroid = result.centroids;
     for (std::size_t g = 0; g < m; ++g) {
@@ -835,9 +1171,9 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, std::size_
         while (nearest + 1 < k && static_cast<double>(centroid[nearest + 1]) - v < v - static_cast<double>(centroid[nearest]))
             ++nearest;
         const double d = v - static_cast<double>(centroid[nearest]);
-        objective += ws.weight[g] * d * d;
+        partial[g % 4] += ws.weight[g] * d * d;
     }
-    result.objective = objective;
+    result.objective = (partial[0] + partial[1]) + (partial[2] + partial[3]);
 }
 
 template <class T, class W>
@@ -872,8 +1208,9 @@ auto weighted_kmeans(const Values& values, const Weights& weights, int k, const 
     detail::require(n <= std::numeric_limits<std::uint32_t>::max(), where, ": values.size() = ", n, " exceeds 2^32 - 1");
     kmeans_result<T> result;
     detail::kmeans::cluster<true>(
-        where, [&](std::size_t i) { return static_cast<T>(x[i]); }, [&](std::size_t i) { return static_cast<W>(w[i]); }, n,
-        static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(), result);
+        where, [&](std::size_t i) { return static_cast<T>(x[i]); }, [&](std::size_t i) { return static_cast<W>(w[i]); },
+        detail::kmeans::contiguous_data(values), detail::kmeans::contiguous_data(weights), n, static_cast<std::size_t>(k),
+        options, detail::kmeans::thread_workspace<T, W>(), result);
     return result;
 }
 
@@ -920,9 +1257,12 @@ auto weighted_kmeans_rows(const ValuesMatrix& values, const WeightsMatrix& weigh
 #endif
     for (Eigen::Index r = 0; r < rows; ++r) {
         try {
+            const auto value_row = values.row(r);
+            const auto weight_row = weights.row(r);
             detail::kmeans::cluster<false>(
                 where, [&](std::size_t c) { return values.coeff(r, static_cast<Eigen::Index>(c)); },
-                [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); }, n,
+                [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); },
+                detail::kmeans::contiguous_data(value_row), detail::kmeans::contiguous_data(weight_row), n,
                 static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(),
                 results[static_cast<std::size_t>(r)]);
         } catch (...) {

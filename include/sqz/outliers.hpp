@@ -249,17 +249,32 @@ bool select_by_sampling(Eigen::Index rows, Eigen::Index cols, const std::array<s
     for (auto& f : found) f.resize(static_cast<std::size_t>(rows));
     std::array<std::atomic<std::uint64_t>, 3> found_count{};
     std::atomic<bool> overflow{false};
-    (void)team;
+    // Inactive kinds get a threshold no key reaches.
+    for (std::size_t kind = 0; kind < 3; ++kind)
+        if (counts[kind] == 0) threshold[kind] = std::numeric_limits<std::uint64_t>::max();
+    std::vector<std::vector<std::uint8_t>> hits(team, std::vector<std::uint8_t>(static_cast<std::size_t>(cols)));
     parallel_for(rows, threads, [&](Eigen::Index i, int thread) {
         if (overflow.load(std::memory_order_relaxed)) return;
         const auto& keys = keys_of_row(i, thread);
+        // A vectorised pass flags the few candidates; only those are visited.
+        auto& hit = hits[static_cast<std::size_t>(thread)];
+        const std::size_t n = hit.size();
+        for (std::size_t j = 0; j < n; ++j) hit[j] = 0;
         for (std::size_t kind = 0; kind < 3; ++kind) {
             if (counts[kind] == 0) continue;
-            auto& out = found[kind][static_cast<std::size_t>(i)];
-            const auto& primary = keys[kind];
-            for (std::size_t j = 0; j < primary.size(); ++j)
-                if (primary[j] >= threshold[kind]) out.push_back(full_key(i, j, kind, thread));
-            if (found_count[kind].fetch_add(out.size(), std::memory_order_relaxed) + out.size() > tuning.candidate_cap)
+            const std::uint64_t* primary = keys[kind].data();
+            const std::uint64_t t = threshold[kind];
+            const auto bit = static_cast<std::uint8_t>(1u << kind);
+            for (std::size_t j = 0; j < n; ++j) hit[j] |= primary[j] >= t ? bit : std::uint8_t{0};
+        }
+        for (std::size_t j = 0; j < n; ++j) {
+            if (hit[j] == 0) continue;
+            for (std::size_t kind = 0; kind < 3; ++kind)
+                if (hit[j] & (1u << kind)) found[kind][static_cast<std::size_t>(i)].push_back(full_key(i, j, kind, thread));
+        }
+        for (std::size_t kind = 0; kind < 3; ++kind) {
+            const auto added = found[kind][static_cast<std::size_t>(i)].size();
+            if (found_count[kind].fetch_add(added, std::memory_order_relaxed) + added > tuning.candidate_cap)
                 overflow.store(true, std::memory_order_relaxed);
         }
     });

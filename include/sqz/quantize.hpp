@@ -14,9 +14,10 @@
 //     dense entry gets an all-zero LUT. Centroids are rounded to the LUT's storage format (fp16, or fp32
 //     also for double matrices), so the stored LUT is exactly the one codes and residuals were made with;
 //  3. codes: every dense entry gets its nearest LUT entry (the lowest index among equally near ones);
-//  4. every extracted entry w gets the nearest LUT entry c for which D + S reproduces w exactly in T,
-//     fl(c + r) == w, with r = fl(w - c) or, when that is off by rounding, an adjacent float. Such a c
-//     exists unless w is far smaller in magnitude than every LUT entry of its row and has more
+//  4. every extracted entry w gets, nearest first, a LUT entry c with residual r such that D + S
+//     reproduces w: preferably c + r == w exactly as real numbers (r = w - c is a float, so the sum is
+//     exact in any precision), otherwise fl(c + r) == w in T, with r = fl(w - c) or an adjacent float. Such
+//     a c exists unless w is far smaller in magnitude than every LUT entry of its row and has more
 //     significant bits than fit beside them (e.g. w = 1e-30 with centroids near 1); there the entry with
 //     the smallest reconstruction error is used and the report counts it in inexact_sparse;
 //  5. S_ij = r at the extracted positions (CSR), codes packed canonically.
@@ -33,6 +34,7 @@
 #include <sqz/types.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -75,7 +77,8 @@ struct quantization_report {
     double bits_per_weight = 0.0;
     double seconds = 0.0;            ///< wall time of the whole quantize call (quantize only)
     double split_seconds = 0.0;      ///< of which choosing the sparse positions
-    double codebook_seconds = 0.0;   ///< of which codebooks, codes and residuals
+    double codebook_seconds = 0.0;   ///< of which codebooks, codes, residuals and packing (the rest of
+                                     ///< `seconds` is input validation and assembling the result)
 };
 
 template <working_scalar T, int Bits = dynamic_bits>
@@ -136,42 +139,64 @@ struct sparse_code {
     bool exact = false;
 };
 
-/// The code and residual for an extracted entry w: the nearest LUT entry c (then the next nearest, ...)
-/// for which fl(c + r) == w with r = fl(w - c) or one of its two neighbouring floats. Falls back to the
-/// candidate with the smallest |fl(c + r) - w| (nearest first on ties) when no entry reproduces w.
+/// Whether c + r == w holds exactly as a real sum (so in any precision at least T's), by Knuth's
+/// error-free TwoSum in T.
+template <working_scalar T>
+bool sums_exactly(T c, T r, T w) noexcept {
+    const T sum = c + r;
+    if (sum != w) return false;
+    const T r_part = sum - c;
+    const T c_part = sum - r_part;
+    return (c - c_part) + (r - r_part) == T(0);
+}
+
+/// The code and residual for an extracted entry w, trying LUT entries nearest first (ties: lower index):
+///  1. the first c with c + fl(w - c) == w exactly as real numbers (then D + S == W in any precision);
+///  2. else the first c for which fl(c + r) == w in T, with r = fl(w - c) or one of its neighbouring floats;
+///  3. else the candidate with the smallest |fl(c + r) - w| (exact = false).
 template <working_scalar T>
 sparse_code<T> exact_sparse_code(std::span<const T> lut, T w) noexcept {
     const auto levels = static_cast<std::ptrdiff_t>(lut.size());
-    const auto start = static_cast<std::ptrdiff_t>(nearest_code(lut, w));
-    std::ptrdiff_t below = start - 1;
-    std::ptrdiff_t above = start + 1;
-    std::ptrdiff_t current = start;
+    // The LUT indices in order of distance from w.
+    std::array<std::uint8_t, 256> order{};
+    {
+        std::ptrdiff_t below = static_cast<std::ptrdiff_t>(nearest_code(lut, w));
+        std::ptrdiff_t above = below + 1;
+        order[0] = static_cast<std::uint8_t>(below--);
+        for (std::ptrdiff_t k = 1; k < levels; ++k) {
+            if (below < 0) {
+                order[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(above++);
+            } else if (above >= levels) {
+                order[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(below--);
+            } else {
+                const double d_below = std::abs(static_cast<double>(w) - static_cast<double>(lut[static_cast<std::size_t>(below)]));
+                const double d_above = std::abs(static_cast<double>(lut[static_cast<std::size_t>(above)]) - static_cast<double>(w));
+                order[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(d_below <= d_above ? below-- : above++);
+            }
+        }
+    }
+    for (std::ptrdiff_t k = 0; k < levels; ++k) {
+        const unsigned code = order[static_cast<std::size_t>(k)];
+        const T c = lut[code];
+        const T r = w - c;
+        if (sums_exactly(c, r, w)) return {code, r, true};
+    }
     sparse_code<T> best;
     double best_error = std::numeric_limits<double>::infinity();
     constexpr T infinity = std::numeric_limits<T>::infinity();
-    for (std::ptrdiff_t visited = 0; visited < levels; ++visited) {
-        const T c = lut[static_cast<std::size_t>(current)];
+    for (std::ptrdiff_t k = 0; k < levels; ++k) {
+        const unsigned code = order[static_cast<std::size_t>(k)];
+        const T c = lut[code];
         const T r = w - c;
         for (const T candidate : {r, std::nextafter(r, -infinity), std::nextafter(r, infinity)}) {
             if (!std::isfinite(candidate)) continue;
             const T back = c + candidate;
-            if (back == w) return {static_cast<unsigned>(current), candidate, true};
+            if (back == w) return {code, candidate, true};
             const double error = std::abs(static_cast<double>(back) - static_cast<double>(w));
             if (error < best_error) {
                 best_error = error;
-                best = {static_cast<unsigned>(current), candidate, false};
+                best = {code, candidate, false};
             }
-        }
-        // Next candidate: the nearer of the two frontiers (the lower one on ties).
-        if (below < 0 && above >= levels) break;
-        if (below < 0) {
-            current = above++;
-        } else if (above >= levels) {
-            current = below--;
-        } else {
-            const double d_below = std::abs(static_cast<double>(w) - static_cast<double>(lut[static_cast<std::size_t>(below)]));
-            const double d_above = std::abs(static_cast<double>(lut[static_cast<std::size_t>(above)]) - static_cast<double>(w));
-            current = d_below <= d_above ? below-- : above++;
         }
     }
     return best;
@@ -263,6 +288,18 @@ void nearest_codes(std::span<const T> lut, std::span<const T> values, std::span<
     }
 }
 
+/// Canonical packing with the width as a compile-time constant for the common widths (the compiler then
+/// folds the shifts), the run-time form otherwise.
+inline void pack_row(std::span<const std::uint8_t> codes, int bits, std::span<std::uint8_t> out) {
+    switch (bits) {
+        case 2: return pack<2>(codes, out);
+        case 3: return pack<3>(codes, out);
+        case 4: return pack<4>(codes, out);
+        case 8: return pack<8>(codes, out);
+        default: return pack(codes, bits, out);
+    }
+}
+
 template <working_scalar T>
 struct quantize_scratch {
     std::vector<double> sensitivity;
@@ -278,9 +315,12 @@ inline double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+/// The quantizer on a validated config and shape. With check_rows, W and the sensitivity are checked row
+/// by row inside the row loop (the dense-only case, where nothing reads them before); otherwise the caller
+/// has checked them.
 template <int Bits, working_scalar T, class Provider>
 quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matrix<T>>& w, const Provider& provider,
-                                                const quantize_config& config,
+                                                const quantize_config& config, bool check_rows,
                                                 std::chrono::steady_clock::time_point start) {
     const Eigen::Index rows = w.rows();
     const Eigen::Index cols = w.cols();
@@ -288,6 +328,7 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
     const auto levels = static_cast<std::size_t>(1u << bits);
     const int threads = config.threads;
 
+    const auto split_start = std::chrono::steady_clock::now();
     const split_options& split = config.split;
     const bool any_split = split.sensitive_fraction > 0.0 || split.outlier_fraction > 0.0 || split.iqr_range > 0.0;
     sparse_selection selection;
@@ -295,7 +336,8 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
     selection.cols = cols;
     selection.row_ptr.assign(static_cast<std::size_t>(rows) + 1, 0);
     if (any_split) selection = select_sparse_validated<T>(w, &provider, split, threads);
-    const double split_seconds = seconds_since(start);
+    const double split_seconds = seconds_since(split_start);
+    const auto codebook_start = std::chrono::steady_clock::now();
 
     const auto stride = packed_size(static_cast<std::size_t>(cols), bits);
     row_matrix<T> lut(rows, static_cast<Eigen::Index>(levels));
@@ -317,6 +359,10 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
         const auto n = static_cast<std::size_t>(cols);
         const std::span<const T> values(w.data() + i * w.outerStride(), n);
         provider.fill_row(i, std::span<double>(s.sensitivity));
+        if (check_rows) {
+            check_finite_row(values, i, "sqz::quantize", "W");
+            check_sensitivity_row(s.sensitivity, i, "sqz::quantize");
+        }
         const auto positions = selection.row(i);
 
         // The dense entries (the row itself when nothing is extracted).
@@ -403,10 +449,11 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
         outcome.weighted = (weighted[0] + weighted[1]) + (weighted[2] + weighted[3]);
         outcome.squared = (squared[0] + squared[1]) + (squared[2] + squared[3]);
         outcome.reference = (reference[0] + reference[1]) + (reference[2] + reference[3]);
-        pack(std::span<const std::uint8_t>(s.codes), bits, std::span<std::uint8_t>(packed).subspan(row * stride, stride));
+        pack_row(std::span<const std::uint8_t>(s.codes), bits, std::span<std::uint8_t>(packed).subspan(row * stride, stride));
         outcomes[row] = outcome;
     });
 
+    const auto codebook_end = std::chrono::steady_clock::now();
     auto sparse = make_csr<T>(rows, cols, selection.row_ptr, selection.col_idx, sparse_values);
     quantization_result<T, Bits> result{
         quantized_matrix<T, Bits>(rows, cols, bits, std::move(lut), std::move(packed), std::move(sparse), config.format),
@@ -434,8 +481,8 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
     report.storage = result.matrix.storage_bytes();
     report.bits_per_weight = result.matrix.bits_per_weight();
     report.split_seconds = split_seconds;
+    report.codebook_seconds = std::chrono::duration<double>(codebook_end - codebook_start).count();
     report.seconds = seconds_since(start);
-    report.codebook_seconds = report.seconds - split_seconds;
     return result;
 }
 
@@ -461,10 +508,15 @@ quantization_result<typename DW::Scalar, Bits> quantize_with_report(const Eigen:
     const Eigen::Ref<const row_matrix<T>> w(w_in.derived());
     detail::require(w.cols() <= Eigen::Index{std::numeric_limits<std::int32_t>::max()}, where, ": cols = ", w.cols(),
                     " exceeds the int32 column index range");
-    detail::validate_finite_rows<T>(w, where, "W", config.threads);
+    // The split reads all of W and the sensitivity first, so they are checked up front; dense-only
+    // quantization checks each row as it reaches it (the lowest failing row is reported either way).
+    const split_options& split = config.split;
+    const bool check_first = split.sensitive_fraction > 0.0 || split.outlier_fraction > 0.0 || split.iqr_range > 0.0;
+    if (check_first) detail::validate_finite_rows<T>(w, where, "W", config.threads);
     return detail::with_provider(sensitivity, [&](const auto& provider) {
-        detail::validate_sensitivity(provider, w.rows(), w.cols(), where, config.threads);
-        return detail::quantize_validated<Bits, T>(w, provider, config, start);
+        detail::require_sensitivity_shape(provider, w.rows(), w.cols(), where);
+        if (check_first) detail::validate_sensitivity(provider, w.rows(), w.cols(), where, config.threads);
+        return detail::quantize_validated<Bits, T>(w, provider, config, !check_first, start);
     });
 }
 

@@ -26,6 +26,7 @@
 
 #include <cmath>
 #include <concepts>
+#include <limits>
 #include <cstdint>
 #include <span>
 #include <type_traits>
@@ -257,19 +258,43 @@ decltype(auto) with_provider(const S& sensitivity, Fn&& fn) {
 /// Checks the provider's shape against rows x cols and every weight for being finite and >= 0, naming the
 /// first offending entry (lowest row, then column).
 template <sensitivity_provider P>
-void validate_sensitivity(const P& provider, Eigen::Index rows, Eigen::Index cols, const char* where, int threads) {
+void require_sensitivity_shape(const P& provider, Eigen::Index rows, Eigen::Index cols, const char* where) {
     require(static_cast<Eigen::Index>(provider.rows()) == rows && static_cast<Eigen::Index>(provider.cols()) == cols,
             where, ": sensitivity is ", static_cast<Eigen::Index>(provider.rows()), " x ",
             static_cast<Eigen::Index>(provider.cols()), ", weights are ", rows, " x ", cols);
+}
+
+/// Checks one row of weights for being finite and >= 0, naming the first offending entry.
+inline void check_sensitivity_row(std::span<const double> f, Eigen::Index row, const char* where) {
+    constexpr double largest = std::numeric_limits<double>::max();
+    bool valid = true;
+    for (const double v : f) valid &= (v >= 0.0) & (v <= largest);  // false for NaN, inf, negatives; vectorises
+    if (valid) return;
+    for (std::size_t j = 0; j < f.size(); ++j)
+        if (!(std::isfinite(f[j]) && f[j] >= 0.0))
+            fail(where, ": sensitivity(", row, ", ", j, ") = ", f[j], std::isfinite(f[j]) ? " is negative" : " is not finite");
+}
+
+/// Checks one row of values for being finite, naming the first offending entry as what(row, j).
+template <working_scalar T>
+void check_finite_row(std::span<const T> values, Eigen::Index row, const char* where, const char* what) {
+    constexpr T largest = std::numeric_limits<T>::max();
+    bool valid = true;
+    for (const T v : values) valid &= (v >= -largest) & (v <= largest);  // false for NaN and inf; vectorises
+    if (valid) return;
+    for (std::size_t j = 0; j < values.size(); ++j)
+        if (!std::isfinite(values[j])) fail(where, ": ", what, "(", row, ", ", j, ") = ", values[j], " is not finite");
+}
+
+template <sensitivity_provider P>
+void validate_sensitivity(const P& provider, Eigen::Index rows, Eigen::Index cols, const char* where, int threads) {
+    require_sensitivity_shape(provider, rows, cols, where);
     std::vector<std::vector<double>> scratch(static_cast<std::size_t>(resolve_threads(threads)),
                                              std::vector<double>(static_cast<std::size_t>(cols)));
     parallel_for(rows, threads, [&](Eigen::Index i, int thread) {
         auto& f = scratch[static_cast<std::size_t>(thread)];
         provider.fill_row(i, f);
-        for (std::size_t j = 0; j < f.size(); ++j)
-            if (!(std::isfinite(f[j]) && f[j] >= 0.0))
-                fail(where, ": sensitivity(", i, ", ", j, ") = ", f[j],
-                     std::isfinite(f[j]) ? " is negative" : " is not finite");
+        check_sensitivity_row(f, i, where);
     });
 }
 
@@ -277,9 +302,8 @@ void validate_sensitivity(const P& provider, Eigen::Index rows, Eigen::Index col
 template <working_scalar T>
 void validate_finite_rows(const Eigen::Ref<const row_matrix<T>>& w, const char* where, const char* what, int threads) {
     parallel_for(w.rows(), threads, [&](Eigen::Index i, int) {
-        const T* row = w.data() + i * w.outerStride();
-        for (Eigen::Index j = 0; j < w.cols(); ++j)
-            if (!std::isfinite(row[j])) fail(where, ": ", what, "(", i, ", ", j, ") = ", row[j], " is not finite");
+        check_finite_row(std::span<const T>(w.data() + i * w.outerStride(), static_cast<std::size_t>(w.cols())), i,
+                         where, what);
     });
 }
 

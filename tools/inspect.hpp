@@ -6,8 +6,12 @@
 
 #include <sqz/io.hpp>
 
+#include <bit>
 #include <cstdio>
+#include <functional>
+#include <set>
 #include <string>
+#include <vector>
 
 namespace sqz::cli {
 

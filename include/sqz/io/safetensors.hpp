@@ -17,7 +17,8 @@
 //                      to its element size (8-, 4-, 2- then 1-byte types), flushed to disk, then renamed
 //                      over the destination. Without commit() nothing appears.
 //
-// Needs nlohmann-json (the sqz::io CMake target). Little-endian hosts only.
+// Needs nlohmann-json (the sqz::io CMake target), POSIX file APIs (Linux: O_TMPFILE and copy_file_range
+// are used when available) and a little-endian host.
 #pragma once
 
 #include <sqz/error.hpp>
@@ -406,7 +407,7 @@ void convert_floats(dtype type, const std::uint8_t* source, std::size_t count, T
 }  // namespace detail
 
 /// A validated, read-only safetensors file (memory-mapped) or buffer. Cheap to copy: copies share the
-/// mapping.
+/// mapping. All member functions are const and may be called from several threads at once.
 class safetensors_file {
 public:
     /// Maps and validates the file at `path`.

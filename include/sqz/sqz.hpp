@@ -7,6 +7,7 @@
 
 #include <sqz/error.hpp>
 #include <sqz/half.hpp>
+#include <sqz/kmeans.hpp>
 #include <sqz/pack.hpp>
 #include <sqz/quantized_matrix.hpp>
 #include <sqz/synthetic.hpp>

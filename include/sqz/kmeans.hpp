@@ -1,0 +1,1283 @@
+// sqz/kmeans.hpp - weighted 1-D k-means: the exact optimum by dynamic programming, or Lloyd's heuristic.
+//
+// SqueezeLLM builds one codebook per output row by minimising sum_i w_i (x_i - c(x_i))^2 over k centroids,
+// with x the row's weights and w their sensitivities (Fisher diagonal). In one dimension the optimal
+// clusters are contiguous intervals of the sorted values, so the global optimum is a dynamic programme
+// over the sorted, merged values (Wang & Song's Ckmeans.1d.dp; Groenlund et al. 2017):
+//
+//   D[l][j] = min_{a < j} D[l-1][a] + cost(a, j)     (best l clusters of the first j distinct values)
+//
+// with cost(a, j) = sum w y^2 - (sum w y)^2 / sum w over distinct values a..j-1, O(1) from prefix sums.
+// The cost satisfies the quadrangle inequality, so the minimising a is monotone in j and in l; each layer
+// is solved by divide and conquer within those bounds. The programme runs half the layers from each end
+// and meets in the middle, and skips every cell costlier than an upper bound from a quick Lloyd run
+// (docs/design.md has the details).
+//
+//   weighted_kmeans(values, weights, k, options)        one row: values and weights as std::span,
+//                                                       std::vector or Eigen vector expressions
+//   weighted_kmeans_rows(values, weights, k, options)   every row of two Eigen matrices, rows in parallel
+//
+// Semantics (both methods):
+// - values may be negative; weights must be >= 0; NaN or infinite values or weights, negative weights,
+//   empty input, mismatched sizes and k outside 1..256 throw sqz::error naming the argument and index.
+// - Equal values (including -0.0 and +0.0) are merged: they always share a label.
+// - Entries of zero weight do not influence the centroids or the objective; like every entry they are
+//   labelled with their nearest centroid. If every weight is zero, all weights count as 1 (the row's
+//   unweighted k-means), and the objective uses those equal weights.
+// - If fewer than k distinct values have positive weight, each of them is a centroid and the last one
+//   is repeated to make k (objective 0).
+// - centroids are sorted ascending; labels[i] is the index of the centroid nearest to values[i], the
+//   lowest such index when two are equally near; objective = sum_i w_i (x_i - centroids[labels[i]])^2
+//   computed in double with the returned (value-type) centroids.
+// - Results depend only on the input values (not on how they are stored, nor on the thread count).
+#pragma once
+
+#include <sqz/error.hpp>
+#include <sqz/synthetic.hpp>
+#include <sqz/types.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <iterator>
+#include <limits>
+#include <ranges>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace sqz {
+
+enum class kmeans_method {
+    exact,  ///< the global optimum (dynamic programming)
+    lloyd   ///< Lloyd's heuristic from weighted k-means++ seeds, best of `restarts` runs
+};
+
+struct kmeans_options {
+    kmeans_method method = kmeans_method::exact;
+    int max_iterations = 50;  ///< lloyd only: iterations per restart (stops earlier when stable)
+    int restarts = 3;         ///< lloyd only: k-means++ restarts, the best objective is kept
+    std::uint64_t seed = 0;   ///< lloyd only: seed of the k-means++ sampling
+};
+
+/// The clustering of one row. T is the value type of the input (float or double).
+template <class T>
+struct kmeans_result {
+    std::vector<T> centroids;          ///< exactly k values, sorted ascending (repeated if too few distinct)
+    std::vector<std::uint8_t> labels;  ///< one per input value: index of its centroid
+    double objective = 0;              ///< sum_i w_i (x_i - centroids[labels[i]])^2, in double
+};
+
+namespace detail::kmeans {
+
+inline constexpr int max_clusters = 256;
+
+template <class C>
+concept eigen_dense = std::derived_from<C, Eigen::DenseBase<C>>;
+
+template <class C>
+struct element_type {
+    using type = std::remove_cv_t<std::ranges::range_value_t<C>>;
+};
+template <eigen_dense C>
+struct element_type<C> {
+    using type = typename C::Scalar;
+};
+template <class C>
+using element_t = typename element_type<C>::type;
+
+/// Uniform element access for Eigen vector expressions and sized ranges (spans, vectors).
+template <class C>
+class reader {
+public:
+    explicit reader(const C& c) : c_(c) {
+        if constexpr (!eigen_dense<C>) first_ = std::ranges::begin(c_);
+    }
+    std::size_t size() const {
+        if constexpr (eigen_dense<C>)
+            return static_cast<std::size_t>(c_.size());
+        else
+            return static_cast<std::size_t>(std::ranges::size(c_));
+    }
+    auto operator[](std::size_t i) const {
+        if constexpr (eigen_dense<C>)
+            return c_.coeff(static_cast<Eigen::Index>(i));
+        else
+            return first_[static_cast<std::ranges::range_difference_t<C>>(i)];
+    }
+
+private:
+    const C& c_;
+    [[no_unique_address]] std::conditional_t<eigen_dense<C>, char, std::ranges::iterator_t<const C>> first_{};
+};
+
+/// The elements as a contiguous array when they are stored as one (vectors, spans, Eigen vectors and rows
+/// of row-major matrices), else null.
+template <class C>
+const element_t<C>* contiguous_data(const C& c) {
+    if constexpr (eigen_dense<C>) {
+        if constexpr ((C::Flags & Eigen::DirectAccessBit) != 0)
+            return c.innerStride() == 1 || c.size() <= 1 ? c.data() : nullptr;
+        else
+            return nullptr;
+    } else if constexpr (std::ranges::contiguous_range<const C>) {
+        return std::ranges::data(c);
+    } else {
+        return nullptr;
+    }
+}
+
+/// Sort key for a float or double whose unsigned order is the numeric order: 2^(b-1) + magnitude for
+/// positive values and 2^(b-1) - magnitude for negative ones. Both zeros map to 2^(b-1), so they merge, and
+/// trailing zero bits of the input survive (fp16 data in a float leaves 13 of them for the sort to skip).
+template <class T>
+using key_t = std::conditional_t<std::is_same_v<T, float>, std::uint32_t, std::uint64_t>;
+
+template <class T>
+inline key_t<T> sort_key(T value) noexcept {
+    using K = key_t<T>;
+    constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
+    const K bits = std::bit_cast<K>(value);
+    const K magnitude = bits & (sign - 1);
+    return (bits & sign) ? sign - magnitude : sign + magnitude;
+}
+
+template <class T, class W>
+struct sort_item {
+    key_t<T> key;
+    W weight;
+};
+
+/// Prefix sums of w, w y and w y^2 over sorted groups; sum(a, b) covers groups [a, b).
+struct prefix_sums {
+    const double* s0;
+    const double* s1;
+    const double* s2;
+
+    /// Within-cluster cost of groups [a, b) around their weighted mean (a < b).
+    double interval_cost(std::size_t a, std::size_t b) const {
+        const double w = s0[b] - s0[a];
+        const double wy = s1[b] - s1[a];
+        return (s2[b] - s2[a]) - wy * wy / w;
+    }
+    /// Cost of groups [a, b) around the centre c (a <= b), never negative.
+    double cost_around(std::size_t a, std::size_t b, double c) const {
+        const double w = s0[b] - s0[a];
+        const double wy = s1[b] - s1[a];
+        const double wyy = s2[b] - s2[a];
+        return std::max(0.0, wyy - 2.0 * c * wy + c * c * w);
+    }
+};
+
+/// One layer of the dynamic programme: for j in a range,
+///   D[j] = s2[j] + min_a g(a, j),   g(a, j) = reduced[a] - (s1[j] - s1[a])^2 / (s0[j] - s0[a]),
+/// with reduced[a] = D_previous[a] - s2[a], over a in [lower(j), min(j - 1, cap)]. The smallest minimiser
+/// is non-decreasing in j (the cost satisfies the quadrangle inequality) and at least the previous layer's
+/// minimiser at j, so a divide and conquer over j narrows every search to the minimisers of its
+/// neighbours. Cells above `bound` cannot lie on an optimal path; once one is found, the cells right of it
+/// are skipped (D is non-decreasing in j).
+struct layer_solver {
+    static constexpr std::size_t sweep_candidates = 8;  // measured: 8 to 16 is fastest
+    prefix_sums s;
+    const double* reduced;
+    double* value;                      // D of this layer, indexed by j
+    std::uint32_t* choice;              // minimiser of this layer, indexed by j
+    const std::uint32_t* lower;         // previous layer's minimisers, indexed by j; null for layer 2
+    double bound;
+    mutable std::size_t first_pruned;   // leftmost cell found beyond the bound; every cell left of it is set
+
+    double g(std::size_t a, std::size_t j) const {
+        const double w = s.s0[j] - s.s0[a];
+        const double wy = s.s1[j] - s.s1[a];
+        return reduced[a] - wy * wy / w;
+    }
+
+    /// min_a g(a, j) over a in [lo, hi] (lo <= hi < j) and its smallest minimiser.
+    std::pair<double, std::size_t> scan(std::size_t j, std::size_t lo, std::size_t hi) const {
+#if defined(__AVX2__)
+        if (hi - lo >= 4) {
+            const __m256d w_j = _mm256_set1_pd(s.s0[j]);
+            const __m256d wy_j = _mm256_set1_pd(s.s1[j]);
+            const auto evaluate = [&](std::size_t a) {
+                const __m256d w = _mm256_sub_pd(w_j, _mm256_loadu_pd(s.s0 + a));
+                const __m256d wy = _mm256_sub_pd(wy_j, _mm256_loadu_pd(s.s1 + a));
+                return _mm256_sub_pd(_mm256_loadu_pd(reduced + a), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
+            };
+            const __m256d lanes = _mm256_setr_pd(0, 1, 2, 3);
+            const __m256d four = _mm256_set1_pd(4);
+            __m256d index0 = _mm256_add_pd(lanes, _mm256_set1_pd(static_cast<double>(lo)));
+            __m256d best0 = evaluate(lo);
+            __m256d at0 = index0;
+            __m256d best1 = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+            __m256d at1 = index0;
+            std::size_t a = lo + 4;
+            index0 = _mm256_add_pd(index0, four);
+            // Two independent accumulators hide the latency of compare and blend.
+            for (; a + 7 <= hi; a += 8) {
+                const __m256d index1 = _mm256_add_pd(index0, four);
+                const __m256d v0 = evaluate(a);
+                const __m256d v1 = evaluate(a + 4);
+                const __m256d better0 = _mm256_cmp_pd(v0, best0, _CMP_LT_OQ);
+                const __m256d better1 = _mm256_cmp_pd(v1, best1, _CMP_LT_OQ);
+                best0 = _mm256_blendv_pd(best0, v0, better0);
+                at0 = _mm256_blendv_pd(at0, index0, better0);
+                best1 = _mm256_blendv_pd(best1, v1, better1);
+                at1 = _mm256_blendv_pd(at1, index1, better1);
+                index0 = _mm256_add_pd(index1, four);
+            }
+            for (; a <= hi; a += 4) {
+                // The last vector may overlap the previous one: repeated candidates change nothing.
+                const std::size_t first = a + 3 <= hi ? a : hi - 3;
+                const __m256d index = _mm256_add_pd(lanes, _mm256_set1_pd(static_cast<double>(first)));
+                const __m256d v = evaluate(first);
+                const __m256d better = _mm256_cmp_pd(v, best1, _CMP_LT_OQ);
+                best1 = _mm256_blendv_pd(best1, v, better);
+                at1 = _mm256_blendv_pd(at1, index, better);
+            }
+            // Reduce to one lane: the smaller value, and the smaller index on ties.
+            const auto merge = [](__m256d& value, __m256d& at, __m256d other_value, __m256d other_at) {
+                const __m256d take = _mm256_or_pd(
+                    _mm256_cmp_pd(other_value, value, _CMP_LT_OQ),
+                    _mm256_and_pd(_mm256_cmp_pd(other_value, value, _CMP_EQ_OQ), _mm256_cmp_pd(other_at, at, _CMP_LT_OQ)));
+                value = _mm256_blendv_pd(value, other_value, take);
+                at = _mm256_blendv_pd(at, other_at, take);
+            };
+            merge(best0, at0, best1, at1);
+            merge(best0, at0, _mm256_permute2f128_pd(best0, best0, 1), _mm256_permute2f128_pd(at0, at0, 1));
+            merge(best0, at0, _mm256_permute_pd(best0, 0b0101), _mm256_permute_pd(at0, 0b0101));
+            return {_mm256_cvtsd_f64(best0), static_cast<std::size_t>(_mm256_cvtsd_f64(at0))};
+        }
+#endif
+        double best = g(lo, j);
+        std::size_t best_a = lo;
+        for (std::size_t a = lo + 1; a <= hi; ++a) {
+            const double v = g(a, j);
+            if (v < best) {
+                best = v;
+                best_a = a;
+            }
+        }
+        return {best, best_a};
+    }
+
+    /// Every cell j in [j_begin, j_end) by trying each candidate in [a_begin, a_end]: once the candidates
+    /// are few, this beats halving further. Vectorised over four consecutive cells, which share the
+    /// candidates from the first cell's lower bound (a wider range than the others' own bounds, so the
+    /// same minimum) up to j - 1; the last three candidates are masked per cell (a < j).
+    void sweep(std::size_t j_begin, std::size_t j_end, std::size_t a_begin, std::size_t a_end) const {
+#if defined(__AVX2__)
+        if (j_end - j_begin >= 4) {
+            const __m256d one = _mm256_set1_pd(1);
+            const __m256d lane = _mm256_setr_pd(0, 1, 2, 3);
+            for (std::size_t block = j_begin; block < j_end; block += 4) {
+                const std::size_t j = std::min(block, j_end - 4);  // the last block may overlap the previous one
+                const std::size_t first = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
+                const std::size_t last = std::min(a_end, j + 2);
+                const __m256d w_j = _mm256_loadu_pd(s.s0 + j);
+                const __m256d wy_j = _mm256_loadu_pd(s.s1 + j);
+                __m256d best = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+                __m256d at = _mm256_setzero_pd();
+                __m256d index = _mm256_set1_pd(static_cast<double>(first));
+                std::size_t a = first;
+                const auto candidate = [&](std::size_t c) {
+                    const __m256d w = _mm256_sub_pd(w_j, _mm256_broadcast_sd(s.s0 + c));
+                    const __m256d wy = _mm256_sub_pd(wy_j, _mm256_broadcast_sd(s.s1 + c));
+                    return _mm256_sub_pd(_mm256_broadcast_sd(reduced + c), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
+                };
+                for (const std::size_t shared = std::min(last, j - 1); a <= shared; ++a) {
+                    const __m256d v = candidate(a);
+                    const __m256d better = _mm256_cmp_pd(v, best, _CMP_LT_OQ);
+                    best = _mm256_blendv_pd(best, v, better);
+                    at = _mm256_blendv_pd(at, index, better);
+                    index = _mm256_add_pd(index, one);
+                }
+                for (; a <= last; ++a) {  // a >= j: only cells j + 1 + (a - j) and up may use it
+                    const __m256d v = candidate(a);
+                    const __m256d allowed = _mm256_cmp_pd(lane, _mm256_set1_pd(static_cast<double>(a - j)), _CMP_GT_OQ);
+                    const __m256d better = _mm256_and_pd(allowed, _mm256_cmp_pd(v, best, _CMP_LT_OQ));
+                    best = _mm256_blendv_pd(best, v, better);
+                    at = _mm256_blendv_pd(at, index, better);
+                    index = _mm256_add_pd(index, one);
+                }
+                const __m256d result = _mm256_add_pd(_mm256_loadu_pd(s.s2 + j), best);
+                _mm256_storeu_pd(value + j, result);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(choice + j), _mm256_cvttpd_epi32(at));
+                const int beyond = _mm256_movemask_pd(_mm256_cmp_pd(result, _mm256_set1_pd(bound), _CMP_GT_OQ));
+                if (beyond != 0)
+                    first_pruned = std::min(first_pruned, j + static_cast<std::size_t>(std::countr_zero(static_cast<unsigned>(beyond))));
+            }
+            return;
+        }
+#endif
+        for (std::size_t j = j_begin; j < j_end; ++j) {
+            const std::size_t first = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
+            const std::size_t last = std::min(a_end, j - 1);
+            double best = g(first, j);
+            std::size_t best_a = first;
+            for (std::size_t a = first + 1; a <= last; ++a) {
+                const double v = g(a, j);
+                if (v < best) {
+                    best = v;
+                    best_a = a;
+                }
+            }
+            value[j] = s.s2[j] + best;
+            choice[j] = static_cast<std::uint32_t>(best_a);
+            if (value[j] > bound) first_pruned = std::min(first_pruned, j);
+        }
+    }
+
+    /// Fills j in [j_begin, j_end) knowing that their minimisers lie in [a_begin, a_end].
+    void solve(std::size_t j_begin, std::size_t j_end, std::size_t a_begin, std::size_t a_end) const {
+        while (j_begin < j_end) {
+            if (a_end - a_begin < sweep_candidates) {
+                sweep(j_begin, j_end, a_begin, a_end);
+                return;
+            }
+            const std::size_t j = j_begin + (j_end - j_begin) / 2;
+            const std::size_t lo = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
+            const auto [best, best_a] = scan(j, lo, std::min(a_end, j - 1));
+            value[j] = s.s2[j] + best;
+            choice[j] = static_cast<std::uint32_t>(best_a);
+            if (value[j] > bound) {  // j and everything right of it are beyond the bound
+                first_pruned = std::min(first_pruned, j);
+                j_end = j;
+                a_end = best_a;
+                continue;
+            }
+            // Recurse into the smaller half and loop on the larger one: the stack stays O(log m) deep.
+            if (j - j_begin < j_end - (j + 1)) {
+                solve(j_begin, j, a_begin, best_a);
+                j_begin = j + 1;
+                a_begin = best_a;
+            } else {
+                solve(j + 1, j_end, best_a, a_end);
+                j_end = j;
+                a_end = best_a;
+            }
+        }
+    }
+};
+
+/// The dynamic programme in one direction over the sorted groups (forward, or backward on the mirrored
+/// groups), for layers 1..layers of a k-clustering. Layer l only needs prefixes j in [l, m - (k - l)]
+/// (the other k - l clusters need a group each), and only those with D_l[j] <= bound: reach[l] is the
+/// last such j.
+struct dp_direction {
+    std::vector<double> s0, s1, s2;  // prefix sums in this direction
+    std::vector<double> value, next_value, reduced;
+    std::vector<std::uint32_t> choice;  // layer l >= 2 at (l - 2) * (m + 1) + j
+    std::vector<std::size_t> reach;
+
+    prefix_sums sums() const { return {s0.data(), s1.data(), s2.data()}; }
+
+    /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound). The last
+    /// layer is only needed from j = last_from on (when the other direction already bounds the meeting).
+    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound, std::size_t last_from = 0) {
+        const prefix_sums s = sums();
+        const std::size_t stride = m + 1;
+        value.resize(stride);
+        next_value.resize(stride);
+        reduced.resize(stride);
+        choice.resize((layers - 1) * stride);
+        reach.assign(layers + 1, 0);
+        std::size_t last = 0;
+        for (std::size_t j = 1; j <= m - (k - 1); ++j) {
+            value[j] = s.interval_cost(0, j);
+            if (!(value[j] <= bound)) break;
+            last = j;
+        }
+        if (last == 0) return false;
+        reach[1] = last;
+        for (std::size_t l = 2; l <= layers; ++l) {
+            const std::size_t previous_reach = reach[l - 1];
+            for (std::size_t a = l - 1; a <= previous_reach; ++a) reduced[a] = value[a] - s.s2[a];
+            const std::size_t j_last = m - (k - l);
+            std::uint32_t* lower = l >= 3 ? choice.data() + (l - 3) * stride : nullptr;
+            if (lower != nullptr)  // beyond its reach, the previous layer's last minimiser is still a lower bound
+                std::fill(lower + previous_reach + 1, lower + j_last + 1, lower[previous_reach]);
+            layer_solver solver{s, reduced.data(), next_value.data(), choice.data() + (l - 2) * stride, lower, bound,
+                                j_last + 1};
+            // Minimisers never exceed the previous layer's reach: a cell within the bound has its
+            // (l - 1)-cluster prefix within the bound too.
+            const std::size_t j_first = l == layers ? std::max(l, last_from) : l;
+            if (j_first > j_last) return false;
+            solver.solve(j_first, j_last + 1, lower != nullptr ? std::max<std::size_t>(l - 1, lower[j_first]) : l - 1,
+                         previous_reach);
+            if (solver.first_pruned <= j_first) return false;
+            reach[l] = solver.first_pruned - 1;
+            std::swap(value, next_value);
+        }
+        return true;
+    }
+};
+
+/// Scratch memory of the Lloyd solver (kept in the per-thread workspace).
+struct lloyd_scratch {
+    struct move_record {
+        double saving;
+        std::size_t cell, at;
+    };
+    std::vector<double> centre, cell, saved_centre;
+    std::vector<std::uint32_t> start, moved_start, saved_boundaries;
+    std::vector<move_record> splits, merges, pairs;
+};
+
+/// Greedy weighted k-means++ seeding and Lloyd iterations on sorted groups y (ascending, shifted) with
+/// prefix sums s. Cells are intervals between midpoints of sorted centres, found by binary search, and
+/// their costs come from the prefix sums, so an iteration costs O(k log m).
+struct lloyd_solver {
+    const double* y;
+    prefix_sums s;
+    std::size_t m;
+    lloyd_scratch& scratch;
+    std::vector<double>& centre = scratch.centre;       // sorted
+    std::vector<std::uint32_t>& start = scratch.start;  // cell c is groups [start[c], start[c + 1])
+    std::vector<double>& cell = scratch.cell;           // cell costs
+
+    /// First group in [lo, hi] with y >= c, or hi.
+    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const {
+        return static_cast<std::size_t>(std::lower_bound(y + lo, y + hi, c) - y);
+    }
+    /// First group with y >= c, by a galloping search from `hint` (boundaries move little between calls).
+    std::size_t first_at_least_near(double c, std::size_t hint) const {
+        hint = std::min(hint, m);
+        std::size_t step = 1;
+        if (hint < m && y[hint] < c) {  // the answer is in (hint, m]
+            std::size_t lo = hint + 1;   // y[lo - 1] < c
+            while (lo + step - 1 < m && y[lo + step - 1] < c) {
+                lo += step;
+                step *= 2;
+            }
+            return first_at_least(c, lo, std::min(m, lo + step - 1));
+        }
+        std::size_t hi = hint;  // hi == m or y[hi] >= c: the answer is in [0, hi]
+        while (hi >= step && y[hi - step] >= c) {
+            hi -= step;
+            step *= 2;
+        }
+        return first_at_least(c, hi >= step ? hi - step + 1 : 0, hi);
+    }
+    std::size_t split(std::size_t c, std::size_t hint) const {
+        return first_at_least_near(0.5 * (centre[c] + centre[c + 1]), hint);
+    }
+
+    /// A group drawn with probability proportional to w (y - nearest centre)^2; m if none can be drawn.
+    std::size_t sample(synthetic::rng& random, double total) const {
+        double target = random.uniform() * total;
+        std::size_t c = 0;
+        while (c + 1 < centre.size() && target >= cell[c]) {
+            target -= cell[c];
+            ++c;
+        }
+        std::size_t lo = start[c], hi = start[c + 1];
+        if (lo >= hi) return m;
+        // Smallest t whose cumulative cost over [start[c], t + 1) exceeds the target.
+        while (hi - lo > 1) {
+            const std::size_t mid = lo + (hi - lo) / 2;
+            if (s.cost_around(start[c], mid, centre[c]) > target)
+                hi = mid;
+            else
+                lo = mid;
+        }
+        return lo;
+    }
+
+    /// Change of the total cost if v (not a centre) were added at sorted position `at`.
+    double insertion_delta(double v, std::size_t at) const {
+        const std::size_t count = centre.size();
+        const bool has_left = at > 0, has_right = at < count;
+        const std::size_t region_begin = has_left ? start[at - 1] : 0;
+        const std::size_t region_end = has_right ? start[at + 1] : m;
+        // The new boundaries lie inside the region of the neighbouring cells.
+        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end) : region_begin;
+        const std::size_t right_begin =
+            has_right ? first_at_least(0.5 * (v + centre[at]), left_end, region_end) : region_end;
+        double before = 0, after = s.cost_around(left_end, right_begin, v);
+        if (has_left) {
+            before += cell[at - 1];
+            after += s.cost_around(region_begin, left_end, centre[at - 1]);
+        }
+        if (has_right) {
+            before += cell[at];
+            after += s.cost_around(right_begin, region_end, centre[at]);
+        }
+        return after - before;
+    }
+
+    /// Cells of the current centres; the previous boundaries (when their count matches) are search hints.
+    void recompute_cells() {
+        const std::size_t count = centre.size();
+        const bool hinted = start.size() == count + 1;
+        start.resize(count + 1);
+        start[0] = 0;
+        start[count] = static_cast<std::uint32_t>(m);
+        for (std::size_t c = 0; c + 1 < count; ++c)
+            start[c + 1] = static_cast<std::uint32_t>(split(c, hinted ? start[c + 1] : m * (c + 1) / count));
+        cell.resize(count);
+        for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
+    }
+
+    /// Inserts centre v (not a centre yet) in sorted position, updating only the cells next to it.
+    void insert_centre(double v) {
+        const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
+        const std::size_t count = centre.size();
+        const std::size_t region_begin = at > 0 ? start[at - 1] : 0;
+        const std::size_t region_end = at < count ? start[at + 1] : m;
+        centre.insert(centre.begin() + static_cast<std::ptrdiff_t>(at), v);
+        start.insert(start.begin() + static_cast<std::ptrdiff_t>(at) + 1, static_cast<std::uint32_t>(at < count ? 0 : m));
+        cell.insert(cell.begin() + static_cast<std::ptrdiff_t>(at), 0.0);
+        // Now centre[at] = v; boundaries at and at + 1 are new, and inside the old region.
+        if (at > 0) start[at] = static_cast<std::uint32_t>(first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end));
+        if (at < count)
+            start[at + 1] = static_cast<std::uint32_t>(first_at_least(0.5 * (v + centre[at + 1]), start[at], region_end));
+        for (std::size_t c = at > 0 ? at - 1 : 0; c <= std::min(at + 1, count); ++c)
+            cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
+    }
+
+    double total() const {
+        double t = 0;
+        for (double c : cell) t += c;
+        return t;
+    }
+
+    /// Greedy k-means++ (as scikit-learn): each new centre is the best of 2 + ln k weighted D^2 samples.
+    void seed(synthetic::rng& random, std::size_t k) {
+        const std::size_t first = std::min<std::size_t>(
+            m - 1, static_cast<std::size_t>(std::upper_bound(s.s0 + 1, s.s0 + m + 1, random.uniform() * s.s0[m]) - (s.s0 + 1)));
+        centre.assign(1, y[first]);
+        recompute_cells();
+        const std::size_t trials = 2 + static_cast<std::size_t>(std::log(static_cast<double>(k)));
+        while (centre.size() < k) {
+            const double current = total();
+            double best_delta = std::numeric_limits<double>::infinity();
+            double best_value = 0;
+            for (std::size_t t = 0; t < trials; ++t) {
+                const std::size_t g = sample(random, current);
+                if (g >= m) continue;
+                const double v = y[g];
+                const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
+                if (at < centre.size() && centre[at] == v) continue;
+                const double delta = insertion_delta(v, at);
+                if (delta < best_delta) {
+                    best_delta = delta;
+                    best_value = v;
+                }
+            }
+            if (!(best_delta < std::numeric_limits<double>::infinity())) {
+                // Degenerate sampling (rounding): take the first group that is not a centre yet.
+                for (std::size_t g = 0, c = 0; g < m; ++g) {
+                    while (c < centre.size() && centre[c] < y[g]) ++c;
+                    if (c == centre.size() || centre[c] != y[g]) {
+                        best_value = y[g];
+                        break;
+                    }
+                }
+            }
+            insert_centre(best_value);
+        }
+    }
+
+    /// Lloyd iterations until no cell boundary moves; returns the final cost.
+    double iterate(int max_iterations) {
+        for (int iteration = 0; iteration < max_iterations; ++iteration) {
+            for (std::size_t c = 0; c < centre.size(); ++c) {
+                const std::size_t a = start[c], b = start[c + 1];
+                if (a < b) centre[c] = std::clamp((s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]), y[a], y[b - 1]);
+            }
+            bool moved = false;
+            for (std::size_t c = 0; c + 1 < centre.size(); ++c) {
+                const auto b = static_cast<std::uint32_t>(split(c, start[c + 1]));
+                moved |= b != start[c + 1];
+                start[c + 1] = b;
+            }
+            if (!moved) break;
+        }
+        recompute_cells();
+        return total();
+    }
+
+    /// Lloyd stops in local optima where one cell spans two natural clusters while two neighbouring
+    /// cells share one. A split-and-merge move fixes that: split a cell at its best 2-split point and merge
+    /// an adjacent pair of other cells, then run Lloyd again; the moves are tried in order of estimated
+    /// net saving and the first that lowers the cost is kept. `cost` is the current total; returns the
+    /// improved one.
+    /// A good 2-split of groups [a, b) (b - a >= 2): 2-means by Lloyd, from a split at the weighted mean.
+    std::size_t two_means_split(std::size_t a, std::size_t b) const {
+        const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
+        std::size_t t = clamp_split(static_cast<std::size_t>(
+            std::lower_bound(y + a, y + b, (s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a])) - y));
+        for (int iteration = 0; iteration < 16; ++iteration) {
+            const double left = (s.s1[t] - s.s1[a]) / (s.s0[t] - s.s0[a]);
+            const double right = (s.s1[b] - s.s1[t]) / (s.s0[b] - s.s0[t]);
+            const std::size_t next = clamp_split(static_cast<std::size_t>(std::lower_bound(y + a, y + b, 0.5 * (left + right)) - y));
+            if (next == t) break;
+            t = next;
+        }
+        return t;
+    }
+
+    double split_and_merge(int rounds, int max_iterations, double cost) {
+        const std::size_t k = centre.size();
+        if (k < 3) return cost;
+        using move = lloyd_scratch::move_record;
+        auto& splits = scratch.splits;
+        auto& merges = scratch.merges;
+        auto& pairs = scratch.pairs;
+        auto& saved_centre = scratch.saved_centre;
+        auto& saved_boundaries = scratch.saved_boundaries;
+        auto& moved_start = scratch.moved_start;
+        constexpr std::size_t candidates = 2, tries = 2;
+        for (int round = 0; round < rounds; ++round) {
+            splits.clear();
+            merges.clear();
+            for (std::size_t c = 0; c < k; ++c) {
+                const std::size_t a = start[c], b = start[c + 1];
+                if (b - a < 2) continue;
+                const std::size_t t = two_means_split(a, b);
+                splits.push_back({s.interval_cost(a, b) - (s.interval_cost(a, t) + s.interval_cost(t, b)), c, t});
+            }
+            for (std::size_t c = 0; c + 1 < k; ++c)
+                merges.push_back({-(s.interval_cost(start[c], start[c + 2]) - s.interval_cost(start[c], start[c + 1]) -
+                                    s.interval_cost(start[c + 1], start[c + 2])),
+                                  c, 0});
+            const auto larger = [](const move& x, const move& y) { return x.saving > y.saving; };
+            const std::size_t split_count = std::min(candidates, splits.size());
+            const std::size_t merge_count = std::min(candidates + 2, merges.size());
+            std::partial_sort(splits.begin(), splits.begin() + static_cast<std::ptrdiff_t>(split_count), splits.end(), larger);
+            std::partial_sort(merges.begin(), merges.begin() + static_cast<std::ptrdiff_t>(merge_count), merges.end(), larger);
+            pairs.clear();
+            for (std::size_t i = 0; i < split_count; ++i)
+                for (std::size_t j = 0; j < merge_count; ++j) {
+                    const move& sp = splits[i];
+                    const move& me = merges[j];
+                    if (me.cell == sp.cell || me.cell + 1 == sp.cell) continue;
+                    // Estimated net saving: Lloyd after the move often gains more, so a few moves are tried
+                    // even when the estimate is negative.
+                    pairs.push_back({sp.saving + me.saving, i, j});
+                }
+            std::sort(pairs.begin(), pairs.end(), larger);
+            saved_centre = centre;
+            saved_boundaries = start;
+            bool improved = false;
+            for (std::size_t p = 0; p < std::min(pairs.size(), tries); ++p) {
+                const move& pair = pairs[p];
+                const move& sp = splits[pair.cell];
+                const move& me = merges[pair.at];
+                moved_start.clear();
+                for (std::size_t c = 1; c < k; ++c)
+                    if (c != me.cell + 1) moved_start.push_back(saved_boundaries[c]);
+                moved_start.insert(std::upper_bound(moved_start.begin(), moved_start.end(), static_cast<std::uint32_t>(sp.at)),
+                                   static_cast<std::uint32_t>(sp.at));
+                for (std::size_t c = 0; c < k; ++c) {
+                    const std::size_t a = c == 0 ? 0 : moved_start[c - 1], b = c + 1 == k ? m : moved_start[c];
+                    centre[c] = std::clamp((s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]), y[a], y[b - 1]);
+                }
+                recompute_cells();
+                const double moved_cost = iterate(max_iterations);
+                if (moved_cost < cost) {
+                    cost = moved_cost;
+                    improved = true;
+                    break;
+                }
+                centre = saved_centre;
+                recompute_cells();
+            }
+            if (!improved) break;
+        }
+        return cost;
+    }
+
+};
+
+/// Per-thread scratch memory, grown on demand and reused across rows (no allocation per row once warm).
+template <class T, class W>
+struct workspace {
+    std::vector<T> x;                                  // the row's values, contiguous
+    std::vector<sort_item<T, W>> items, items_scratch;  // (key, weight), sorted by key
+    std::vector<std::uint32_t> histogram;
+    key_t<T> key_low = 0;  // sorted keys are (key - key_low) >> key_shift
+    int key_shift = 0;
+    std::vector<double> value, weight, shifted;  // positive-weight groups, ascending; shifted = value - pivot
+    dp_direction forward, backward;              // forward.s0..s2 are the prefix sums of the groups
+    std::vector<std::uint32_t> cluster_end;      // cluster c is groups [cluster_end[c - 1], cluster_end[c])
+    lloyd_scratch lloyd;
+    std::vector<double> best_centre;
+    std::vector<T> threshold;                  // labels: x >= threshold[i] means past distinct centroid i
+    std::vector<T> distinct;                   // the distinct centroids
+    std::vector<std::uint8_t> distinct_first;  // first index of each distinct centroid
+};
+
+/// LSD radix sort of the items by key. Keys are first reduced to the bits that vary,
+/// (key - min) >> (trailing zeros common to all), so fp16 rows need two passes over at most 11-bit digits
+/// and float rows three. Real rows crowd into few leading digits, and counting consecutive equal digits
+/// waits on the previous increment; so the items are handled as four interleaved streams with counters of
+/// their own (offsets in stream order keep the sort stable).
+template <class T, class W>
+void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high, key_t<T> ones) {
+    using K = key_t<T>;
+    constexpr std::size_t streams = 4;
+    ws.key_low = 0;
+    ws.key_shift = 0;
+    if (low == high) return;
+    sort_item<T, W>* source = ws.items.data();
+    const int shift = std::countr_zero(ones);  // every key, so every key - low, has this many trailing zeros
+    const int width = static_cast<int>(std::bit_width(static_cast<K>((high - low) >> shift)));
+    const int passes = (width + 10) / 11;
+    const int digit_bits = (width + passes - 1) / passes;
+    const std::size_t radix = std::size_t{1} << digit_bits;
+    const K mask = static_cast<K>(radix - 1);
+    ws.key_low = low;
+    ws.key_shift = shift;
+    // Stream s is items [bound[s], bound[s + 1]); counters of pass p, stream s, digit d at
+    // ((p * streams) + s) * radix + d.
+    std::size_t bound[streams + 1];
+    for (std::size_t s = 0; s <= streams; ++s) bound[s] = n * s / streams;
+    const std::size_t shortest = n / streams;  // every stream has at least this many items
+    ws.histogram.assign(radix * streams * static_cast<std::size_t>(passes), 0);
+    std::uint32_t* histogram = ws.histogram.data();
+    // The first pass's counters now, with the key reduction; later passes count the order they receive.
+    const auto count_item = [&](std::size_t s, std::size_t i) {
+        const K key = (source[i].key - low) >> shift;
+        source[i].key = key;
+        ++histogram[s * radix + (key & mask)];
+    };
+    for (std::size_t t = 0; t < shortest; ++t)
+        for (std::size_t s = 0; s < streams; ++s) count_item(s, bound[s] + t);
+    for (std::size_t s = 0; s < streams; ++s)
+        for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) count_item(s, i);
+    ws.items_scratch.resize(n);
+    sort_item<T, W>* target = ws.items_scratch.data();
+    for (int p = 0; p < passes; ++p) {
+        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * streams * radix;
+        const int digit_shift = p * digit_bits;
+        if (p > 0) {  // the items moved: count this pass's digits per stream of the current order
+            for (std::size_t t = 0; t < shortest; ++t)
+                for (std::size_t s = 0; s < streams; ++s) ++count[s * radix + ((source[bound[s] + t].key >> digit_shift) & mask)];
+            for (std::size_t s = 0; s < streams; ++s)
+                for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) ++count[s * radix + ((source[i].key >> digit_shift) & mask)];
+        }
+        std::uint32_t offset = 0;
+        for (std::size_t d = 0; d < radix; ++d)
+            for (std::size_t s = 0; s < streams; ++s) {
+                const std::uint32_t c = count[s * radix + d];
+                count[s * radix + d] = offset;
+                offset += c;
+            }
+        const auto move_item = [&](std::size_t s, std::size_t i) {
+            target[count[s * radix + ((source[i].key >> digit_shift) & mask)]++] = source[i];
+        };
+        for (std::size_t t = 0; t < shortest; ++t)
+            for (std::size_t s = 0; s < streams; ++s) move_item(s, bound[s] + t);
+        for (std::size_t s = 0; s < streams; ++s)
+            for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) move_item(s, i);
+        std::swap(source, target);
+    }
+    if (source != ws.items.data()) std::copy(source, source + n, ws.items.data());
+}
+
+/// How many Lloyd iterations the exact method spends on its upper bound: the bound only has to be
+/// reasonably tight, and a few iterations from greedy k-means++ seeds get within a few percent.
+inline constexpr int bound_iterations = 8;
+
+/// Exact clustering of the m > k >= 2 positive-weight groups (forward prefix sums in ws.forward, shifted
+/// values in ws.shifted); fills ws.cluster_end.
+///
+/// The optimal k-partition splits into its first k/2 clusters (a prefix) and its last k - k/2 (a
+/// suffix), so the programme runs k/2 layers forward and k - k/2 layers backward (on the mirrored groups)
+/// and meets in the middle: OPT = min_j F[j] + B[m - j]. Every cell on the optimal path costs at most
+/// OPT, so with an upper bound from a quick Lloyd run, each layer stops where its cost exceeds the bound;
+/// prefixes and suffixes of at most half the clusters rarely reach far, which removes most cells.
+template <class Workspace>
+void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
+    dp_direction& forward = ws.forward;
+    dp_direction& backward = ws.backward;
+    const prefix_sums s = forward.sums();
+    backward.s0.resize(m + 1);
+    backward.s1.resize(m + 1);
+    backward.s2.resize(m + 1);
+    // Mirrored groups (-y in reverse order): their prefix sums are suffix sums of the forward ones, as
+    // differences of forward prefix sums like every interval sum the forward direction uses.
+    for (std::size_t i = 0; i <= m; ++i) {
+        backward.s0[i] = s.s0[m] - s.s0[m - i];
+        backward.s1[i] = s.s1[m - i] - s.s1[m];
+        backward.s2[i] = s.s2[m] - s.s2[m - i];
+    }
+    const std::size_t left_layers = k / 2, right_layers = k - left_layers;
+    double bound = std::numeric_limits<double>::infinity();
+    if (k >= 4) {
+        lloyd_solver lloyd{ws.shifted.data(), s, m, ws.lloyd};
+        synthetic::rng random(0x9e3779b97f4a7c15ull);
+        lloyd.seed(random, k);
+        // Slack for rounding: cell costs come from differences of prefix sums.
+        bound = lloyd.iterate(bound_iterations) * (1 + 1e-7) + 1e-12 * s.interval_cost(0, m);
+    }
+    std::size_t cut = 0;
+    for (;;) {
+        double best = std::numeric_limits<double>::infinity();
+        // Backward first: its reach tells where forward's last layer can meet it.
+        if (backward.run(m, k, right_layers, bound) &&
+            forward.run(m, k, left_layers, bound, m - backward.reach[right_layers])) {
+            const std::size_t first = std::max(left_layers, m - backward.reach[right_layers]);
+            const std::size_t last = std::min(forward.reach[left_layers], m - right_layers);
+            for (std::size_t j = first; j <= last; ++j) {
+                const double total = forward.value[j] + backward.value[m - j];
+                if (total < best) {
+                    best = total;
+                    cut = j;
+                }
+            }
+        }
+        if (best < std::numeric_limits<double>::infinity()) break;
+        bound = std::numeric_limits<double>::infinity();  // safety net: rounding pruned every path, run in full
+    }
+    const std::size_t stride = m + 1;
+    ws.cluster_end.resize(k);
+    std::size_t end = cut;
+    for (std::size_t l = left_layers; l >= 1; --l) {
+        ws.cluster_end[l - 1] = static_cast<std::uint32_t>(end);
+        if (l >= 2) end = forward.choice[(l - 2) * stride + end];
+    }
+    std::size_t length = m - cut;  // the suffix, clustered from its left end
+    for (std::size_t r = right_layers, c = left_layers; r >= 2; --r, ++c) {
+        length = backward.choice[(r - 2) * stride + length];
+        ws.cluster_end[c] = static_cast<std::uint32_t>(m - length);
+    }
+    ws.cluster_end[k - 1] = static_cast<std::uint32_t>(m);
+}
+
+/// Rounds of split-and-merge moves after Lloyd converges (each keeps the first of a few moves that helps).
+inline constexpr int split_merge_rounds = 16;
+
+/// Lloyd's method on the m > k >= 2 positive-weight groups: `restarts` runs from greedy k-means++ seeds;
+/// fills ws.best_centre with the k sorted centres (shifted) of the cheapest run.
+template <class Workspace>
+void lloyd_partition(Workspace& ws, std::size_t m, std::size_t k, const kmeans_options& options) {
+    lloyd_solver lloyd{ws.shifted.data(), ws.forward.sums(), m, ws.lloyd};
+    synthetic::rng random(options.seed);
+    double best = std::numeric_limits<double>::infinity();
+    for (int restart = 0; restart < std::max(1, options.restarts); ++restart) {
+        lloyd.seed(random, k);
+        const double cost = lloyd.split_and_merge(split_merge_rounds, options.max_iterations, lloyd.iterate(options.max_iterations));
+        if (cost < best) {
+            best = cost;
+            ws.best_centre = ws.lloyd.centre;
+        }
+    }
+}
+
+/// Labels every value with its nearest centroid, the lowest index on ties. With d distinct centroids
+/// u_0 < ... < u_(d-1), x is past u_i when x > (u_i + u_(i+1)) / 2; threshold[i] is the smallest T above
+/// that midpoint (in double), so #{i : x >= threshold[i]} is the nearest distinct centroid, up to rounding
+/// of the midpoint; a last comparison of the distances to the neighbours, computed as |x - u| in double,
+/// settles values within rounding of a midpoint. The label is the first index of that centroid.
+template <class T, class W>
+void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t n, std::uint8_t* labels) {
+    ws.threshold.clear();
+    ws.distinct.assign(1, centroids[0]);
+    ws.distinct_first.assign(1, 0);
+    for (std::size_t c = 1; c < centroids.size(); ++c)
+        if (centroids[c] != centroids[c - 1]) {
+            const double middle = 0.5 * (static_cast<double>(centroids[c - 1]) + static_cast<double>(centroids[c]));
+            auto t = static_cast<T>(middle);
+            if (static_cast<double>(t) <= middle) t = std::nextafter(t, std::numeric_limits<T>::infinity());
+            ws.threshold.push_back(t);
+            ws.distinct.push_back(centroids[c]);
+            ws.distinct_first.push_back(static_cast<std::uint8_t>(c));
+        }
+    const T* x = ws.x.data();
+    const T* threshold = ws.threshold.data();
+    const std::size_t count = ws.threshold.size();
+    const T* u = ws.distinct.data();
+    const std::uint8_t* first = ws.distinct_first.data();
+    const auto label_of = [&](std::size_t p, T value) {
+        const auto v = static_cast<double>(value);
+        if (p + 1 <= count && static_cast<double>(u[p + 1]) - v < v - static_cast<double>(u[p])) ++p;
+        else if (p > 0 && v - static_cast<double>(u[p - 1]) <= static_cast<double>(u[p]) - v) --p;
+        return first[p];
+    };
+    std::size_t i = 0;
+    if (count <= 32) {  // few thresholds: count them, vectorised over values
+#if defined(__AVX2__)
+        if constexpr (std::is_same_v<T, float>) {
+            for (; i + 8 <= n; i += 8) {
+                const __m256 v = _mm256_loadu_ps(x + i);
+                __m256i past = _mm256_setzero_si256();
+                for (std::size_t t = 0; t < count; ++t)
+                    past = _mm256_sub_epi32(past, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(threshold[t]), _CMP_GE_OQ)));
+                alignas(32) std::int32_t lanes[8];
+                _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
+                for (std::size_t lane = 0; lane < 8; ++lane)
+                    labels[i + lane] = label_of(static_cast<std::size_t>(lanes[lane]), x[i + lane]);
+            }
+        } else {
+            for (; i + 4 <= n; i += 4) {
+                const __m256d v = _mm256_loadu_pd(x + i);
+                __m256i past = _mm256_setzero_si256();
+                for (std::size_t t = 0; t < count; ++t)
+                    past = _mm256_sub_epi64(past, _mm256_castpd_si256(_mm256_cmp_pd(v, _mm256_set1_pd(threshold[t]), _CMP_GE_OQ)));
+                alignas(32) std::int64_t lanes[4];
+                _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
+                for (std::size_t lane = 0; lane < 4; ++lane)
+                    labels[i + lane] = label_of(static_cast<std::size_t>(lanes[lane]), x[i + lane]);
+            }
+        }
+#endif
+        for (; i < n; ++i) {
+            std::size_t past = 0;
+            for (std::size_t t = 0; t < count; ++t) past += x[i] >= threshold[t] ? 1 : 0;
+            labels[i] = label_of(past, x[i]);
+        }
+    } else {  // many thresholds: binary search
+        for (; i < n; ++i)
+            labels[i] = label_of(static_cast<std::size_t>(std::upper_bound(threshold, threshold + count, x[i]) - threshold), x[i]);
+    }
+}
+
+/// a * b + c, fused where the target has FMA (as the vectorised first pass does), so that both ways of
+/// reading a row round alike; plain elsewhere (no slow software fma).
+inline double multiply_add(double a, double b, double c) {
+#if defined(__FMA__)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+/// Step 1 for contiguous float values and weights, eight at a time: the same keys, copies, key range and
+/// sums as the generic loop, whose sums use the same eight lanes and order, so that results never depend
+/// on how the row is stored. Returns
+/// the number of entries done; `suspect` is set if some value or weight may be invalid (the caller then
+/// checks them one by one, which also accepts -0.0 weights).
+inline std::size_t read_floats(const float* values, const float* weights, std::size_t n, float* x,
+                               sort_item<float, float>* items, std::uint32_t& low, std::uint32_t& high,
+                               std::uint32_t& ones, double& weight_total, double& weighted_sum, bool& suspect) {
+    std::size_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (n >= 8) {
+        const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+        const __m256i magnitude_mask = _mm256_set1_epi32(0x7fffffff);
+        const __m256i infinity = _mm256_set1_epi32(0x7f800000);
+        __m256i low_v = _mm256_set1_epi32(-1), high_v = _mm256_setzero_si256(), ones_v = high_v, bad = high_v;
+        __m256d weight0 = _mm256_setzero_pd(), weight1 = weight0, sum0 = weight0, sum1 = weight0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = _mm256_loadu_ps(values + i);
+            const __m256 w = _mm256_loadu_ps(weights + i);
+            const __m256i bits = _mm256_castps_si256(v);
+            const __m256i magnitude = _mm256_and_si256(bits, magnitude_mask);
+            // Not finite: magnitude >= infinity. Weight not a finite non-negative: bits >= infinity as signed
+            // integers fails for negative (sign bit) and non-finite weights.
+            bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(magnitude, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))));
+            const __m256i weight_bits = _mm256_castps_si256(w);
+            bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(weight_bits, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))),
+                                                       _mm256_cmpgt_epi32(_mm256_setzero_si256(), weight_bits)));
+            // key = 2^31 + magnitude for positive values, 2^31 - magnitude for negative ones.
+            const __m256i negative = _mm256_srai_epi32(bits, 31);
+            const __m256i key = _mm256_add_epi32(sign, _mm256_sub_epi32(_mm256_xor_si256(magnitude, negative), negative));
+            low_v = _mm256_min_epu32(low_v, key);
+            high_v = _mm256_max_epu32(high_v, key);
+            ones_v = _mm256_or_si256(ones_v, key);
+            _mm256_storeu_ps(x + i, v);
+            const __m256i pairs_low = _mm256_unpacklo_epi32(key, weight_bits);   // k0 w0 k1 w1 | k4 w4 k5 w5
+            const __m256i pairs_high = _mm256_unpackhi_epi32(key, weight_bits);  // k2 w2 k3 w3 | k6 w6 k7 w7
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(items + i), _mm256_permute2x128_si256(pairs_low, pairs_high, 0x20));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(items + i + 4), _mm256_permute2x128_si256(pairs_low, pairs_high, 0x31));
+            const __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(w));
+            const __m256d w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+            weight0 = _mm256_add_pd(weight0, w0);
+            weight1 = _mm256_add_pd(weight1, w1);
+            sum0 = _mm256_fmadd_pd(w0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)), sum0);
+            sum1 = _mm256_fmadd_pd(w1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), sum1);
+        }
+        alignas(32) std::uint32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), low_v);
+        for (const std::uint32_t lane : lanes) low = std::min(low, lane);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), high_v);
+        for (const std::uint32_t lane : lanes) high = std::max(high, lane);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), ones_v);
+        for (const std::uint32_t lane : lanes) ones |= lane;
+        suspect = suspect || !_mm256_testz_si256(bad, bad);
+        alignas(32) double totals[4];
+        _mm256_store_pd(totals, _mm256_add_pd(weight0, weight1));
+        weight_total += (totals[0] + totals[1]) + (totals[2] + totals[3]);
+        _mm256_store_pd(totals, _mm256_add_pd(sum0, sum1));
+        weighted_sum += (totals[0] + totals[1]) + (totals[2] + totals[3]);
+    }
+#else
+    (void)values, (void)weights, (void)n, (void)x, (void)items, (void)low, (void)high, (void)ones, (void)weight_total,
+        (void)weighted_sum, (void)suspect;
+#endif
+    return i;
+}
+
+/// Clusters one row, reading it through value_at(i) and weight_at(i), or through the arrays values and
+/// weights when not null; with Check, validates each entry (sqz::error naming `where` and the index).
+template <bool Check, class T, class W, class ValueAt, class WeightAt>
+void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* values, const W* weights,
+             std::size_t n, std::size_t k, const kmeans_options& options, workspace<T, W>& ws,
+             kmeans_result<T>& result) {
+    using K = key_t<T>;
+    // 1. One pass over the input: checks, sort keys with weights, key range, weight sums.
+    ws.x.resize(n);
+    ws.items.resize(n);
+    T* x = ws.x.data();
+    sort_item<T, W>* items = ws.items.data();
+    K low = std::numeric_limits<K>::max(), high = 0, ones = 0;
+    double weight_total = 0, weighted_sum = 0;
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
+        if (values != nullptr && weights != nullptr) {
+            bool suspect = false;
+            i = read_floats(values, weights, n, x, items, low, high, ones, weight_total, weighted_sum, suspect);
+            if (Check && suspect)
+                for (std::size_t j = 0; j < i; ++j)
+                    if (!(std::isfinite(x[j]) && std::isfinite(weights[j]) && weights[j] >= 0)) {
+                        require(std::isfinite(x[j]), where, ": values[", j, "] = ", x[j], " is not finite");
+                        require(std::isfinite(weights[j]), where, ": weights[", j, "] = ", weights[j], " is not finite");
+                        fail(where, ": weights[", j, "] = ", weights[j], " is negative");
+                    }
+        }
+    }
+    // The rest one by one; the sums over whole blocks of eight in eight lanes, as read_floats does.
+    const std::size_t blocks_end = n / 8 * 8;
+    double weight_lane[8] = {}, sum_lane[8] = {};
+    const std::size_t first_generic = i;
+    for (; i < n; ++i) {
+        const T v = value_at(i);
+        const W w = weight_at(i);
+        if constexpr (Check) {
+            if (!(std::isfinite(v) && std::isfinite(w) && w >= 0)) {
+                require(std::isfinite(v), where, ": values[", i, "] = ", v, " is not finite");
+                require(std::isfinite(w), where, ": weights[", i, "] = ", w, " is not finite");
+                fail(where, ": weights[", i, "] = ", w, " is negative");
+            }
+        }
+        const K key = sort_key<T>(v);
+        x[i] = v;
+        items[i] = {key, w};
+        low = std::min(low, key);
+        high = std::max(high, key);
+        ones |= key;
+        if (i < blocks_end) {
+            weight_lane[i % 8] += static_cast<double>(w);
+            sum_lane[i % 8] = multiply_add(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
+        } else {
+            if (i == blocks_end && first_generic < blocks_end) {
+                weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
+                                ((weight_lane[2] + weight_lane[6]) + (weight_lane[3] + weight_lane[7]));
+                weighted_sum += ((sum_lane[0] + sum_lane[4]) + (sum_lane[1] + sum_lane[5])) +
+                                ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
+            }
+            weight_total += static_cast<double>(w);
+            weighted_sum = multiply_add(static_cast<double>(w), static_cast<double>(v), weighted_sum);
+        }
+    }
+    if (blocks_end == n && first_generic < blocks_end) {
+        weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
+                        ((weight_lane[2] + weight_lane[6]) + (weight_lane[3] + weight_lane[7]));
+        weighted_sum += ((sum_lane[0] + sum_lane[4]) + (sum_lane[1] + sum_lane[5])) +
+                        ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
+    }
+    const bool equal_weights = weight_total == 0;  // every weight zero: count every entry once
+    if (equal_weights) {
+        weight_total = static_cast<double>(n);
+        weighted_sum = 0;
+        for (std::size_t i = 0; i < n; ++i) weighted_sum += static_cast<double>(x[i]);
+    }
+    // The weighted mean: prefix sums of values shifted by it keep their precision.
+    const double pivot = weighted_sum / weight_total;
+    // 2. Sort, then merge equal values into groups with summed weights; zero-weight groups drop out of
+    //    the optimisation (they are labelled with the rest at the end).
+    radix_sort(ws, n, low, high, ones);
+    items = ws.items.data();
+    ws.value.resize(n);
+    ws.weight.resize(n);
+    ws.shifted.resize(n);
+    auto& s0 = ws.forward.s0;
+    auto& s1 = ws.forward.s1;
+    auto& s2 = ws.forward.s2;
+    s0.resize(n + 1);
+    s1.resize(n + 1);
+    s2.resize(n + 1);
+    s0[0] = s1[0] = s2[0] = 0;
+    std::size_t m = 0;
+    constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
+    for (std::size_t i = 0; i < n;) {
+        const K key = items[i].key;
+        double w = 0;
+        std::size_t j = i;
+        for (; j < n && items[j].key == key; ++j) w += equal_weights ? 1.0 : static_cast<double>(items[j].weight);
+        i = j;
+        if (!(w > 0)) continue;
+        const K original = static_cast<K>((key << ws.key_shift) + ws.key_low);
+        const T v = std::bit_cast<T>(original >= sign ? static_cast<K>(original - sign) : static_cast<K>(sign | (sign - original)));
+        const double y = static_cast<double>(v) - pivot;
+        ws.value[m] = static_cast<double>(v);
+        ws.weight[m] = w;
+        ws.shifted[m] = y;
+        s0[m + 1] = s0[m] + w;
+        s1[m + 1] = s1[m] + w * y;
+        s2[m + 1] = s2[m] + w * y * y;
+        ++m;
+    }
+    require(std::isfinite(s2[m]), where, ": sum of weights * values^2 = ", s2[m], " overflows double");
+    // 3. Centroids.
+    result.centroids.assign(k, T(0));
+    if (m <= k) {  // every distinct value is a centroid, the last one repeated
+        for (std::size_t c = 0; c < k; ++c) result.centroids[c] = static_cast<T>(ws.value[std::min(c, m - 1)]);
+    } else {
+        const auto centroid_of = [&](std::size_t a, std::size_t b) {
+            // The weighted mean, rounded to T and kept inside the cluster's range so centroids stay sorted.
+            const T c = static_cast<T>(pivot + (s1[b] - s1[a]) / (s0[b] - s0[a]));
+            return std::clamp(c, static_cast<T>(ws.value[a]), static_cast<T>(ws.value[b - 1]));
+        };
+        if (k == 1) {
+            result.centroids[0] = centroid_of(0, m);
+        } else if (options.method == kmeans_method::exact) {
+            exact_partition(ws, m, k);
+            std::size_t begin = 0;
+            for (std::size_t c = 0; c < k; ++c) {
+                const std::size_t end = ws.cluster_end[c];
+                result.centroids[c] = centroid_of(begin, end);
+                begin = end;
+            }
+        } else {
+            lloyd_partition(ws, m, k, options);
+            for (std::size_t c = 0; c < k; ++c) result.centroids[c] = static_cast<T>(pivot + ws.best_centre[c]);
+            std::sort(result.centroids.begin(), result.centroids.end());
+        }
+    }
+    // 4. Labels for every entry; the objective over the positive-weight groups (zero weights add nothing),
+    //    each going to its nearest centroid in one merge-like pass.
+    result.labels.resize(n);
+    assign_labels(ws, result.centroids, n, result.labels.data());
+    double partial[4] = {};  // four running sums (group g into g % 4) keep the additions from queueing
+    std::size_t nearest = 0;
+    const auto& centroid = result.centroids;
+    for (std::size_t g = 0; g < m; ++g) {
+        const double v = ws.value[g];
+        while (nearest + 1 < k && static_cast<double>(centroid[nearest + 1]) - v < v - static_cast<double>(centroid[nearest]))
+            ++nearest;
+        const double d = v - static_cast<double>(centroid[nearest]);
+        partial[g % 4] += ws.weight[g] * d * d;
+    }
+    result.objective = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+}
+
+template <class T, class W>
+workspace<T, W>& thread_workspace() {
+    static thread_local workspace<T, W> ws;
+    return ws;
+}
+
+}  // namespace detail::kmeans
+
+/// Weighted 1-D k-means of one row: minimises sum_i weights[i] (values[i] - c(values[i]))^2 over k
+/// centroids. values: float or double; weights: float or double, the same length; both as std::span,
+/// std::vector (any sized range) or an Eigen vector expression. Returns kmeans_result<value type>.
+template <class Values, class Weights>
+auto weighted_kmeans(const Values& values, const Weights& weights, int k, const kmeans_options& options = {}) {
+    using T = detail::kmeans::element_t<Values>;
+    using W = detail::kmeans::element_t<Weights>;
+    static_assert(working_scalar<T>, "sqz::weighted_kmeans: values must hold float or double");
+    static_assert(working_scalar<W>, "sqz::weighted_kmeans: weights must hold float or double");
+    if constexpr (detail::kmeans::eigen_dense<Values>)
+        static_assert(Values::IsVectorAtCompileTime, "sqz::weighted_kmeans: values must be an Eigen vector expression");
+    if constexpr (detail::kmeans::eigen_dense<Weights>)
+        static_assert(Weights::IsVectorAtCompileTime, "sqz::weighted_kmeans: weights must be an Eigen vector expression");
+    constexpr const char* where = "sqz::weighted_kmeans";
+    const detail::kmeans::reader<Values> x(values);
+    const detail::kmeans::reader<Weights> w(weights);
+    const std::size_t n = x.size();
+    detail::require(k >= 1 && k <= detail::kmeans::max_clusters, where, ": k = ", k, " is outside 1..",
+                    detail::kmeans::max_clusters);
+    detail::require(n > 0, where, ": values is empty");
+    detail::require(w.size() == n, where, ": weights.size() = ", w.size(), " differs from values.size() = ", n);
+    detail::require(n <= std::numeric_limits<std::uint32_t>::max(), where, ": values.size() = ", n, " exceeds 2^32 - 1");
+    kmeans_result<T> result;
+    detail::kmeans::cluster<true>(
+        where, [&](std::size_t i) { return static_cast<T>(x[i]); }, [&](std::size_t i) { return static_cast<W>(w[i]); },
+        detail::kmeans::contiguous_data(values), detail::kmeans::contiguous_data(weights), n, static_cast<std::size_t>(k),
+        options, detail::kmeans::thread_workspace<T, W>(), result);
+    return result;
+}
+
+/// Weighted k-means of every row of `values` with the matching row of `weights` (Eigen matrices or
+/// matrix expressions of the same shape, float or double), rows in parallel with OpenMP on `threads`
+/// threads (<= 0: OpenMP's default). Results are identical for any thread count. A matrix with no rows
+/// gives an empty vector; rows with no columns throw.
+template <class ValuesMatrix, class WeightsMatrix>
+auto weighted_kmeans_rows(const ValuesMatrix& values, const WeightsMatrix& weights, int k,
+                          const kmeans_options& options = {}, int threads = 0) {
+    static_assert(detail::kmeans::eigen_dense<ValuesMatrix> && detail::kmeans::eigen_dense<WeightsMatrix>,
+                  "sqz::weighted_kmeans_rows: values and weights must be Eigen matrices");
+    using T = typename ValuesMatrix::Scalar;
+    using W = typename WeightsMatrix::Scalar;
+    static_assert(working_scalar<T>, "sqz::weighted_kmeans_rows: values must hold float or double");
+    static_assert(working_scalar<W>, "sqz::weighted_kmeans_rows: weights must hold float or double");
+    constexpr const char* where = "sqz::weighted_kmeans_rows";
+    const Eigen::Index rows = values.rows(), cols = values.cols();
+    detail::require(weights.rows() == rows && weights.cols() == cols, where, ": weights is ", weights.rows(), " x ",
+                    weights.cols(), " but values is ", rows, " x ", cols);
+    detail::require(k >= 1 && k <= detail::kmeans::max_clusters, where, ": k = ", k, " is outside 1..",
+                    detail::kmeans::max_clusters);
+    detail::require(rows == 0 || cols > 0, where, ": values has ", rows, " rows of no columns");
+    detail::require(cols <= static_cast<Eigen::Index>(std::numeric_limits<std::uint32_t>::max()), where,
+                    ": values has ", cols, " columns, more than 2^32 - 1");
+    // Validate serially first, so the error names the first bad entry whatever the thread count.
+    for (Eigen::Index r = 0; r < rows; ++r)
+        for (Eigen::Index c = 0; c < cols; ++c) {
+            const T x = values.coeff(r, c);
+            const W w = weights.coeff(r, c);
+            if (!(std::isfinite(x) && std::isfinite(w) && w >= 0)) {
+                detail::require(std::isfinite(x), where, ": values(", r, ", ", c, ") = ", x, " is not finite");
+                detail::require(std::isfinite(w), where, ": weights(", r, ", ", c, ") = ", w, " is not finite");
+                detail::fail(where, ": weights(", r, ", ", c, ") = ", w, " is negative");
+            }
+        }
+    std::vector<kmeans_result<T>> results(static_cast<std::size_t>(rows));
+    std::exception_ptr first_error;
+    Eigen::Index first_error_row = rows;
+    const auto n = static_cast<std::size_t>(cols);
+#ifdef _OPENMP
+    const int thread_count = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count)
+#endif
+    for (Eigen::Index r = 0; r < rows; ++r) {
+        try {
+            const auto value_row = values.row(r);
+            const auto weight_row = weights.row(r);
+            detail::kmeans::cluster<false>(
+                where, [&](std::size_t c) { return values.coeff(r, static_cast<Eigen::Index>(c)); },
+                [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); },
+                detail::kmeans::contiguous_data(value_row), detail::kmeans::contiguous_data(weight_row), n,
+                static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(),
+                results[static_cast<std::size_t>(r)]);
+        } catch (...) {
+#ifdef _OPENMP
+#pragma omp critical(sqz_kmeans_rows_error)
+#endif
+            if (r < first_error_row) {
+                first_error_row = r;
+                first_error = std::current_exception();
+            }
+        }
+    }
+    (void)threads;
+    if (first_error) std::rethrow_exception(first_error);
+    return results;
+}
+
+}  // namespace sqz

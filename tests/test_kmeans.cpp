@@ -1,0 +1,482 @@
+#include <sqz/kmeans.hpp>
+#include <sqz/half.hpp>
+#include <sqz/synthetic.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// ---- Independent references ------------------------------------------------------------------------------
+
+struct point {
+    double x;
+    double w;
+};
+
+std::vector<point> sorted_points(const std::vector<double>& x, const std::vector<double>& w) {
+    std::vector<point> points;
+    for (std::size_t i = 0; i < x.size(); ++i) points.push_back({x[i], w[i]});
+    std::sort(points.begin(), points.end(), [](const point& a, const point& b) { return a.x < b.x; });
+    // All weights zero: equal weights, as documented.
+    if (std::all_of(points.begin(), points.end(), [](const point& p) { return p.w == 0; }))
+        for (auto& p : points) p.w = 1;
+    return points;
+}
+
+// Cost of one cluster around its weighted mean, two-pass (no prefix sums); zero total weight costs 0.
+double direct_cluster_cost(const std::vector<point>& p, std::size_t begin, std::size_t end) {
+    double sw = 0, swx = 0;
+    for (std::size_t i = begin; i < end; ++i) {
+        sw += p[i].w;
+        swx += p[i].w * p[i].x;
+    }
+    if (sw == 0) return 0;
+    const double mean = swx / sw;
+    double cost = 0;
+    for (std::size_t i = begin; i < end; ++i) cost += p[i].w * (p[i].x - mean) * (p[i].x - mean);
+    return cost;
+}
+
+// Minimum over every split of the sorted points into at most k contiguous runs (all 2^(n-1) cut sets).
+double brute_force_optimum(const std::vector<double>& x, const std::vector<double>& w, int k) {
+    const auto p = sorted_points(x, w);
+    const std::size_t n = p.size();
+    double best = std::numeric_limits<double>::infinity();
+    for (std::uint32_t cuts = 0; cuts < (1u << (n - 1)); ++cuts) {
+        if (std::popcount(cuts) > k - 1) continue;
+        double cost = 0;
+        std::size_t begin = 0;
+        for (std::size_t gap = 0; gap < n; ++gap) {
+            const bool cut_here = gap + 1 == n || ((cuts >> gap) & 1u);
+            if (!cut_here) continue;
+            cost += direct_cluster_cost(p, begin, gap + 1);
+            begin = gap + 1;
+        }
+        best = std::min(best, cost);
+    }
+    return best;
+}
+
+// The textbook O(k n^2) dynamic programme on unmerged sorted points, long-double prefix sums of
+// mean-centred values.
+double slow_dp_optimum(const std::vector<double>& x, const std::vector<double>& w, int k) {
+    const auto p = sorted_points(x, w);
+    const std::size_t n = p.size();
+    long double sw = 0, swx = 0;
+    for (const auto& q : p) {
+        sw += q.w;
+        swx += static_cast<long double>(q.w) * q.x;
+    }
+    const long double mean = swx / sw;
+    std::vector<long double> s0(n + 1, 0), s1(n + 1, 0), s2(n + 1, 0);
+    for (std::size_t i = 0; i < n; ++i) {
+        const long double y = p[i].x - mean;
+        s0[i + 1] = s0[i] + p[i].w;
+        s1[i + 1] = s1[i] + p[i].w * y;
+        s2[i + 1] = s2[i] + p[i].w * y * y;
+    }
+    const auto cost = [&](std::size_t a, std::size_t b) -> long double {
+        const long double c0 = s0[b] - s0[a];
+        if (c0 == 0) return 0;
+        const long double c1 = s1[b] - s1[a];
+        return std::max<long double>(0, (s2[b] - s2[a]) - c1 * c1 / c0);
+    };
+    const long double inf = std::numeric_limits<long double>::infinity();
+    std::vector<long double> previous(n + 1, inf), current(n + 1, inf);
+    for (std::size_t j = 0; j <= n; ++j) previous[j] = cost(0, j);
+    for (int l = 2; l <= k; ++l) {
+        for (std::size_t j = 0; j <= n; ++j) {
+            long double best = previous[j];  // fewer clusters (an empty one) is allowed
+            for (std::size_t a = 0; a < j; ++a) best = std::min(best, previous[a] + cost(a, j));
+            current[j] = best;
+        }
+        std::swap(previous, current);
+    }
+    return static_cast<double>(previous[n]);
+}
+
+// Checks the documented invariants of a result and returns its objective recomputed from scratch.
+template <class T>
+double check_result(const sqz::kmeans_result<T>& r, const std::vector<double>& x, const std::vector<double>& w,
+                    int k) {
+    REQUIRE(r.centroids.size() == static_cast<std::size_t>(k));
+    REQUIRE(r.labels.size() == x.size());
+    REQUIRE(std::is_sorted(r.centroids.begin(), r.centroids.end()));
+    const bool all_zero = std::all_of(w.begin(), w.end(), [](double v) { return v == 0; });
+    double objective = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        REQUIRE(r.labels[i] < k);
+        const double xi = static_cast<double>(static_cast<T>(x[i]));
+        const double d = xi - static_cast<double>(r.centroids[r.labels[i]]);
+        // Nearest centroid, lowest index on ties.
+        for (int c = 0; c < k; ++c) {
+            const double e = std::abs(xi - static_cast<double>(r.centroids[static_cast<std::size_t>(c)]));
+            if (c < r.labels[i]) REQUIRE(e > std::abs(d));
+            else REQUIRE(e >= std::abs(d));
+        }
+        objective += (all_zero ? 1.0 : w[i]) * d * d;
+    }
+    CHECK(r.objective == Approx(objective).epsilon(1e-12).margin(1e-300));
+    // Equal values share a label.
+    for (std::size_t i = 0; i < x.size(); ++i)
+        for (std::size_t j = i + 1; j < x.size(); ++j)
+            if (static_cast<T>(x[i]) == static_cast<T>(x[j])) REQUIRE(r.labels[i] == r.labels[j]);
+    return objective;
+}
+
+std::vector<double> random_values(sqz::synthetic::rng& random, std::size_t n, bool repeats) {
+    std::vector<double> x(n);
+    for (auto& v : x)
+        v = repeats ? 0.25 * static_cast<double>(static_cast<int>(random.below(9)) - 4) : 2.0 * random.normal();
+    return x;
+}
+
+std::vector<double> random_weights(sqz::synthetic::rng& random, std::size_t n) {
+    std::vector<double> w(n);
+    const int style = static_cast<int>(random.below(4));
+    for (auto& v : w) {
+        if (style == 0) v = 0;                                // all zero: equal-weight fallback
+        else if (random.uniform() < 0.3) v = 0;               // some zeros
+        else v = style == 1 ? 1.0 : std::exp(2.0 * random.normal());  // equal or heavy-tailed
+    }
+    return w;
+}
+
+}  // namespace
+
+TEST_CASE("exact k-means equals brute force over all contiguous partitions", "[kmeans]") {
+    sqz::synthetic::rng random(2024);
+    for (int trial = 0; trial < 600; ++trial) {
+        const auto n = static_cast<std::size_t>(1 + random.below(12));
+        const int k = 1 + static_cast<int>(random.below(4));
+        const auto x = random_values(random, n, trial % 2 == 0);
+        const auto w = random_weights(random, n);
+        INFO("trial " << trial << " n = " << n << " k = " << k);
+        const auto result = sqz::weighted_kmeans(x, w, k);
+        const double recomputed = check_result(result, x, w, k);
+        const double optimum = brute_force_optimum(x, w, k);
+        REQUIRE(recomputed == Approx(optimum).epsilon(1e-9).margin(1e-12));
+        const auto lloyd = sqz::weighted_kmeans(x, w, k, {.method = sqz::kmeans_method::lloyd, .seed = 7});
+        check_result(lloyd, x, w, k);
+        REQUIRE(result.objective <= lloyd.objective * (1 + 1e-12) + 1e-12);
+    }
+}
+
+TEST_CASE("exact k-means matches a slow O(k n^2) dynamic programme on larger rows", "[kmeans]") {
+    sqz::synthetic::rng random(77);
+    for (int trial = 0; trial < 40; ++trial) {
+        const auto n = static_cast<std::size_t>(20 + random.below(180));
+        const int k = std::vector<int>{2, 3, 4, 8, 16}[trial % 5];
+        auto x = random_values(random, n, trial % 3 == 0);
+        if (trial % 3 == 1)  // heavy tails and fp16-like repeats
+            for (auto& v : x) v = sqz::round_to_half(static_cast<float>(0.02 * random.student_t(5.0)));
+        const auto w = random_weights(random, n);
+        INFO("trial " << trial << " n = " << n << " k = " << k);
+        const auto result = sqz::weighted_kmeans(x, w, k);
+        const double recomputed = check_result(result, x, w, k);
+        REQUIRE(recomputed == Approx(slow_dp_optimum(x, w, k)).epsilon(1e-9).margin(1e-15));
+        const auto lloyd = sqz::weighted_kmeans(x, w, k, {.method = sqz::kmeans_method::lloyd, .seed = 3});
+        check_result(lloyd, x, w, k);
+        REQUIRE(result.objective <= lloyd.objective * (1 + 1e-12) + 1e-15);
+    }
+}
+
+TEST_CASE("exact k-means on LLM-like fp16 rows matches the slow DP, in float and double", "[kmeans]") {
+    const auto weights = sqz::synthetic::llm_like_weights(3, 400, 5);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(3, 400, 6);
+    for (Eigen::Index r = 0; r < 3; ++r) {
+        std::vector<float> xf(weights.row(r).begin(), weights.row(r).end());
+        std::vector<float> wf(fisher.row(r).begin(), fisher.row(r).end());
+        const std::vector<double> x(xf.begin(), xf.end()), w(wf.begin(), wf.end());
+        for (int k : {4, 16, 64}) {
+            INFO("row " << r << " k = " << k);
+            const double optimum = slow_dp_optimum(x, w, k);
+            const auto as_double = sqz::weighted_kmeans(x, w, k);
+            CHECK(check_result(as_double, x, w, k) == Approx(optimum).epsilon(1e-9));
+            // Float centroids are rounded, so the objective may exceed the optimum by a rounding margin.
+            const auto as_float = sqz::weighted_kmeans(xf, wf, k);
+            CHECK(check_result(as_float, x, w, k) == Approx(optimum).epsilon(1e-5));
+        }
+    }
+}
+
+TEST_CASE("exact k-means with many clusters matches the slow DP", "[kmeans]") {
+    sqz::synthetic::rng random(404);
+    for (const int k : {24, 64, 100}) {
+        std::vector<double> x(260), w(260);
+        for (std::size_t i = 0; i < x.size(); ++i) {
+            x[i] = sqz::round_to_half(static_cast<float>(0.02 * random.student_t(5.0)));
+            w[i] = random.uniform() < 0.1 ? 0.0 : std::exp(2.0 * random.normal());
+        }
+        INFO("k = " << k);
+        const auto result = sqz::weighted_kmeans(x, w, k);
+        CHECK(check_result(result, x, w, k) == Approx(slow_dp_optimum(x, w, k)).epsilon(1e-9).margin(1e-18));
+    }
+}
+
+TEST_CASE("weights pull centroids toward heavy values", "[kmeans]") {
+    const std::vector<double> x{0, 1, 2, 10, 11, 12};
+    std::vector<double> w{1, 1, 1, 1, 1, 1};
+    auto r = sqz::weighted_kmeans(x, w, 2);
+    CHECK(r.centroids[0] == Approx(1.0));
+    CHECK(r.centroids[1] == Approx(11.0));
+    CHECK(r.objective == Approx(4.0));
+    // Weight 4 on 12: the upper centroid moves to (10 + 11 + 4 * 12) / 6 = 11.5.
+    w[5] = 4;
+    r = sqz::weighted_kmeans(x, w, 2);
+    CHECK(r.centroids[0] == Approx(1.0));
+    CHECK(r.centroids[1] == Approx(11.5));
+    CHECK(r.objective == Approx(2.0 + 2.25 + 0.25 + 4 * 0.25));
+    // k = 1: the weighted mean (0 * 3 + 1 + 2 * 2) / 6.
+    const auto one = sqz::weighted_kmeans(std::vector<double>{0, 1, 2}, std::vector<double>{3, 1, 2}, 1);
+    CHECK(one.centroids[0] == Approx(5.0 / 6.0));
+    // {0, 1, 2, 3} with weight 100 on 3, k = 2: the best split is {0, 1} {2, 3} (cost 0.5 + 100/101 against
+    // 2 for {0, 1, 2} {3}), and the upper centroid sits at (2 + 300) / 101, next to the heavy value.
+    const auto heavy = sqz::weighted_kmeans(std::vector<double>{0, 1, 2, 3}, std::vector<double>{1, 1, 1, 100}, 2);
+    CHECK(heavy.centroids[0] == Approx(0.5));
+    CHECK(heavy.centroids[1] == Approx(302.0 / 101.0));
+    CHECK(heavy.objective == Approx(0.5 + 100.0 / 101.0));
+}
+
+TEST_CASE("k-means rejects bad input with the argument and index", "[kmeans]") {
+    const std::vector<float> x{0.5f, -1.0f, 2.0f};
+    const std::vector<float> w{1.0f, 2.0f, 0.0f};
+    const auto message = [](auto&& call) {
+        try {
+            call();
+        } catch (const sqz::error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no exception");
+    };
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float inf = std::numeric_limits<float>::infinity();
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(x, w, 0); }), Catch::Contains("k = 0"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(x, w, 257); }), Catch::Contains("k = 257"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(std::vector<float>{}, std::vector<float>{}, 2); }),
+               Catch::Contains("empty"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(x, std::vector<float>{1, 2}, 2); }),
+               Catch::Contains("weights.size() = 2"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(std::vector<float>{1, nan, 2}, w, 2); }),
+               Catch::Contains("values[1]"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(std::vector<float>{1, 2, -inf}, w, 2); }),
+               Catch::Contains("values[2]"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(x, std::vector<float>{1, 2, inf}, 2); }),
+               Catch::Contains("weights[2]"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(x, std::vector<float>{nan, 2, 1}, 2); }),
+               Catch::Contains("weights[0]"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(x, std::vector<float>{1, -0.5f, 1}, 2); }),
+               Catch::Contains("weights[1] = -0.5 is negative"));
+    // Longer contiguous float rows go through the vectorised first pass: same messages, -0.0 weights accepted.
+    std::vector<float> long_x(20), long_w(20, 1.0f);
+    for (std::size_t i = 0; i < long_x.size(); ++i) long_x[i] = 0.1f * static_cast<float>(i);
+    auto bad_x = long_x;
+    bad_x[11] = nan;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(bad_x, long_w, 2); }), Catch::Contains("values[11] = nan"));
+    auto bad_w = long_w;
+    bad_w[13] = -1;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_w, 2); }), Catch::Contains("weights[13] = -1 is negative"));
+    bad_w[13] = 1;
+    bad_w[9] = inf;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_w, 2); }), Catch::Contains("weights[9] = inf"));
+    bad_w[9] = -0.0f;
+    CHECK_NOTHROW(sqz::weighted_kmeans(long_x, bad_w, 2));
+    // Same checks in the row-batched entry, naming row and column.
+    sqz::row_matrix<float> values(2, 3), weights(2, 3);
+    values << 1, 2, 3, 4, 5, 6;
+    weights << 1, 1, 1, 1, 1, 1;
+    values(1, 2) = nan;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans_rows(values, weights, 2); }), Catch::Contains("values(1, 2)"));
+    values(1, 2) = 6;
+    weights(0, 1) = -1;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans_rows(values, weights, 2); }), Catch::Contains("weights(0, 1)"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans_rows(values, sqz::row_matrix<float>(2, 2), 2); }),
+               Catch::Contains("weights is 2 x 2"));
+    CHECK_THAT(message([&] { sqz::weighted_kmeans_rows(values, weights, 300); }), Catch::Contains("k = 300"));
+    CHECK(sqz::weighted_kmeans_rows(sqz::row_matrix<float>(0, 3), sqz::row_matrix<float>(0, 3), 4).empty());
+    CHECK_THROWS_AS(sqz::weighted_kmeans_rows(sqz::row_matrix<float>(2, 0), sqz::row_matrix<float>(2, 0), 4),
+                    sqz::error);
+}
+
+TEST_CASE("k-means edge cases: few distinct values, zero weights, ties, signed zeros", "[kmeans]") {
+    SECTION("fewer distinct positive-weight values than k: k sorted centroids, the last repeated") {
+        const std::vector<double> x{2, 1, 1, 3, 2, 7};
+        const std::vector<double> w{1, 1, 1, 1, 1, 0};  // 7 has zero weight
+        for (auto method : {sqz::kmeans_method::exact, sqz::kmeans_method::lloyd}) {
+            const auto r = sqz::weighted_kmeans(x, w, 8, {.method = method});
+            CHECK(r.centroids == std::vector<double>{1, 2, 3, 3, 3, 3, 3, 3});
+            CHECK(r.labels == std::vector<std::uint8_t>{1, 0, 0, 2, 1, 2});  // 7 goes to the first 3
+            CHECK(r.objective == 0);
+        }
+        const auto single = sqz::weighted_kmeans(std::vector<float>(5, 0.25f), std::vector<float>(5, 1.0f), 4);
+        CHECK(single.centroids == std::vector<float>(4, 0.25f));
+        CHECK(single.labels == std::vector<std::uint8_t>(5, 0));
+    }
+    SECTION("all weights zero: equal weights") {
+        const std::vector<double> x{0, 1, 2, 10, 11, 12, 30};
+        const auto zero = sqz::weighted_kmeans(x, std::vector<double>(7, 0.0), 3);
+        const auto ones = sqz::weighted_kmeans(x, std::vector<double>(7, 1.0), 3);
+        CHECK(zero.centroids == ones.centroids);
+        CHECK(zero.labels == ones.labels);
+        CHECK(zero.objective == ones.objective);
+        CHECK(zero.objective == Approx(4.0));
+    }
+    SECTION("zero-weight entries do not move centroids and get their nearest centroid") {
+        sqz::synthetic::rng random(9);
+        std::vector<double> x(300), w(300);
+        for (std::size_t i = 0; i < x.size(); ++i) {
+            x[i] = random.normal();
+            w[i] = random.uniform() + 0.1;
+        }
+        auto x2 = x, w2 = w;
+        for (double extra : {-50.0, 0.123, 3.5, 40.0}) {
+            x2.push_back(extra);
+            w2.push_back(0.0);
+        }
+        for (auto method : {sqz::kmeans_method::exact, sqz::kmeans_method::lloyd}) {
+            const auto a = sqz::weighted_kmeans(x, w, 8, {.method = method});
+            const auto b = sqz::weighted_kmeans(x2, w2, 8, {.method = method});
+            CHECK(a.centroids == b.centroids);
+            CHECK(a.objective == b.objective);
+            CHECK(std::equal(a.labels.begin(), a.labels.end(), b.labels.begin()));
+            check_result(b, x2, w2, 8);  // nearest-centroid labels for the extra entries
+            CHECK(b.labels[300] == 0);
+            CHECK(b.labels[303] == 7);
+        }
+    }
+    SECTION("a value exactly between two centroids goes with its equals, to the lower centroid") {
+        const std::vector<double> x{0, 0, 1, 1, 2, 2};
+        const std::vector<double> w{1, 1, 0, 0, 1, 1};
+        const auto r = sqz::weighted_kmeans(x, w, 2);
+        CHECK(r.centroids == std::vector<double>{0, 2});
+        CHECK(r.labels == std::vector<std::uint8_t>{0, 0, 0, 0, 1, 1});
+    }
+    SECTION("-0.0 and +0.0 are one value") {
+        const std::vector<float> x{-0.0f, 0.0f, 1.0f, -0.0f, 1.0f, 0.0f};
+        const std::vector<float> w{1, 1, 1, 1, 1, 1};
+        const auto r = sqz::weighted_kmeans(x, w, 3);
+        CHECK(r.labels[0] == r.labels[1]);
+        CHECK(r.labels[3] == r.labels[5]);
+        CHECK(r.centroids[0] == 0.0f);
+        CHECK(r.objective == 0);
+    }
+    SECTION("negative values and k = 256 on 256 distinct values reproduce the values") {
+        std::vector<double> x(256), w(256, 1.0);
+        for (std::size_t i = 0; i < x.size(); ++i) x[i] = -1.0 + static_cast<double>((i * 37) % 256) / 128.0;
+        const auto r = sqz::weighted_kmeans(x, w, 256);
+        CHECK(r.objective == 0);
+        for (std::size_t i = 0; i < x.size(); ++i) CHECK(r.centroids[r.labels[i]] == x[i]);
+    }
+}
+
+TEST_CASE("k-means rejects values whose weighted squares overflow double", "[kmeans]") {
+    const std::vector<double> x{-1e200, 0.0, 1e200, 2e200};
+    const std::vector<double> w{1, 1, 1, 1};
+    CHECK_THROWS_WITH(sqz::weighted_kmeans(x, w, 2), Catch::Contains("overflows double"));
+    // A zero weight is accepted with either sign of zero.
+    const auto r = sqz::weighted_kmeans(std::vector<double>{1, 2, 3}, std::vector<double>{1, -0.0, 1}, 2);
+    CHECK(r.centroids == std::vector<double>{1, 3});
+}
+
+TEST_CASE("per-thread scratch memory does not leak between rows of different sizes", "[kmeans]") {
+    const auto values = sqz::synthetic::llm_like_weights(3, 3000, 41);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(3, 3000, 42);
+    const auto small_values = sqz::synthetic::llm_like_weights(1, 200, 43);
+    const auto small_fisher = sqz::synthetic::fisher_like_sensitivity(1, 200, 44);
+    for (auto method : {sqz::kmeans_method::exact, sqz::kmeans_method::lloyd}) {
+        const sqz::kmeans_options options{.method = method};
+        // In this thread after larger rows, and in a fresh thread with fresh scratch memory.
+        for (Eigen::Index r = 0; r < 3; ++r) sqz::weighted_kmeans(values.row(r), fisher.row(r), 32, options);
+        const auto warm = sqz::weighted_kmeans(small_values.row(0), small_fisher.row(0), 16, options);
+        sqz::kmeans_result<float> fresh;
+        std::thread([&] { fresh = sqz::weighted_kmeans(small_values.row(0), small_fisher.row(0), 16, options); }).join();
+        CHECK(warm.centroids == fresh.centroids);
+        CHECK(warm.labels == fresh.labels);
+        CHECK(warm.objective == fresh.objective);
+    }
+}
+
+TEST_CASE("k-means accepts spans, vectors and Eigen expressions of float or double", "[kmeans]") {
+    const auto values = sqz::synthetic::llm_like_weights(2, 256, 11);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(2, 256, 12);
+    const std::vector<float> x(values.row(1).begin(), values.row(1).end());
+    const std::vector<float> w(fisher.row(1).begin(), fisher.row(1).end());
+    const auto reference = sqz::weighted_kmeans(x, w, 8);
+    const auto from_span = sqz::weighted_kmeans(std::span<const float>(x), std::span<const float>(w), 8);
+    const auto from_eigen = sqz::weighted_kmeans(values.row(1), fisher.row(1), 8);
+    const Eigen::VectorXf column = values.row(1).transpose();
+    const auto from_column = sqz::weighted_kmeans(column, w, 8);
+    const std::vector<double> wd(w.begin(), w.end());
+    const auto double_weights = sqz::weighted_kmeans(x, wd, 8);
+    static_assert(std::is_same_v<decltype(from_eigen), const sqz::kmeans_result<float>>);
+    for (const auto* r : {&from_span, &from_eigen, &from_column, &double_weights}) {
+        CHECK(r->centroids == reference.centroids);
+        CHECK(r->labels == reference.labels);
+        CHECK(r->objective == reference.objective);
+    }
+    // Strided storage (a row of a column-major matrix) takes the element-by-element path: same bits.
+    const Eigen::MatrixXf column_major_values = values, column_major_fisher = fisher;
+    const auto strided = sqz::weighted_kmeans(column_major_values.row(1), column_major_fisher.row(1), 8);
+    CHECK(strided.centroids == reference.centroids);
+    CHECK(strided.labels == reference.labels);
+    CHECK(strided.objective == reference.objective);
+    const std::vector<double> xd(x.begin(), x.end());
+    const auto as_double = sqz::weighted_kmeans(xd, w, 8);
+    static_assert(std::is_same_v<decltype(as_double), const sqz::kmeans_result<double>>);
+    CHECK(as_double.objective == Approx(reference.objective).epsilon(1e-5));
+}
+
+TEST_CASE("row-batched k-means: same as row by row, identical for 1 and 2 threads", "[kmeans]") {
+    const auto values = sqz::synthetic::llm_like_weights(12, 300, 21);
+    auto fisher = sqz::synthetic::fisher_like_sensitivity(12, 300, 22);
+    fisher(3, 7) = 0;
+    fisher.row(5).setZero();
+    for (auto method : {sqz::kmeans_method::exact, sqz::kmeans_method::lloyd}) {
+        const sqz::kmeans_options options{.method = method, .seed = 5};
+        const auto one = sqz::weighted_kmeans_rows(values, fisher, 16, options, 1);
+        const auto two = sqz::weighted_kmeans_rows(values, fisher, 16, options, 2);
+        REQUIRE(one.size() == 12);
+        REQUIRE(two.size() == 12);
+        for (std::size_t r = 0; r < one.size(); ++r) {
+            const auto single = sqz::weighted_kmeans(values.row(static_cast<Eigen::Index>(r)),
+                                                     fisher.row(static_cast<Eigen::Index>(r)), 16, options);
+            CHECK(one[r].centroids == two[r].centroids);
+            CHECK(one[r].labels == two[r].labels);
+            CHECK(one[r].objective == two[r].objective);
+            CHECK(one[r].centroids == single.centroids);
+            CHECK(one[r].labels == single.labels);
+        }
+    }
+    // A column-major double matrix with float weights works too.
+    const Eigen::MatrixXd values_d = values.cast<double>();
+    const auto d = sqz::weighted_kmeans_rows(values_d, fisher, 4);
+    CHECK(d.size() == 12);
+    CHECK(d[2].objective == Approx(sqz::weighted_kmeans_rows(values, fisher, 4)[2].objective).epsilon(1e-5));
+}
+
+TEST_CASE("lloyd is deterministic, seed-dependent only through sampling, and near the optimum", "[kmeans]") {
+    const auto values = sqz::synthetic::llm_like_weights(6, 1024, 31);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(6, 1024, 32);
+    double gap = 0;
+    for (Eigen::Index r = 0; r < 6; ++r) {
+        const sqz::kmeans_options options{.method = sqz::kmeans_method::lloyd, .seed = 99};
+        const auto a = sqz::weighted_kmeans(values.row(r), fisher.row(r), 16, options);
+        const auto b = sqz::weighted_kmeans(values.row(r), fisher.row(r), 16, options);
+        CHECK(a.centroids == b.centroids);
+        CHECK(a.labels == b.labels);
+        const auto exact = sqz::weighted_kmeans(values.row(r), fisher.row(r), 16);
+        CHECK(exact.objective <= a.objective * (1 + 1e-9));
+        gap += a.objective / exact.objective - 1;
+    }
+    CHECK(gap / 6 < 0.1);  // a loose sanity bound; the benchmark measures the real gap
+}

@@ -177,14 +177,21 @@ public:
     /// D + S as a dense matrix.
     row_matrix<T> dequantize() const {
         row_matrix<T> out(rows_, cols_);
-        std::vector<std::uint8_t> row_codes_unpacked(static_cast<std::size_t>(cols_));
-        for (index i = 0; i < rows_; ++i) {
-            unpack(row_codes(i), bits(), row_codes_unpacked.size(), row_codes_unpacked);
-            const T* table = lut_.data() + i * levels();
-            for (index j = 0; j < cols_; ++j) out(i, j) = table[row_codes_unpacked[static_cast<std::size_t>(j)]];
-            for (typename csr_matrix<T>::InnerIterator it(sparse_, i); it; ++it) out(i, it.col()) += it.value();
-        }
+        std::vector<std::uint8_t> scratch(static_cast<std::size_t>(cols_));
+        for (index i = 0; i < rows_; ++i)
+            decode_row(i, std::span<T>(out.data() + i * cols_, static_cast<std::size_t>(cols_)), scratch);
         return out;
+    }
+
+    /// Row `row` of D + S into `out` (cols() values): LUT_i[code_ij], plus S_ij where S has an entry, added
+    /// in T exactly as dequantize() does.
+    void dequantize_row(index row, std::span<T> out) const {
+        detail::require(row >= 0 && row < rows_, "sqz::quantized_matrix::dequantize_row: row = ", row,
+                        " is outside 0..", rows_ - 1);
+        detail::require(out.size() == static_cast<std::size_t>(cols_),
+                        "sqz::quantized_matrix::dequantize_row: output has ", out.size(), " values, cols = ", cols_);
+        std::vector<std::uint8_t> scratch(static_cast<std::size_t>(cols_));
+        decode_row(row, out, scratch);
     }
 
     /// Storage of each part, as written to a file: LUT in its format, packed codes, CSR values in T with
@@ -221,6 +228,14 @@ public:
     }
 
 private:
+    void decode_row(index row, std::span<T> out, std::vector<std::uint8_t>& scratch) const {
+        unpack(row_codes(row), bits(), scratch.size(), scratch);
+        const T* table = lut_.data() + row * levels();
+        for (std::size_t j = 0; j < out.size(); ++j) out[j] = table[scratch[j]];
+        for (typename csr_matrix<T>::InnerIterator it(sparse_, row); it; ++it)
+            out[static_cast<std::size_t>(it.col())] += it.value();
+    }
+
     void validate() {
         constexpr const char* where = "sqz::quantized_matrix";
         detail::check_bits(bits_, where);

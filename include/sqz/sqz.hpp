@@ -8,8 +8,11 @@
 #include <sqz/error.hpp>
 #include <sqz/half.hpp>
 #include <sqz/kmeans.hpp>
+#include <sqz/outliers.hpp>
 #include <sqz/pack.hpp>
+#include <sqz/quantize.hpp>
 #include <sqz/quantized_matrix.hpp>
+#include <sqz/sensitivity.hpp>
 #include <sqz/synthetic.hpp>
 #include <sqz/types.hpp>
 #include <sqz/version.hpp>

@@ -8,11 +8,11 @@ source scripts/require_packages.sh
 require_packages "${SQZ_BUILD_PACKAGES[@]}" "${SQZ_FUZZ_PACKAGES[@]}"
 seconds=${SQZ_FUZZ_SECONDS:-60}
 clangxx=$(command -v clang++-14 || command -v clang++)
+mkdir -p build
 
 cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER="$clangxx" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQZ_BUILD_FUZZERS=ON \
       -DSQZ_BUILD_TESTS=OFF -DSQZ_BUILD_EXAMPLES=OFF -DSQZ_BUILD_BENCH=OFF -DSQZ_BUILD_TOOLS=OFF -DSQZ_CUDA=OFF \
-      -DSQZ_NATIVE=OFF > build-fuzz-configure.log 2>&1 || { cat build-fuzz-configure.log; exit 1; }
-rm -f build-fuzz-configure.log
+      -DSQZ_NATIVE=OFF > build/fuzz-configure.log 2>&1 || { cat build/fuzz-configure.log; exit 1; }
 cmake --build build/fuzz -j "$(nproc)" --target sqz-fuzz-safetensors sqz-fuzz-quantized
 
 for target in safetensors quantized; do

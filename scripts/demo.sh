@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 source scripts/require_packages.sh
 require_packages "${SQZ_BUILD_PACKAGES[@]}"
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release
-cmake --build build/release -j "$(nproc)" --target sqz-example-compare-methods
-# RTN vs k-means vs Fisher-weighted k-means (SqueezeLLM) vs + sensitive vs + dense-and-sparse on a
-# 4096 x 4096 LLaMA-7B-like matrix at 3 and 4 bits, then 4-bit timings (4096 x 4096 and 4096 x 14336).
-./build/release/examples/sqz-example-compare-methods
+cmake --build build/release -j "$(nproc)" --target sqz-cli
+# `sqz demo` (examples/compare_methods.hpp): RTN vs k-means vs Fisher-weighted k-means (SqueezeLLM) vs
+# + sensitive vs + dense-and-sparse on a 4096 x 4096 LLaMA-7B-like matrix at 3 and 4 bits, then 4-bit
+# timings (4096 x 4096 and 4096 x 14336).
+./build/release/tools/sqz demo

@@ -16,3 +16,5 @@ require_packages() {
 
 # What building sqz's tests, examples, benchmarks and tools needs on Debian 12.
 SQZ_BUILD_PACKAGES=(ca-certificates g++ make cmake libeigen3-dev catch2 nlohmann-json3-dev libcli11-dev)
+# What the fuzzers (scripts/fuzz.sh) need in addition: clang with libFuzzer's runtime.
+SQZ_FUZZ_PACKAGES=(clang libclang-rt-14-dev)

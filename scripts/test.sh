@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, then builds and runs the whole test suite twice,
 # once optimised with -Wall -Wextra -Wpedantic -Werror and once under AddressSanitizer and
-# UndefinedBehaviorSanitizer. The optimised run includes the out-of-tree consumer checks.
+# UndefinedBehaviorSanitizer, and finally runs the libFuzzer targets of the file readers for a bounded
+# time (scripts/fuzz.sh, SQZ_FUZZ_SECONDS per target, default 60). The optimised run includes the
+# out-of-tree consumer checks and the sqz tool's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/require_packages.sh
@@ -15,8 +17,11 @@ ctest --test-dir build/release --output-on-failure -j "$jobs"
 
 echo "== sqz: sanitizer build (address, undefined) and tests"
 cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DSQZ_SANITIZE=ON \
-      -DSQZ_WERROR=ON -DSQZ_BUILD_EXAMPLES=OFF -DSQZ_BUILD_BENCH=OFF -DSQZ_BUILD_TOOLS=OFF -DSQZ_CUDA=OFF
+      -DSQZ_WERROR=ON -DSQZ_BUILD_EXAMPLES=OFF -DSQZ_BUILD_BENCH=OFF -DSQZ_BUILD_TOOLS=ON -DSQZ_CUDA=OFF
 cmake --build build/sanitize -j "$jobs"
 ctest --test-dir build/sanitize --output-on-failure -j "$jobs"
+
+echo "== sqz: fuzzing the file readers (libFuzzer, clang)"
+bash scripts/fuzz.sh
 
 echo "== sqz: all tests passed"

@@ -72,6 +72,8 @@ csr_matrix<T> make_csr(Eigen::Index rows, Eigen::Index cols, std::span<const std
         const auto begin = row_ptr[static_cast<std::size_t>(i)];
         const auto end = row_ptr[static_cast<std::size_t>(i) + 1];
         detail::require(begin <= end, where, ": row_ptr decreases at row ", i, " (", begin, " > ", end, ")");
+        detail::require(static_cast<std::size_t>(end) <= values.size(), where, ": row_ptr[", i + 1, "] = ", end,
+                        " exceeds the ", values.size(), " values");
         for (auto k = begin; k < end; ++k) {
             const auto col = col_idx[static_cast<std::size_t>(k)];
             detail::require(col >= 0 && col < cols, where, ": column ", col, " in row ", i, " is outside 0..", cols - 1);

@@ -16,3 +16,8 @@
 #include <sqz/synthetic.hpp>
 #include <sqz/types.hpp>
 #include <sqz/version.hpp>
+
+// File I/O needs nlohmann-json; the sqz::io CMake target provides it and defines SQZ_WITH_IO.
+#if defined(SQZ_WITH_IO)
+#include <sqz/io.hpp>
+#endif

@@ -1,5 +1,5 @@
 # Runs the consumer project against sqz. Called by CTest with MODE (find_package or add_subdirectory),
-# SQZ_SOURCE_DIR, SQZ_BINARY_DIR, WORK_DIR and CMAKE_GENERATOR.
+# SQZ_SOURCE_DIR, SQZ_BINARY_DIR, WORK_DIR, CMAKE_GENERATOR and CONSUMER_IO (also build against sqz::io).
 file(REMOVE_RECURSE "${WORK_DIR}")
 set(consumer_args -DSQZ_CONSUMER_MODE=${MODE})
 if(MODE STREQUAL "find_package")
@@ -11,6 +11,9 @@ if(MODE STREQUAL "find_package")
   list(APPEND consumer_args -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
 else()
   list(APPEND consumer_args -DSQZ_SOURCE_DIR=${SQZ_SOURCE_DIR})
+endif()
+if(CONSUMER_IO)
+  list(APPEND consumer_args -DSQZ_CONSUMER_IO=ON)
 endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S "${SQZ_SOURCE_DIR}/tests/consumer" -B "${WORK_DIR}/build"
                         -G "${CMAKE_GENERATOR}" -DCMAKE_BUILD_TYPE=Release ${consumer_args} RESULT_VARIABLE rc)
@@ -24,4 +27,10 @@ endif()
 execute_process(COMMAND "${WORK_DIR}/build/sqz-consumer" RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "the consumer (${MODE}) exited with ${rc}")
+endif()
+if(CONSUMER_IO)
+  execute_process(COMMAND "${WORK_DIR}/build/sqz-consumer-io" RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "the sqz::io consumer (${MODE}) exited with ${rc}")
+  endif()
 endif()

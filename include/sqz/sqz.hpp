@@ -5,10 +5,19 @@
 // codes, and matrix-vector products computed directly from the compressed form.
 #pragma once
 
+#include <sqz/backend.hpp>
+#include <sqz/cpu_backend.hpp>
 #include <sqz/error.hpp>
 #include <sqz/half.hpp>
 #include <sqz/pack.hpp>
 #include <sqz/quantized_matrix.hpp>
+#include <sqz/reference_backend.hpp>
 #include <sqz/synthetic.hpp>
 #include <sqz/types.hpp>
 #include <sqz/version.hpp>
+
+// The CUDA back end is only visible to nvcc; elsewhere sqz::matvec<sqz::backend::cuda> stops with a
+// static_assert that says so.
+#if defined(__CUDACC__)
+#include <sqz/cuda_backend.cuh>
+#endif

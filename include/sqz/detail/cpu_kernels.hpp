@@ -41,14 +41,19 @@ struct cpu_matrix_view {
     const T* val = nullptr;
 };
 
-/// The sparse part of one row against x, in double: a handful of products per row.
+/// The sparse part of one row against x. Four independent sums in T, so that a row's few dozen
+/// products do not form one chain of dependent additions (which would cost ~10% of the time of a
+/// 0.45%-sparse product); a row's sparse part is small, so T's precision is ample.
 template <class T>
 double sparse_row_dot(const cpu_matrix_view<T>& m, std::size_t row, const T* x) noexcept {
     if (m.row_ptr == nullptr) return 0.0;
-    double sum = 0.0;
-    for (std::int32_t k = m.row_ptr[row]; k < m.row_ptr[row + 1]; ++k)
-        sum += static_cast<double>(m.val[k]) * static_cast<double>(x[m.col[k]]);
-    return sum;
+    T sum[4] = {T(0), T(0), T(0), T(0)};
+    std::int32_t k = m.row_ptr[row];
+    const std::int32_t end = m.row_ptr[row + 1];
+    for (; k + 4 <= end; k += 4)
+        for (int u = 0; u < 4; ++u) sum[u] += m.val[k + u] * x[m.col[k + u]];
+    for (; k < end; ++k) sum[0] += m.val[k] * x[m.col[k]];
+    return static_cast<double>((sum[0] + sum[1]) + (sum[2] + sum[3]));
 }
 
 /// Activations quantized per the int8 specification (docs/design.md, reference_backend.hpp), padded

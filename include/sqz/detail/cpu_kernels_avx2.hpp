@@ -86,6 +86,29 @@ SQZ_AVX2_TARGET inline float horizontal_sum(__m256 v) noexcept {
     return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
 
+/// The sparse part of one row with 8-wide gathers of x: on Zen 3 a scalar loop costs ~3.5 cycles per
+/// nonzero, which at 0.45% density is a quarter of the int8 kernel's time; the gather loop about a
+/// third of that. The last (nnz mod 8) products are gathered under a mask.
+SQZ_AVX2_TARGET inline double sparse_row_dot(const cpu_matrix_view<float>& m, std::size_t row, const float* x) noexcept {
+    if (m.row_ptr == nullptr) return 0.0;
+    std::int32_t k = m.row_ptr[row];
+    const std::int32_t end = m.row_ptr[row + 1];
+    __m256 acc = _mm256_setzero_ps();
+    for (; k + 8 <= end; k += 8) {
+        const __m256i columns = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.col + k));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(m.val + k), _mm256_i32gather_ps(x, columns, 4), acc);
+    }
+    if (k < end) {
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(end - k), lanes);
+        const __m256i columns = _mm256_maskload_epi32(m.col + k, mask);
+        const __m256 values = _mm256_maskload_ps(m.val + k, mask);
+        const __m256 gathered = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, columns, _mm256_castsi256_ps(mask), 4);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(values, gathered));
+    }
+    return static_cast<double>(horizontal_sum(acc));
+}
+
 /// The 32 float weights of one slot, in the unpack order described at the top of this file.
 struct slot_weights {
     __m256 w[4];
@@ -241,6 +264,7 @@ SQZ_AVX2_TARGET inline void exact_slots(const __m256i (&planes)[R][4], const std
 template <int Bits, int R>
 SQZ_AVX2_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, const float* x,
                                 float* y) noexcept {
+    prefetch_sparse_rows(m, row + R, row + 2 * R);
     __m256i planes[R][4];
     __m256d total[R];
     for (int r = 0; r < R; ++r) {
@@ -263,7 +287,7 @@ SQZ_AVX2_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t row
         }
     }
     for (int r = 0; r < R; ++r)
-        y[row + r] = static_cast<float>(horizontal_sum(total[r]) + sparse_row_dot(m, row + r, x));
+        y[row + r] = static_cast<float>(horizontal_sum(total[r]) + avx2::sparse_row_dot(m, row + r, x));
 }
 
 // ---- int8 mode, matvec ----
@@ -285,6 +309,7 @@ SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint
 template <int Bits, int R>
 SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
                                const float* x, float* y) noexcept {
+    prefetch_sparse_rows(m, row + R, row + 2 * R);
     __m256i luts[R];
     __m256 total[R];
     for (int r = 0; r < R; ++r) {
@@ -307,7 +332,7 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
     for (int r = 0; r < R; ++r) {
         const std::size_t i = row + r;
         y[i] = static_cast<float>(static_cast<double>(m.int8_scale[i]) * static_cast<double>(horizontal_sum(total[r])) +
-                                  static_cast<double>(m.int8_lo[i]) * a.x_hat_sum + sparse_row_dot(m, i, x));
+                                  static_cast<double>(m.int8_lo[i]) * a.x_hat_sum + avx2::sparse_row_dot(m, i, x));
     }
 }
 

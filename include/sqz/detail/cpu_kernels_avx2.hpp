@@ -12,7 +12,9 @@
 //    them with 32 int8 activations (pair sums <= 2 * 127 * 127 fit in int16), and vpmaddwd with the
 //    slot's 16-bit scale D_b both widens to int32 and applies the per-32 scale for free. One float
 //    conversion and FMA per tile of 256 columns applies the tile unit e_t.
-// R rows are processed together so that each activation vector is loaded once for R rows.
+// The int8 kernel processes four rows together so that each activation vector is loaded once for
+// four rows; the exact kernel, limited by its shuffles, one row with four independent accumulators.
+// The sparse part is added per row with 8-wide gathers, its CSR entries prefetched a group ahead.
 #pragma once
 
 #include <sqz/detail/cpu_features.hpp>

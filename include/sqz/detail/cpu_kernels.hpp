@@ -29,6 +29,13 @@ struct cpu_matrix_view {
     bool tiled = false;          ///< 1..4 bits: the tile layout; 5..8 bits: canonical row streams
     std::size_t tiles = 0;       ///< tiles per row (tiled layout)
     std::size_t row_bytes = 0;   ///< bytes of codes per row
+    std::size_t tile_bytes = 0;  ///< tiled layout: bytes per tile (32 * bits)
+
+    /// Tiled layout: tile t of `row` is at row_tiles(row) + t * tile_stride() (cpu_layout.hpp).
+    const std::uint8_t* row_tiles(std::size_t row) const noexcept {
+        return codes + cpu_layout::row_offset(row, row_bytes, tile_bytes);
+    }
+    std::size_t tile_stride() const noexcept { return cpu_layout::tile_stride(tile_bytes); }
     const std::uint8_t* codes = nullptr;
     const T* lut = nullptr;      ///< rows x lut_stride
     std::size_t lut_stride = 0;  ///< 16 for the tiled layout (zero-padded), 2^bits otherwise
@@ -142,14 +149,14 @@ namespace portable {
 template <class T>
 void row_chunk_codes(const cpu_matrix_view<T>& m, std::size_t row, std::size_t t,
                      std::array<std::uint8_t, cpu_layout::tile_columns>& codes) {
-    const std::uint8_t* row_codes = m.codes + row * m.row_bytes;
     if (m.tiled) {
-        const std::uint8_t* tile = row_codes + t * cpu_layout::tile_bytes(m.bits);
+        const std::uint8_t* tile = m.row_tiles(row) + t * m.tile_stride();
         for (std::size_t c = 0; c < cpu_layout::tile_columns; ++c)
             codes[c] = static_cast<std::uint8_t>(cpu_layout::tile_code(tile, m.bits, c));
         return;
     }
     // Canonical stream: 256 codes of b bits are 32 b whole bytes, so chunk t starts on byte 32 b t.
+    const std::uint8_t* row_codes = m.codes + row * m.row_bytes;
     const std::size_t first = t * cpu_layout::tile_columns;
     const std::size_t count = std::min(cpu_layout::tile_columns, m.cols - first);
     const std::size_t offset = first * static_cast<std::size_t>(m.bits) / 8;

@@ -273,12 +273,12 @@ SQZ_AVX2_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t row
         for (int p = 0; p < 4; ++p) planes[r][p] = broadcast16(m.planes + (row + r) * 64 + 16 * p);
         total[r] = _mm256_setzero_pd();
     }
-    const std::size_t tile_bytes = cpu_layout::tile_bytes(Bits);
+    const std::size_t stride = m.tile_stride();
     for (std::size_t t = 0; t < m.tiles; ++t) {
         const std::uint8_t* tiles[R];
         __m256 acc[R][4];
         for (int r = 0; r < R; ++r) {
-            tiles[r] = m.codes + (row + r) * m.row_bytes + t * tile_bytes;
+            tiles[r] = m.row_tiles(row + r) + t * stride;
             for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
         }
         exact_slots<Bits, R, 0>(planes, tiles, xp + t * cpu_layout::tile_columns, acc);
@@ -318,12 +318,12 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
         luts[r] = broadcast16(m.u7 + (row + r) * m.lut_stride);
         total[r] = _mm256_setzero_ps();
     }
-    const std::size_t tile_bytes = cpu_layout::tile_bytes(Bits);
+    const std::size_t stride = m.tile_stride();
     for (std::size_t t = 0; t < m.tiles; ++t) {
         const std::uint8_t* tiles[R];
         __m256i acc[R];
         for (int r = 0; r < R; ++r) {
-            tiles[r] = m.codes + (row + r) * m.row_bytes + t * tile_bytes;
+            tiles[r] = m.row_tiles(row + r) + t * stride;
             acc[r] = _mm256_setzero_si256();
         }
         int8_slots<Bits, R, 0>(luts, tiles, a.q.data() + t * cpu_layout::tile_columns,
@@ -357,7 +357,7 @@ SQZ_AVX2_TARGET void exact_row_columns(const cpu_matrix_view<float>& m, std::siz
     for (std::size_t c = 0; c < k; ++c) total[c] = _mm256_setzero_pd();
     alignas(32) __m256 weights[32];
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        decode_tile_exact<Bits, 0>(planes, m.codes + row * m.row_bytes + t * cpu_layout::tile_bytes(Bits), weights);
+        decode_tile_exact<Bits, 0>(planes, m.row_tiles(row) + t * m.tile_stride(), weights);
         for (std::size_t c = 0; c < k; ++c) {
             const float* x = xp + c * column_stride + t * cpu_layout::tile_columns;
             __m256 a0 = _mm256_setzero_ps();
@@ -391,7 +391,7 @@ SQZ_AVX2_TARGET void int8_row_columns(const cpu_matrix_view<float>& m, std::size
     for (std::size_t c = 0; c < k; ++c) total[c] = _mm256_setzero_ps();
     alignas(32) __m256i weights[8];
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        decode_tile_int8<Bits, 0>(lut, m.codes + row * m.row_bytes + t * cpu_layout::tile_bytes(Bits), weights);
+        decode_tile_int8<Bits, 0>(lut, m.row_tiles(row) + t * m.tile_stride(), weights);
         for (std::size_t c = 0; c < k; ++c) {
             const auto& a = columns[c];
             const std::int8_t* xq = a.q.data() + t * cpu_layout::tile_columns;

@@ -13,6 +13,12 @@
 //           (slots 6 and 7 fill the two spare bits of each vector: two shifts, two masks and an or each)
 // where code(s) is the code at column 32*s + t. The portable kernels decode the same layout with
 // tile_code(); the AVX2 kernels with shifts and masks (cpu_kernels_avx2.hpp).
+//
+// Rows are stored in groups of four, tile-interleaved: tile t of row 4g + r is at byte offset
+// g * 4 * row_bytes + (4 t + r) * tile_bytes, where row_bytes = tiles * tile_bytes (the row count is
+// padded to a multiple of four with code-0 rows). The int8 kernel, which works on four rows at once,
+// then reads one purely sequential stream; with separate rows it read four streams a short row apart,
+// which the hardware prefetcher followed badly (14336 x 4096 was 40% slower than 4096 x 14336).
 #pragma once
 
 #include <sqz/error.hpp>
@@ -27,9 +33,16 @@ inline constexpr std::size_t tile_columns = 256;
 inline constexpr std::size_t slot_columns = 32;
 inline constexpr std::size_t slots_per_tile = tile_columns / slot_columns;
 inline constexpr int max_tiled_bits = 4;
+inline constexpr std::size_t group_rows = 4;
 
 constexpr std::size_t tile_bytes(int bits) noexcept { return 32 * static_cast<std::size_t>(bits); }
 constexpr std::size_t tiles_for(std::size_t columns) noexcept { return (columns + tile_columns - 1) / tile_columns; }
+
+/// Byte offset of tile 0 of `row`, and the distance between consecutive tiles of a row.
+constexpr std::size_t row_offset(std::size_t row, std::size_t row_bytes, std::size_t tile_bytes) noexcept {
+    return row / group_rows * group_rows * row_bytes + row % group_rows * tile_bytes;
+}
+constexpr std::size_t tile_stride(std::size_t tile_bytes) noexcept { return group_rows * tile_bytes; }
 
 /// Writes the 256 codes of one tile (code of tile column c in codes[c], each < 2^bits) into `tile`
 /// (tile_bytes(bits) bytes).

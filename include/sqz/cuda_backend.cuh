@@ -219,21 +219,28 @@ __global__ void __launch_bounds__(threads_per_block)
     if (active && lane < levels) luts[warp][lane] = lut[static_cast<std::size_t>(row) * levels + lane];
     const std::size_t row_words = static_cast<std::size_t>(blocks) * Bits * cuda_layout::warp_size;
     const std::uint32_t* row_base = words + static_cast<std::size_t>(active ? row : 0) * row_words;
+    // The codes of block b + 1 are loaded into registers while block b is staged and multiplied, so
+    // each warp keeps a block's worth of loads in flight.
+    std::uint32_t next[Bits] = {};
+    const auto load_block = [&](int b) {
+#pragma unroll
+        for (int i = 0; i < Bits; ++i)
+            next[i] = __ldg(row_base + (static_cast<std::size_t>(b) * Bits + i) * cuda_layout::warp_size + lane);
+    };
+    if (active && blocks > 0) load_block(0);
     float sum = 0.0f;
     for (int b = 0; b < blocks; ++b) {
+        std::uint32_t w[Bits];
+#pragma unroll
+        for (int i = 0; i < Bits; ++i) w[i] = next[i];
+        if (active && b + 1 < blocks) load_block(b + 1);
         __syncthreads();  // the previous block's activations are no longer read
         for (int k = static_cast<int>(threadIdx.x); k < block_columns; k += threads_per_block) {
             const int j = b * block_columns + k;
             x_block[k] = j < cols ? to_float(x[j]) : 0.0f;
         }
         __syncthreads();
-        if (active) {
-            std::uint32_t w[Bits];
-#pragma unroll
-            for (int i = 0; i < Bits; ++i)
-                w[i] = __ldg(row_base + (static_cast<std::size_t>(b) * Bits + i) * cuda_layout::warp_size + lane);
-            sum = cuda_layout::lane_block_dot<Bits>(w, luts[warp], x_block, lane, sum);
-        }
+        if (active) sum = cuda_layout::lane_block_dot<Bits>(w, luts[warp], x_block, lane, sum);
     }
     if (!active) return;
 #pragma unroll

@@ -192,7 +192,7 @@ std::size_t rows_per_block(const cpu_matrix_view<T>& m) noexcept {
     return std::max<std::size_t>(32, by_bytes / 4 * 4);
 }
 /// Rows the AVX2 matvec kernels process together (shared activation loads).
-inline constexpr int exact_rows_together = 1;
+inline constexpr int exact_rows_together = 4;
 inline constexpr int int8_rows_together = 4;
 
 inline int thread_count(const matvec_options& options) {
@@ -249,7 +249,7 @@ void avx2_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         grouped_rows<exact_rows_together>(
             first, end, [&](std::size_t i) { avx2::exact_rows<Bits, 1>(m, i, xp, x, y); },
-            [&](std::size_t i) { avx2::exact_rows<Bits, exact_rows_together>(m, i, xp, x, y); });
+            [&](std::size_t i) { avx2::exact_group<Bits>(m, i, xp, x, y); });
     });
 }
 

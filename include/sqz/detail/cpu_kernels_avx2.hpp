@@ -12,8 +12,9 @@
 //    them with 32 int8 activations (pair sums <= 2 * 127 * 127 fit in int16), and vpmaddwd with the
 //    slot's 16-bit scale D_b both widens to int32 and applies the per-32 scale for free. One float
 //    conversion and FMA per tile of 256 columns applies the tile unit e_t.
-// The int8 kernel processes four rows together so that each activation vector is loaded once for
-// four rows; the exact kernel, limited by its shuffles, one row with four independent accumulators.
+// Both kernels process the four rows of a layout group together (codes read in storage order): the
+// int8 kernel loads each activation vector once for four rows; the exact kernel, limited by its
+// shuffles, goes slot by slot through the four rows, one accumulator (FMA chain) per row.
 // The sparse part is added per row with 8-wide gathers, its CSR entries prefetched a group ahead.
 #pragma once
 
@@ -289,6 +290,45 @@ SQZ_AVX2_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t row
         }
     }
     for (int r = 0; r < R; ++r)
+        y[row + r] = static_cast<float>(horizontal_sum(total[r]) + avx2::sparse_row_dot(m, row + r, x));
+}
+
+/// Slot `Slot` of the four rows of a layout group, row after row, each into its own accumulator: four
+/// independent FMA chains, and the codes read in storage order. The rows' planes are reloaded for
+/// every slot (loads from L1 are cheap here; registers are not).
+template <int Bits, int Slot>
+SQZ_AVX2_TARGET inline void exact_group_slots(const std::uint8_t* planes, const std::uint8_t* tiles, std::size_t tile_bytes,
+                                              const float* x, __m256 (&acc)[cpu_layout::group_rows]) noexcept {
+    const float* xs = x + Slot * cpu_layout::slot_columns;
+    for (std::size_t r = 0; r < cpu_layout::group_rows; ++r) {
+        const __m256i row_planes[4] = {broadcast16(planes + 64 * r), broadcast16(planes + 64 * r + 16),
+                                       broadcast16(planes + 64 * r + 32), broadcast16(planes + 64 * r + 48)};
+        const slot_weights w = decode_exact<Bits, Slot>(row_planes, tiles + r * tile_bytes);
+        for (int v = 0; v < 4; ++v) acc[r] = _mm256_fmadd_ps(w.w[v], _mm256_load_ps(xs + 8 * v), acc[r]);
+    }
+    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile))
+        exact_group_slots<Bits, Slot + 1>(planes, tiles, tile_bytes, x, acc);
+}
+
+/// Rows [row, row + 4), one layout group (row a multiple of 4).
+template <int Bits>
+SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, const float* x,
+                                 float* y) noexcept {
+    constexpr std::size_t R = cpu_layout::group_rows;
+    prefetch_sparse_rows(m, row + R, row + 2 * R);
+    __m256d total[R];
+    for (std::size_t r = 0; r < R; ++r) total[r] = _mm256_setzero_pd();
+    const std::uint8_t* base = m.row_tiles(row);
+    for (std::size_t t = 0; t < m.tiles; ++t) {
+        __m256 acc[R];
+        for (std::size_t r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+        exact_group_slots<Bits, 0>(m.planes + row * 64, base + t * m.tile_stride(), m.tile_bytes,
+                                   xp + t * cpu_layout::tile_columns, acc);
+        for (std::size_t r = 0; r < R; ++r)
+            total[r] = _mm256_add_pd(total[r], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc[r])),
+                                                             _mm256_cvtps_pd(_mm256_extractf128_ps(acc[r], 1))));
+    }
+    for (std::size_t r = 0; r < R; ++r)
         y[row + r] = static_cast<float>(horizontal_sum(total[r]) + avx2::sparse_row_dot(m, row + r, x));
 }
 

@@ -14,4 +14,13 @@ if(NOT _sqz_cuda STREQUAL "OFF")
     message(FATAL_ERROR "SQZ_CUDA=ON but no CUDA compiler was found (set CMAKE_CUDA_COMPILER or put nvcc on PATH)")
   endif()
 endif()
+# The cuda back end is header-only too (sqz/cuda_backend.cuh); what CMake builds here is its GPU test.
+# Architectures: Ampere and Hopper by default (both supported by CUDA 12 and 13); override with
+# -DCMAKE_CUDA_ARCHITECTURES=...
+if(SQZ_CUDA_ENABLED)
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    set(CMAKE_CUDA_ARCHITECTURES 80 90)
+  endif()
+  enable_language(CUDA)
+endif()
 message(STATUS "sqz: CUDA back end ${SQZ_CUDA_ENABLED} (SQZ_CUDA=${SQZ_CUDA})")

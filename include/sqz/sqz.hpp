@@ -5,6 +5,8 @@
 // codes, and matrix-vector products computed directly from the compressed form.
 #pragma once
 
+#include <sqz/backend.hpp>
+#include <sqz/cpu_backend.hpp>
 #include <sqz/error.hpp>
 #include <sqz/half.hpp>
 #include <sqz/kmeans.hpp>
@@ -12,6 +14,7 @@
 #include <sqz/pack.hpp>
 #include <sqz/quantize.hpp>
 #include <sqz/quantized_matrix.hpp>
+#include <sqz/reference_backend.hpp>
 #include <sqz/sensitivity.hpp>
 #include <sqz/synthetic.hpp>
 #include <sqz/types.hpp>
@@ -20,4 +23,10 @@
 // File I/O needs nlohmann-json; the sqz::io CMake target provides it and defines SQZ_WITH_IO.
 #if defined(SQZ_WITH_IO)
 #include <sqz/io.hpp>
+#endif
+
+// The CUDA back end is only visible to nvcc; elsewhere sqz::matvec<sqz::backend::cuda> stops with a
+// static_assert that says so.
+#if defined(__CUDACC__)
+#include <sqz/cuda_backend.cuh>
 #endif

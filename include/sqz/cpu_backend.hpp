@@ -1,0 +1,450 @@
+// sqz/cpu_backend.hpp - the `cpu` back end: OpenMP over row blocks, AVX2 or portable kernels.
+//
+//   sqz::cpu_matrix<float> p = sqz::prepare<sqz::backend::cpu>(q);   // repack once
+//   sqz::matvec<sqz::backend::cpu>(p, x, y);                          // exact mode
+//   sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = sqz::numeric_mode::int8});
+//
+// cpu_matrix repacks 1..4-bit codes into 256-column tiles (detail/cpu_layout.hpp) and keeps each row's
+// LUT as four byte planes (exact mode) and as 7-bit integers with a scale and an offset (int8 mode);
+// 5..8-bit codes stay in the canonical packing and use the portable kernels. The AVX2+FMA kernels
+// (float, 1..4 bits) are picked at run time when the processor has them; matvec_options::kernel can
+// force the portable ones. Every row is computed by one thread in a fixed order: the result is the same
+// for any number of threads.
+#pragma once
+
+#include <sqz/backend.hpp>
+#include <sqz/detail/aligned_buffer.hpp>
+#include <sqz/detail/cpu_features.hpp>
+#include <sqz/detail/cpu_kernels.hpp>
+#include <sqz/detail/cpu_kernels_avx2.hpp>
+#include <sqz/detail/cpu_layout.hpp>
+#include <sqz/error.hpp>
+#include <sqz/quantized_matrix.hpp>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace sqz {
+
+/// A quantized matrix in the cpu back end's layout. Made once by prepare<backend::cpu>(q) (or the
+/// constructor); independent of q afterwards.
+template <working_scalar T>
+class cpu_matrix {
+public:
+    using backend = sqz::backend::cpu;
+    using scalar = T;
+    using index = Eigen::Index;
+
+    cpu_matrix() = default;
+
+    template <int Bits>
+    explicit cpu_matrix(const quantized_matrix<T, Bits>& q)
+        : rows_(static_cast<std::size_t>(q.rows())), cols_(static_cast<std::size_t>(q.cols())), bits_(q.bits()) {
+        namespace layout = detail::cpu_layout;
+        tiled_ = bits_ <= layout::max_tiled_bits;
+        tiles_ = layout::tiles_for(cols_);
+        lut_stride_ = tiled_ ? 16 : (std::size_t{1} << bits_);
+        row_bytes_ = tiled_ ? tiles_ * layout::tile_bytes(bits_) : q.row_stride_bytes();
+        // The tiled layout stores groups of four rows (padded with code-0 rows).
+        const std::size_t stored_rows =
+            tiled_ ? (rows_ + layout::group_rows - 1) / layout::group_rows * layout::group_rows : rows_;
+        codes_.assign(stored_rows * row_bytes_, 0);
+        lut_.assign(rows_ * lut_stride_, T(0));
+        u7_.assign(rows_ * lut_stride_, 0);
+        int8_lo_.assign(rows_, T(0));
+        int8_scale_.assign(rows_, T(0));
+        if constexpr (std::is_same_v<T, float>)
+            if (tiled_) planes_.assign(rows_ * 64, 0);
+
+        std::vector<std::uint8_t> row_codes(tiles_ * layout::tile_columns, 0);
+        std::array<std::uint8_t, layout::tile_columns> tile_codes{};
+        for (std::size_t i = 0; i < rows_; ++i) {
+            const auto lut = q.lut_row(static_cast<index>(i));
+            std::copy(lut.begin(), lut.end(), lut_.begin() + static_cast<std::ptrdiff_t>(i * lut_stride_));
+            fill_int8_lut(i, lut);
+            if constexpr (std::is_same_v<T, float>)
+                if (tiled_)
+                    for (std::size_t k = 0; k < lut.size(); ++k) {
+                        const auto word = std::bit_cast<std::uint32_t>(lut[k]);
+                        for (std::size_t p = 0; p < 4; ++p)
+                            planes_[i * 64 + 16 * p + k] = static_cast<std::uint8_t>(word >> (8 * p));
+                    }
+            const auto canonical = q.row_codes(static_cast<index>(i));
+            if (!tiled_) {
+                std::copy(canonical.begin(), canonical.end(), codes_.data() + i * row_bytes_);
+                continue;
+            }
+            const std::size_t tile_bytes = layout::tile_bytes(bits_);
+            std::uint8_t* out = codes_.data() + layout::row_offset(i, row_bytes_, tile_bytes);
+            detail::unpack_impl(canonical, bits_, cols_, std::span<std::uint8_t>(row_codes.data(), cols_));
+            for (std::size_t t = 0; t < tiles_; ++t) {
+                std::copy_n(row_codes.begin() + static_cast<std::ptrdiff_t>(t * layout::tile_columns),
+                            layout::tile_columns, tile_codes.begin());
+                layout::encode_tile(tile_codes, bits_,
+                                    std::span<std::uint8_t>(out + t * layout::tile_stride(tile_bytes), tile_bytes));
+            }
+        }
+
+        const auto& s = q.sparse();
+        if (s.nonZeros() > 0) {
+            row_ptr_.assign(s.outerIndexPtr(), s.outerIndexPtr() + rows_ + 1);
+            col_.assign(s.innerIndexPtr(), s.innerIndexPtr() + s.nonZeros());
+            val_.assign(s.valuePtr(), s.valuePtr() + s.nonZeros());
+        }
+    }
+
+    index rows() const noexcept { return static_cast<index>(rows_); }
+    index cols() const noexcept { return static_cast<index>(cols_); }
+    int bits() const noexcept { return bits_; }
+    index sparse_nonzeros() const noexcept { return static_cast<index>(val_.size()); }
+    /// True for 1..4 bits: the tiled layout that the SIMD kernels read.
+    bool tiled() const noexcept { return tiled_; }
+
+    /// Bytes a product reads from this layout: codes, the LUT form of the mode, and the sparse part.
+    std::size_t bytes_read(numeric_mode mode) const noexcept {
+        const std::size_t lut = mode == numeric_mode::int8 ? rows_ * (lut_stride_ + 2 * sizeof(T))
+                                : planes_.empty()          ? lut_.size() * sizeof(T)
+                                                           : planes_.size();
+        return codes_.size() + lut + val_.size() * (sizeof(T) + sizeof(std::int32_t)) +
+               row_ptr_.size() * sizeof(std::int32_t);
+    }
+
+    /// The raw view the kernels use.
+    detail::cpu_matrix_view<T> view() const noexcept {
+        detail::cpu_matrix_view<T> v;
+        v.rows = rows_;
+        v.cols = cols_;
+        v.bits = bits_;
+        v.tiled = tiled_;
+        v.tiles = tiles_;
+        v.row_bytes = row_bytes_;
+        v.tile_bytes = tiled_ ? detail::cpu_layout::tile_bytes(bits_) : 0;
+        v.codes = codes_.data();
+        v.lut = lut_.data();
+        v.lut_stride = lut_stride_;
+        v.planes = planes_.empty() ? nullptr : planes_.data();
+        v.u7 = u7_.data();
+        v.int8_lo = int8_lo_.data();
+        v.int8_scale = int8_scale_.data();
+        if (!val_.empty()) {
+            v.row_ptr = row_ptr_.data();
+            v.col = col_.data();
+            v.val = val_.data();
+        }
+        return v;
+    }
+
+private:
+    // The int8 specification's LUT: lo + scale * u with u in 0..127 (reference_backend.hpp).
+    void fill_int8_lut(std::size_t row, std::span<const T> lut) {
+        const auto [lo_it, hi_it] = std::minmax_element(lut.begin(), lut.end());
+        const T lo = *lo_it;
+        const T scale = (*hi_it - lo) / T(127);
+        int8_lo_[row] = lo;
+        int8_scale_[row] = scale;
+        if (scale > T(0))
+            for (std::size_t k = 0; k < lut.size(); ++k)
+                u7_[row * lut_stride_ + k] =
+                    static_cast<std::uint8_t>(std::clamp(std::nearbyint((lut[k] - lo) / scale), T(0), T(127)));
+    }
+
+    std::size_t rows_ = 0;
+    std::size_t cols_ = 0;
+    int bits_ = 1;
+    bool tiled_ = true;
+    std::size_t tiles_ = 0;
+    std::size_t lut_stride_ = 16;
+    std::size_t row_bytes_ = 0;
+    detail::aligned_vector<std::uint8_t> codes_;
+    std::vector<T> lut_;
+    detail::aligned_vector<std::uint8_t> planes_;
+    detail::aligned_vector<std::uint8_t> u7_;
+    std::vector<T> int8_lo_;
+    std::vector<T> int8_scale_;
+    std::vector<std::int32_t> row_ptr_;
+    std::vector<std::int32_t> col_;
+    std::vector<T> val_;
+};
+
+namespace detail::cpu {
+
+using index_t = Eigen::Index;
+
+/// Rows per unit of work handed to a thread: at least 32 rows and about 256 KB of codes, so that a
+/// thread streams long stretches of memory (short rows in small blocks made 14336 x 4096 40% slower
+/// than 4096 x 14336), and a multiple of 4 so that row groups start at block boundaries. It depends
+/// on the matrix only, never on the number of threads.
+template <class T>
+std::size_t rows_per_block(const cpu_matrix_view<T>& m) noexcept {
+    const std::size_t by_bytes = (std::size_t{256} << 10) / std::max<std::size_t>(m.row_bytes, 1);
+    return std::max<std::size_t>(32, by_bytes / 4 * 4);
+}
+/// Rows the AVX2 matvec kernels process together (shared activation loads).
+inline constexpr int exact_rows_together = 4;
+inline constexpr int int8_rows_together = 4;
+
+inline int thread_count(const matvec_options& options) {
+    require(options.threads >= 0, "sqz::matvec<cpu>: threads = ", options.threads, " is negative");
+#if defined(_OPENMP)
+    return options.threads > 0 ? options.threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+template <class T>
+bool use_avx2(const cpu_matrix_view<T>& m, const matvec_options& options) {
+    const bool eligible = std::is_same_v<T, float> && m.tiled;
+    if (options.kernel == cpu_kernel::portable) return false;
+    if (options.kernel == cpu_kernel::avx2) {
+        require(cpu_has_avx2_fma(), "sqz::matvec<cpu>: kernel = avx2 but this processor (or compiler) has no AVX2+FMA");
+        require(eligible, "sqz::matvec<cpu>: kernel = avx2 covers float matrices of 1..4 bits, not ",
+                std::is_same_v<T, float> ? "float" : "double", " with ", m.bits, " bits");
+        return true;
+    }
+    return eligible && cpu_has_avx2_fma();
+}
+
+/// Runs body(first_row, end_row) over the matrix's row blocks on `threads` threads.
+template <class T, class Body>
+void for_row_blocks(const cpu_matrix_view<T>& m, int threads, Body&& body) {
+    const std::size_t rows = m.rows;
+    const std::size_t row_block = rows_per_block(m);
+    const std::size_t blocks = (rows + row_block - 1) / row_block;
+    const auto run = [&](std::size_t b) { body(b * row_block, std::min(rows, (b + 1) * row_block)); };
+#if defined(_OPENMP)
+    if (threads > 1 && blocks > 1) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+        for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(blocks); ++b) run(static_cast<std::size_t>(b));
+        return;
+    }
+#else
+    (void)threads;
+#endif
+    for (std::size_t b = 0; b < blocks; ++b) run(b);
+}
+
+#if SQZ_HAVE_X86_SIMD
+template <int R, class Kernel1, class KernelR>
+void grouped_rows(std::size_t first, std::size_t end, Kernel1&& one, KernelR&& group) {
+    std::size_t i = first;
+    for (; i + R <= end; i += R) group(i);
+    for (; i < end; ++i) one(i);
+}
+
+template <int Bits>
+void avx2_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x, float* y, int threads) {
+    for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+        grouped_rows<exact_rows_together>(
+            first, end, [&](std::size_t i) { avx2::exact_rows<Bits, 1>(m, i, xp, x, y); },
+            [&](std::size_t i) { avx2::exact_group<Bits>(m, i, xp, x, y); });
+    });
+}
+
+template <int Bits>
+void avx2_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<float>& a, const float* x, float* y,
+               int threads) {
+    for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+        grouped_rows<int8_rows_together>(
+            first, end, [&](std::size_t i) { avx2::int8_rows<Bits, 1>(m, i, a, x, y); },
+            [&](std::size_t i) { avx2::int8_rows<Bits, int8_rows_together>(m, i, a, x, y); });
+    });
+}
+
+/// Calls f.template operator()<Bits>() with the matrix's width as a constant (1..4).
+template <class F>
+void with_tiled_bits(int bits, F&& f) {
+    switch (bits) {
+        case 1: f.template operator()<1>(); break;
+        case 2: f.template operator()<2>(); break;
+        case 3: f.template operator()<3>(); break;
+        default: f.template operator()<4>(); break;
+    }
+}
+#endif
+
+/// Per-thread scratch buffers for the activations, reused across calls so that a product allocates
+/// nothing once warm.
+template <class T>
+struct activation_scratch {
+    int8_activation_buffers<T> int8;
+    aligned_vector<float> permuted;
+};
+
+template <class T>
+activation_scratch<T>& scratch() {
+    thread_local activation_scratch<T> buffers;
+    return buffers;
+}
+
+/// Quantizes one activation vector with the kernels' quantizer; false when x is not finite.
+template <class T>
+bool quantize_for(const cpu_matrix_view<T>& m, bool simd, std::span<const T> x, int8_activation_buffers<T>& out) {
+#if SQZ_HAVE_X86_SIMD
+    if constexpr (std::is_same_v<T, float>)
+        if (simd) return avx2::quantize_activations(x.data(), m.cols, m.tiles, out);
+#endif
+    (void)simd;
+    return quantize_activations(x, m.tiles, out);
+}
+
+template <class T>
+void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const matvec_options& options) {
+    check_matvec_sizes("sqz::matvec<cpu>", a.rows(), a.cols(), x.size(), y.size());
+    const int threads = thread_count(options);
+    const cpu_matrix_view<T> m = a.view();
+    const bool simd = use_avx2(m, options);
+    if (m.rows == 0) return;
+    activation_scratch<T>& buffers = scratch<T>();
+    if (options.mode == numeric_mode::int8) {
+        const int8_activation_buffers<T>& act = buffers.int8;
+        if (quantize_for(m, simd, x, buffers.int8)) {
+#if SQZ_HAVE_X86_SIMD
+            if constexpr (std::is_same_v<T, float>)
+                if (simd) {
+                    with_tiled_bits(m.bits, [&]<int Bits>() { avx2_int8<Bits>(m, act, x.data(), y.data(), threads); });
+                    return;
+                }
+#endif
+            for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+                for (std::size_t i = first; i < end; ++i) y[i] = portable::int8_row(m, i, act, x.data());
+            });
+            return;
+        }
+        // x holds NaN or Inf: int8 cannot represent it; compute this call exactly (documented).
+    }
+#if SQZ_HAVE_X86_SIMD
+    if constexpr (std::is_same_v<T, float>)
+        if (simd) {
+            aligned_vector<float>& xp = buffers.permuted;
+            xp.resize(m.tiles * cpu_layout::tile_columns);
+            avx2::permute_for_exact(x.data(), m.cols, m.tiles, xp.data());
+            with_tiled_bits(m.bits, [&]<int Bits>() { avx2_exact<Bits>(m, xp.data(), x.data(), y.data(), threads); });
+            return;
+        }
+#endif
+    for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+        for (std::size_t i = first; i < end; ++i) y[i] = portable::exact_row(m, i, x.data());
+    });
+}
+
+template <class T>
+void matmul(const cpu_matrix<T>& a, matrix_cref<T> x, matrix_ref<T> y, const matvec_options& options) {
+    constexpr int max_columns = backend_traits<backend::cpu>::max_matmul_columns;
+    check_matmul_sizes("sqz::matmul<cpu>", a.rows(), a.cols(), x.rows(), x.cols(), y.rows(), y.cols(), max_columns);
+    const int threads = thread_count(options);
+    const cpu_matrix_view<T> m = a.view();
+    const bool simd = use_avx2(m, options);
+    const auto k = static_cast<std::size_t>(x.cols());
+    if (m.rows == 0) return;
+    // Contiguous copies of the columns (X may be a strided block).
+    std::vector<std::vector<T>> columns(k, std::vector<T>(m.cols));
+    for (std::size_t c = 0; c < k; ++c)
+        for (std::size_t j = 0; j < m.cols; ++j) columns[c][j] = x(static_cast<index_t>(j), static_cast<index_t>(c));
+    const auto sparse_into = [&](std::size_t i, std::size_t c, double dense) {
+        y(static_cast<index_t>(i), static_cast<index_t>(c)) = static_cast<T>(dense + sparse_row_dot(m, i, columns[c].data()));
+    };
+
+    bool int8 = options.mode == numeric_mode::int8;
+    std::vector<int8_activation_buffers<T>> act(int8 ? k : 0);
+    for (std::size_t c = 0; c < act.size() && int8; ++c) int8 = quantize_for(m, simd, std::span<const T>(columns[c]), act[c]);
+
+    if (int8) {
+#if SQZ_HAVE_X86_SIMD
+        if constexpr (std::is_same_v<T, float>)
+            if (simd) {
+                with_tiled_bits(m.bits, [&]<int Bits>() {
+                    for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+                        std::array<double, max_columns> dense{};
+                        for (std::size_t i = first; i < end; ++i) {
+                            avx2::int8_row_columns<Bits>(m, i, act.data(), k, dense.data());
+                            for (std::size_t c = 0; c < k; ++c)
+                                sparse_into(i, c, static_cast<double>(m.int8_scale[i]) * dense[c] +
+                                                      static_cast<double>(m.int8_lo[i]) * act[c].x_hat_sum);
+                        }
+                    });
+                });
+                return;
+            }
+#endif
+        for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+            for (std::size_t i = first; i < end; ++i)
+                for (std::size_t c = 0; c < k; ++c)
+                    y(static_cast<index_t>(i), static_cast<index_t>(c)) = portable::int8_row(m, i, act[c], columns[c].data());
+        });
+        return;
+    }
+#if SQZ_HAVE_X86_SIMD
+    if constexpr (std::is_same_v<T, float>)
+        if (simd) {
+            const std::size_t stride = m.tiles * cpu_layout::tile_columns;
+            aligned_vector<float> xp(stride * k);
+            for (std::size_t c = 0; c < k; ++c)
+                avx2::permute_for_exact(columns[c].data(), m.cols, m.tiles, xp.data() + c * stride);
+            with_tiled_bits(m.bits, [&]<int Bits>() {
+                for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+                    std::array<double, max_columns> dense{};
+                    for (std::size_t i = first; i < end; ++i) {
+                        avx2::exact_row_columns<Bits>(m, i, xp.data(), stride, k, dense.data());
+                        for (std::size_t c = 0; c < k; ++c) sparse_into(i, c, dense[c]);
+                    }
+                });
+            });
+            return;
+        }
+#endif
+    for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+        for (std::size_t i = first; i < end; ++i)
+            for (std::size_t c = 0; c < k; ++c)
+                y(static_cast<index_t>(i), static_cast<index_t>(c)) = portable::exact_row(m, i, columns[c].data());
+    });
+}
+
+}  // namespace detail::cpu
+
+template <>
+struct backend_impl<backend::cpu> {
+    template <class T, int Bits>
+    static cpu_matrix<T> prepare(const quantized_matrix<T, Bits>& q) {
+        return cpu_matrix<T>(q);
+    }
+
+    template <class T>
+    static void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const matvec_options& options) {
+        detail::cpu::matvec(a, x, y, options);
+    }
+
+    template <class T, int Bits>
+    static void matvec(const quantized_matrix<T, Bits>& q, std::span<const T> x, std::span<T> y,
+                       const matvec_options& options) {
+        detail::check_matvec_sizes("sqz::matvec<cpu>", q.rows(), q.cols(), x.size(), y.size());
+        detail::cpu::matvec(cpu_matrix<T>(q), x, y, options);
+    }
+
+    template <class T>
+    static void matmul(const cpu_matrix<T>& a, matrix_cref<T> x, matrix_ref<T> y, const matvec_options& options) {
+        detail::cpu::matmul(a, x, y, options);
+    }
+
+    template <class T, int Bits>
+    static void matmul(const quantized_matrix<T, Bits>& q, matrix_cref<T> x, matrix_ref<T> y,
+                       const matvec_options& options) {
+        detail::check_matmul_sizes("sqz::matmul<cpu>", q.rows(), q.cols(), x.rows(), x.cols(), y.rows(), y.cols(),
+                                   backend_traits<backend::cpu>::max_matmul_columns);
+        detail::cpu::matmul(cpu_matrix<T>(q), x, y, options);
+    }
+};
+
+}  // namespace sqz

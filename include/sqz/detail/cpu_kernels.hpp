@@ -1,0 +1,210 @@
+// sqz/detail/cpu_kernels.hpp - what the cpu back end's kernels share, and its portable kernels.
+//
+// cpu_matrix_view is the raw form of a cpu_matrix that kernels read. The portable kernels run on any
+// processor and for every width and scalar type; the AVX2 kernels (cpu_kernels_avx2.hpp) cover float
+// with 1..4 bits. Both read the same repacked layout (cpu_layout.hpp) and implement the same numeric
+// modes, and each row is computed by one thread in a fixed order, so results do not depend on the
+// number of threads.
+#pragma once
+
+#include <sqz/detail/aligned_buffer.hpp>
+#include <sqz/detail/cpu_layout.hpp>
+#include <sqz/pack.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+
+namespace sqz::detail {
+
+template <class T>
+struct cpu_matrix_view {
+    std::size_t rows = 0;
+    std::size_t cols = 0;
+    int bits = 1;
+    bool tiled = false;          ///< 1..4 bits: the tile layout; 5..8 bits: canonical row streams
+    std::size_t tiles = 0;       ///< tiles per row (tiled layout)
+    std::size_t row_bytes = 0;   ///< bytes of codes per row
+    std::size_t tile_bytes = 0;  ///< tiled layout: bytes per tile (32 * bits)
+
+    /// Tiled layout: tile t of `row` is at row_tiles(row) + t * tile_stride() (cpu_layout.hpp).
+    const std::uint8_t* row_tiles(std::size_t row) const noexcept {
+        return codes + cpu_layout::row_offset(row, row_bytes, tile_bytes);
+    }
+    std::size_t tile_stride() const noexcept { return cpu_layout::tile_stride(tile_bytes); }
+    const std::uint8_t* codes = nullptr;
+    const T* lut = nullptr;      ///< rows x lut_stride
+    std::size_t lut_stride = 0;  ///< 16 for the tiled layout (zero-padded), 2^bits otherwise
+    const std::uint8_t* planes = nullptr;  ///< float, tiled: 64 bytes per row, byte p of LUT entry k at 16p + k
+    const std::uint8_t* u7 = nullptr;      ///< int8 mode LUT, rows x lut_stride
+    const T* int8_lo = nullptr;
+    const T* int8_scale = nullptr;
+    const std::int32_t* row_ptr = nullptr;  ///< CSR of the sparse part; null when it is empty
+    const std::int32_t* col = nullptr;
+    const T* val = nullptr;
+};
+
+/// The sparse part of one row against x. Four independent sums in T, so that a row's few dozen
+/// products do not form one chain of dependent additions (which would cost ~10% of the time of a
+/// 0.45%-sparse product); a row's sparse part is small, so T's precision is ample.
+template <class T>
+double sparse_row_dot(const cpu_matrix_view<T>& m, std::size_t row, const T* x) noexcept {
+    if (m.row_ptr == nullptr) return 0.0;
+    T sum[4] = {T(0), T(0), T(0), T(0)};
+    std::int32_t k = m.row_ptr[row];
+    const std::int32_t end = m.row_ptr[row + 1];
+    for (; k + 4 <= end; k += 4)
+        for (int u = 0; u < 4; ++u) sum[u] += m.val[k + u] * x[m.col[k + u]];
+    for (; k < end; ++k) sum[0] += m.val[k] * x[m.col[k]];
+    return static_cast<double>((sum[0] + sum[1]) + (sum[2] + sum[3]));
+}
+
+/// Asks for the sparse part (column indices and values) of rows [first, end) to be brought into the
+/// cache. The kernels call it for the next group of rows before computing the current one: the CSR
+/// arrays are read in short bursts between long runs of codes, which the hardware prefetcher does
+/// not anticipate, and waiting on DRAM for them costs far more than the products themselves.
+template <class T>
+void prefetch_sparse_rows(const cpu_matrix_view<T>& m, std::size_t first, std::size_t end) noexcept {
+    if (m.row_ptr == nullptr || first >= end) return;
+    end = std::min(end, m.rows);
+    if (first >= end) return;
+    const std::int32_t begin = m.row_ptr[first];
+    const std::int32_t stop = m.row_ptr[end];
+    constexpr std::int32_t line = 64;
+    for (std::int32_t k = begin; k < stop; k += line / static_cast<std::int32_t>(sizeof(std::int32_t)))
+        __builtin_prefetch(m.col + k);
+    for (std::int32_t k = begin; k < stop; k += line / static_cast<std::int32_t>(sizeof(T))) __builtin_prefetch(m.val + k);
+}
+
+/// Activations quantized per the int8 specification (docs/design.md, reference_backend.hpp), padded
+/// with zeros to whole tiles.
+template <class T>
+struct int8_activation_buffers {
+    aligned_vector<std::int8_t> q;        ///< tiles * 256
+    std::vector<std::uint8_t> slot_scale; ///< D_b per slot of 32 columns
+    aligned_vector<std::int16_t> slot_scale_vectors;  ///< D_b repeated 16 times per slot (AVX2 madd operand)
+    std::vector<T> tile_scale;            ///< e_t per tile
+    double x_hat_sum = 0.0;               ///< sum of the dequantized activations
+    bool finite = true;
+};
+
+/// Quantizes x (cols entries) for int8 mode; returns false (and leaves `out` unusable) when x holds a
+/// NaN or an infinity, which the callers answer with an exact product. The AVX2 kernels use their own
+/// bit-identical version that also fills slot_scale_vectors (cpu_kernels_avx2.hpp).
+template <class T>
+bool quantize_activations(std::span<const T> x, std::size_t tiles, int8_activation_buffers<T>& out) {
+    using cpu_layout::slot_columns;
+    using cpu_layout::tile_columns;
+    const std::size_t n = x.size();
+    bool finite = true;
+    for (const T v : x) finite &= std::isfinite(v);
+    out.finite = finite;
+    if (!finite) return false;
+    out.q.assign(tiles * tile_columns, 0);
+    out.slot_scale.assign(tiles * cpu_layout::slots_per_tile, 0);
+    out.tile_scale.assign(tiles, T(0));
+    double x_hat_sum = 0.0;
+    for (std::size_t t = 0; t < tiles; ++t) {
+        const std::size_t begin = t * tile_columns;
+        const std::size_t end = std::min(n, begin + tile_columns);
+        std::array<T, cpu_layout::slots_per_tile> slot_max{};
+        for (std::size_t j = begin; j < end; ++j) {
+            T& m = slot_max[(j - begin) / slot_columns];
+            m = std::max(m, std::abs(x[j]));
+        }
+        const T tile_max = *std::max_element(slot_max.begin(), slot_max.end());
+        if (!(tile_max >= T(127 * 255) * std::numeric_limits<T>::min())) continue;  // zero (or negligible) tile
+        const T unit = tile_max / T(127 * 255);
+        out.tile_scale[t] = unit;
+        std::int64_t tile_sum = 0;
+        for (std::size_t s = 0; s < cpu_layout::slots_per_tile; ++s) {
+            if (slot_max[s] == T(0)) continue;
+            const T multiplier = std::clamp(std::ceil(T(255) * (slot_max[s] / tile_max)), T(1), T(255));
+            const auto d = static_cast<std::uint8_t>(multiplier);
+            out.slot_scale[t * cpu_layout::slots_per_tile + s] = d;
+            const T step = unit * multiplier;
+            const std::size_t slot_begin = begin + s * slot_columns;
+            const std::size_t slot_end = std::min(end, slot_begin + slot_columns);
+            std::int64_t slot_sum = 0;
+            for (std::size_t j = slot_begin; j < slot_end; ++j) {
+                const auto level = static_cast<std::int8_t>(std::clamp(std::nearbyint(x[j] / step), T(-127), T(127)));
+                out.q[j] = level;
+                slot_sum += level;
+            }
+            tile_sum += slot_sum * d;
+        }
+        x_hat_sum += static_cast<double>(unit) * static_cast<double>(tile_sum);
+    }
+    out.x_hat_sum = x_hat_sum;
+    return true;
+}
+
+namespace portable {
+
+/// The codes of columns [256 t, 256 t + 256) of a row (zero past the end of the row).
+template <class T>
+void row_chunk_codes(const cpu_matrix_view<T>& m, std::size_t row, std::size_t t,
+                     std::array<std::uint8_t, cpu_layout::tile_columns>& codes) {
+    if (m.tiled) {
+        const std::uint8_t* tile = m.row_tiles(row) + t * m.tile_stride();
+        for (std::size_t c = 0; c < cpu_layout::tile_columns; ++c)
+            codes[c] = static_cast<std::uint8_t>(cpu_layout::tile_code(tile, m.bits, c));
+        return;
+    }
+    // Canonical stream: 256 codes of b bits are 32 b whole bytes, so chunk t starts on byte 32 b t.
+    const std::uint8_t* row_codes = m.codes + row * m.row_bytes;
+    const std::size_t first = t * cpu_layout::tile_columns;
+    const std::size_t count = std::min(cpu_layout::tile_columns, m.cols - first);
+    const std::size_t offset = first * static_cast<std::size_t>(m.bits) / 8;
+    codes.fill(0);
+    unpack_impl(std::span<const std::uint8_t>(row_codes + offset, m.row_bytes - offset), m.bits, count,
+                std::span<std::uint8_t>(codes.data(), count));
+}
+
+/// Exact mode, one row: products in T, eight partial sums per 256 columns, tiles summed in double.
+template <class T>
+T exact_row(const cpu_matrix_view<T>& m, std::size_t row, const T* x) {
+    std::array<std::uint8_t, cpu_layout::tile_columns> codes{};
+    const T* lut = m.lut + row * m.lut_stride;
+    double total = 0.0;
+    for (std::size_t t = 0; t < m.tiles; ++t) {
+        row_chunk_codes(m, row, t, codes);
+        const std::size_t first = t * cpu_layout::tile_columns;
+        const std::size_t count = std::min(cpu_layout::tile_columns, m.cols - first);
+        std::array<T, 8> partial{};
+        for (std::size_t c = 0; c < count; ++c) partial[c % 8] += lut[codes[c]] * x[first + c];
+        T tile_sum = 0;
+        for (const T p : partial) tile_sum += p;
+        total += static_cast<double>(tile_sum);
+    }
+    return static_cast<T>(total + sparse_row_dot(m, row, x));
+}
+
+/// Int8 mode, one row: exact integer dot products per tile, scaled in double.
+template <class T>
+T int8_row(const cpu_matrix_view<T>& m, std::size_t row, const int8_activation_buffers<T>& a, const T* x) {
+    std::array<std::uint8_t, cpu_layout::tile_columns> codes{};
+    const std::uint8_t* u7 = m.u7 + row * m.lut_stride;
+    double dense = 0.0;
+    for (std::size_t t = 0; t < m.tiles; ++t) {
+        row_chunk_codes(m, row, t, codes);
+        const std::size_t first = t * cpu_layout::tile_columns;
+        std::int64_t tile_sum = 0;
+        for (std::size_t s = 0; s < cpu_layout::slots_per_tile; ++s) {
+            std::int32_t slot_sum = 0;
+            for (std::size_t c = s * cpu_layout::slot_columns; c < (s + 1) * cpu_layout::slot_columns; ++c)
+                slot_sum += std::int32_t{u7[codes[c]]} * a.q[first + c];
+            tile_sum += std::int64_t{slot_sum} * a.slot_scale[t * cpu_layout::slots_per_tile + s];
+        }
+        dense += static_cast<double>(a.tile_scale[t]) * static_cast<double>(tile_sum);
+    }
+    return static_cast<T>(static_cast<double>(m.int8_scale[row]) * dense +
+                          static_cast<double>(m.int8_lo[row]) * a.x_hat_sum + sparse_row_dot(m, row, x));
+}
+
+}  // namespace portable
+}  // namespace sqz::detail

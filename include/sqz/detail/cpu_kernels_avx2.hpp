@@ -1,0 +1,453 @@
+// sqz/detail/cpu_kernels_avx2.hpp - AVX2 + FMA kernels of the cpu back end (float, 1..4 bits).
+//
+// Decode: one aligned 256-bit load of a tile vector, a 16-bit shift and a byte mask give the 32 codes
+// of a slot as bytes (cpu_layout.hpp); vpshufb then looks them up in the row's LUT held in registers.
+//  - exact mode: the 16 float LUT entries are stored as four byte planes (byte p of entry k); four
+//    vpshufb fetch the four bytes of 32 weights and two rounds of unpacks assemble them into four
+//    vectors of 8 floats, bit-exact LUT values. The unpacks leave the weights in the order
+//    (0-3, 16-19), (4-7, 20-23), (8-11, 24-27), (12-15, 28-31) of the slot, so x is permuted the same
+//    way once per call (permute_for_exact). Products and sums are fp32 FMAs; each tile's partial sums
+//    are added into double accumulators so that long rows lose no accuracy.
+//  - int8 mode: one vpshufb through the 7-bit LUT gives 32 unsigned weights, vpmaddubsw multiplies
+//    them with 32 int8 activations (pair sums <= 2 * 127 * 127 fit in int16), and vpmaddwd with the
+//    slot's 16-bit scale D_b both widens to int32 and applies the per-32 scale for free. One float
+//    conversion and FMA per tile of 256 columns applies the tile unit e_t.
+// Both kernels process the four rows of a layout group together (codes read in storage order): the
+// int8 kernel loads each activation vector once for four rows; the exact kernel, limited by its
+// shuffles, goes slot by slot through the four rows, one accumulator (FMA chain) per row.
+// The sparse part is added per row with 8-wide gathers, its CSR entries prefetched a group ahead.
+#pragma once
+
+#include <sqz/detail/cpu_features.hpp>
+#include <sqz/detail/cpu_kernels.hpp>
+#include <sqz/detail/cpu_layout.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#if SQZ_HAVE_X86_SIMD
+#include <immintrin.h>
+
+namespace sqz::detail::avx2 {
+
+/// The 32 codes of slot `Slot` of a tile, one per byte (high bits clear).
+template <int Bits, int Slot>
+SQZ_AVX2_TARGET inline __m256i slot_codes(const std::uint8_t* tile) noexcept {
+    const auto* v = reinterpret_cast<const __m256i*>(tile);
+    if constexpr (Bits == 4) {
+        __m256i w = _mm256_load_si256(v + Slot / 2);
+        if constexpr (Slot % 2 == 1) w = _mm256_srli_epi16(w, 4);
+        return _mm256_and_si256(w, _mm256_set1_epi8(0x0F));
+    } else if constexpr (Bits == 2) {
+        __m256i w = _mm256_load_si256(v + Slot / 4);
+        if constexpr (Slot % 4 != 0) w = _mm256_srli_epi16(w, 2 * (Slot % 4));
+        return _mm256_and_si256(w, _mm256_set1_epi8(0x03));
+    } else if constexpr (Bits == 1) {
+        __m256i w = _mm256_load_si256(v);
+        if constexpr (Slot != 0) w = _mm256_srli_epi16(w, Slot);
+        return _mm256_and_si256(w, _mm256_set1_epi8(0x01));
+    } else {
+        static_assert(Bits == 3, "tiled kernels cover 1..4 bits");
+        if constexpr (Slot < 6) {
+            __m256i w = _mm256_load_si256(v + Slot / 2);
+            if constexpr (Slot % 2 == 1) w = _mm256_srli_epi16(w, 3);
+            return _mm256_and_si256(w, _mm256_set1_epi8(0x07));
+        } else if constexpr (Slot == 6) {  // bits 6-7 of V_0 and bit 6 of V_1
+            const __m256i low = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v), 6), _mm256_set1_epi8(3));
+            const __m256i top = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v + 1), 4), _mm256_set1_epi8(4));
+            return _mm256_or_si256(low, top);
+        } else {  // bit 7 of V_1 and bits 6-7 of V_2
+            const __m256i low = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v + 1), 7), _mm256_set1_epi8(1));
+            const __m256i top = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v + 2), 5), _mm256_set1_epi8(6));
+            return _mm256_or_si256(low, top);
+        }
+    }
+}
+
+/// Stops the compiler from reassociating a chain of integer adds into a tree that needs every
+/// partial product live at once (GCC then spills them to the stack).
+template <class V>
+SQZ_AVX2_TARGET inline void keep_in_register(V& value) noexcept {
+    __asm__("" : "+x"(value));
+}
+
+SQZ_AVX2_TARGET inline __m256i broadcast16(const std::uint8_t* p) noexcept {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+SQZ_AVX2_TARGET inline double horizontal_sum(__m256d v) noexcept {
+    const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
+}
+
+SQZ_AVX2_TARGET inline float horizontal_sum(__m256 v) noexcept {
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+}
+
+/// The sparse part of one row with 8-wide gathers of x: on Zen 3 a scalar loop costs ~3.5 cycles per
+/// nonzero, which at 0.45% density is a quarter of the int8 kernel's time; the gather loop about a
+/// third of that. The last (nnz mod 8) products are gathered under a mask.
+SQZ_AVX2_TARGET inline double sparse_row_dot(const cpu_matrix_view<float>& m, std::size_t row, const float* x) noexcept {
+    if (m.row_ptr == nullptr) return 0.0;
+    std::int32_t k = m.row_ptr[row];
+    const std::int32_t end = m.row_ptr[row + 1];
+    __m256 acc = _mm256_setzero_ps();
+    for (; k + 8 <= end; k += 8) {
+        const __m256i columns = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.col + k));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(m.val + k), _mm256_i32gather_ps(x, columns, 4), acc);
+    }
+    if (k < end) {
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(end - k), lanes);
+        const __m256i columns = _mm256_maskload_epi32(m.col + k, mask);
+        const __m256 values = _mm256_maskload_ps(m.val + k, mask);
+        const __m256 gathered = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, columns, _mm256_castsi256_ps(mask), 4);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(values, gathered));
+    }
+    return static_cast<double>(horizontal_sum(acc));
+}
+
+/// The 32 float weights of one slot, in the unpack order described at the top of this file.
+struct slot_weights {
+    __m256 w[4];
+};
+
+template <int Bits, int Slot>
+SQZ_AVX2_TARGET inline slot_weights decode_exact(const __m256i (&planes)[4], const std::uint8_t* tile) noexcept {
+    const __m256i idx = slot_codes<Bits, Slot>(tile);
+    const __m256i b0 = _mm256_shuffle_epi8(planes[0], idx);
+    const __m256i b1 = _mm256_shuffle_epi8(planes[1], idx);
+    const __m256i b2 = _mm256_shuffle_epi8(planes[2], idx);
+    const __m256i b3 = _mm256_shuffle_epi8(planes[3], idx);
+    const __m256i lo01 = _mm256_unpacklo_epi8(b0, b1);
+    const __m256i hi01 = _mm256_unpackhi_epi8(b0, b1);
+    const __m256i lo23 = _mm256_unpacklo_epi8(b2, b3);
+    const __m256i hi23 = _mm256_unpackhi_epi8(b2, b3);
+    return {{_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23)),
+             _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
+}
+
+/// Column order of x that matches decode_exact: position p of a slot holds column exact_order(p).
+constexpr std::size_t exact_order(std::size_t p) noexcept {
+    const std::size_t vector = p / 8;
+    const std::size_t lane = p % 8;
+    return lane < 4 ? 4 * vector + lane : 16 + 4 * vector + (lane - 4);
+}
+
+/// x permuted per slot into decode_exact's order and zero-padded to whole tiles.
+SQZ_AVX2_TARGET inline void permute_for_exact(const float* x, std::size_t cols, std::size_t tiles, float* out) noexcept {
+    const std::size_t whole = cols / cpu_layout::slot_columns * cpu_layout::slot_columns;
+    for (std::size_t base = 0; base < whole; base += cpu_layout::slot_columns) {
+        const __m256 v0 = _mm256_loadu_ps(x + base);
+        const __m256 v1 = _mm256_loadu_ps(x + base + 8);
+        const __m256 v2 = _mm256_loadu_ps(x + base + 16);
+        const __m256 v3 = _mm256_loadu_ps(x + base + 24);
+        _mm256_store_ps(out + base, _mm256_permute2f128_ps(v0, v2, 0x20));
+        _mm256_store_ps(out + base + 8, _mm256_permute2f128_ps(v0, v2, 0x31));
+        _mm256_store_ps(out + base + 16, _mm256_permute2f128_ps(v1, v3, 0x20));
+        _mm256_store_ps(out + base + 24, _mm256_permute2f128_ps(v1, v3, 0x31));
+    }
+    const std::size_t padded = tiles * cpu_layout::tile_columns;
+    for (std::size_t base = whole; base < padded; base += cpu_layout::slot_columns)
+        for (std::size_t p = 0; p < cpu_layout::slot_columns; ++p) {
+            const std::size_t j = base + exact_order(p);
+            out[base + p] = j < cols ? x[j] : 0.0f;
+        }
+}
+
+/// The int8 activation quantization of cpu_kernels.hpp (quantize_activations) with AVX2: the same
+/// IEEE operations in the same order (division, round to nearest even, ceil), so the result is
+/// bit-identical to the portable one. Returns false when x holds a NaN or an infinity.
+SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t cols, std::size_t tiles,
+                                                 int8_activation_buffers<float>& out) {
+    using cpu_layout::slots_per_tile;
+    using cpu_layout::tile_columns;
+    out.q.resize(tiles * tile_columns);
+    out.slot_scale.resize(tiles * slots_per_tile);
+    out.slot_scale_vectors.resize(tiles * slots_per_tile * 16);
+    out.tile_scale.resize(tiles);
+    const __m256 magnitude_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 largest = _mm256_set1_ps(std::numeric_limits<float>::max());
+    const __m256 high = _mm256_set1_ps(127.0f);
+    const __m256 low = _mm256_set1_ps(-127.0f);
+    const __m256i pack_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    alignas(32) float tail[tile_columns];
+    double x_hat_sum = 0.0;
+    for (std::size_t t = 0; t < tiles; ++t) {
+        const float* xt = x + t * tile_columns;
+        if ((t + 1) * tile_columns > cols) {
+            const std::size_t have = cols - t * tile_columns;
+            for (std::size_t j = 0; j < tile_columns; ++j) tail[j] = j < have ? xt[j] : 0.0f;
+            xt = tail;
+        }
+        std::int8_t* qt = out.q.data() + t * tile_columns;
+        std::int16_t* dt = out.slot_scale_vectors.data() + t * slots_per_tile * 16;
+        float slot_max[slots_per_tile];
+        int finite = 0xff;
+        for (std::size_t s = 0; s < slots_per_tile; ++s) {
+            __m256 m = _mm256_setzero_ps();
+            for (std::size_t k = 0; k < 4; ++k) {
+                const __m256 a = _mm256_and_ps(_mm256_loadu_ps(xt + 32 * s + 8 * k), magnitude_mask);
+                finite &= _mm256_movemask_ps(_mm256_cmp_ps(a, largest, _CMP_LE_OQ));
+                m = _mm256_max_ps(m, a);
+            }
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            slot_max[s] = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+        }
+        if (finite != 0xff) return false;
+        float tile_max = 0.0f;
+        for (const float m : slot_max) tile_max = std::max(tile_max, m);
+        if (!(tile_max >= 127.0f * 255.0f * std::numeric_limits<float>::min())) {
+            std::fill_n(qt, tile_columns, std::int8_t{0});
+            std::fill_n(out.slot_scale.data() + t * slots_per_tile, slots_per_tile, std::uint8_t{0});
+            std::fill_n(dt, slots_per_tile * 16, std::int16_t{0});
+            out.tile_scale[t] = 0.0f;
+            continue;
+        }
+        const float unit = tile_max / (127.0f * 255.0f);
+        out.tile_scale[t] = unit;
+        std::int64_t tile_sum = 0;
+        for (std::size_t s = 0; s < slots_per_tile; ++s) {
+            std::uint8_t d = 0;
+            __m256i packed = _mm256_setzero_si256();
+            if (slot_max[s] != 0.0f) {
+                const float multiplier = std::clamp(std::ceil(255.0f * (slot_max[s] / tile_max)), 1.0f, 255.0f);
+                d = static_cast<std::uint8_t>(multiplier);
+                const __m256 step = _mm256_set1_ps(unit * multiplier);
+                __m256i level[4];
+                for (std::size_t k = 0; k < 4; ++k) {
+                    const __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(xt + 32 * s + 8 * k), step),
+                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    level[k] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, low), high));
+                }
+                const __m256i sum4 =
+                    _mm256_add_epi32(_mm256_add_epi32(level[0], level[1]), _mm256_add_epi32(level[2], level[3]));
+                __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(sum4), _mm256_extracti128_si256(sum4, 1));
+                sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0x4e));
+                sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0xb1));
+                tile_sum += std::int64_t{_mm_cvtsi128_si32(sum)} * d;
+                packed = _mm256_permutevar8x32_epi32(
+                    _mm256_packs_epi16(_mm256_packs_epi32(level[0], level[1]), _mm256_packs_epi32(level[2], level[3])),
+                    pack_order);
+            }
+            _mm256_store_si256(reinterpret_cast<__m256i*>(qt + 32 * s), packed);
+            out.slot_scale[t * slots_per_tile + s] = d;
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dt + 16 * s), _mm256_set1_epi16(static_cast<short>(d)));
+        }
+        x_hat_sum += static_cast<double>(unit) * static_cast<double>(tile_sum);
+    }
+    out.x_hat_sum = x_hat_sum;
+    out.finite = true;
+    return true;
+}
+
+// ---- exact mode, matvec ----
+
+// Four accumulators per row, one per weight vector of a slot: an FMA has a latency of 4 cycles, and
+// with fewer independent chains the kernel would wait on them instead of decoding.
+template <int Bits, int R, int Slot>
+SQZ_AVX2_TARGET inline void exact_slots(const __m256i (&planes)[R][4], const std::uint8_t* const (&tiles)[R],
+                                        const float* x, __m256 (&acc)[R][4]) noexcept {
+    const float* xs = x + Slot * cpu_layout::slot_columns;
+    for (int r = 0; r < R; ++r) {
+        const slot_weights w = decode_exact<Bits, Slot>(planes[r], tiles[r]);
+        for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_fmadd_ps(w.w[v], _mm256_load_ps(xs + 8 * v), acc[r][v]);
+    }
+    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile))
+        exact_slots<Bits, R, Slot + 1>(planes, tiles, x, acc);
+}
+
+/// Rows [row, row + R): y = D x (x permuted, `xp`) + S x (x natural).
+template <int Bits, int R>
+SQZ_AVX2_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, const float* x,
+                                float* y) noexcept {
+    prefetch_sparse_rows(m, row + R, row + 2 * R);
+    __m256i planes[R][4];
+    __m256d total[R];
+    for (int r = 0; r < R; ++r) {
+        for (int p = 0; p < 4; ++p) planes[r][p] = broadcast16(m.planes + (row + r) * 64 + 16 * p);
+        total[r] = _mm256_setzero_pd();
+    }
+    const std::size_t stride = m.tile_stride();
+    for (std::size_t t = 0; t < m.tiles; ++t) {
+        const std::uint8_t* tiles[R];
+        __m256 acc[R][4];
+        for (int r = 0; r < R; ++r) {
+            tiles[r] = m.row_tiles(row + r) + t * stride;
+            for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
+        }
+        exact_slots<Bits, R, 0>(planes, tiles, xp + t * cpu_layout::tile_columns, acc);
+        for (int r = 0; r < R; ++r) {
+            const __m256 s = _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3]));
+            total[r] = _mm256_add_pd(total[r], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)),
+                                                             _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        y[row + r] = static_cast<float>(horizontal_sum(total[r]) + avx2::sparse_row_dot(m, row + r, x));
+}
+
+/// Slot `Slot` of the four rows of a layout group, row after row, each into its own accumulator: four
+/// independent FMA chains, and the codes read in storage order. The rows' planes are reloaded for
+/// every slot (loads from L1 are cheap here; registers are not).
+template <int Bits, int Slot>
+SQZ_AVX2_TARGET inline void exact_group_slots(const std::uint8_t* planes, const std::uint8_t* tiles, std::size_t tile_bytes,
+                                              const float* x, __m256 (&acc)[cpu_layout::group_rows]) noexcept {
+    const float* xs = x + Slot * cpu_layout::slot_columns;
+    for (std::size_t r = 0; r < cpu_layout::group_rows; ++r) {
+        const __m256i row_planes[4] = {broadcast16(planes + 64 * r), broadcast16(planes + 64 * r + 16),
+                                       broadcast16(planes + 64 * r + 32), broadcast16(planes + 64 * r + 48)};
+        const slot_weights w = decode_exact<Bits, Slot>(row_planes, tiles + r * tile_bytes);
+        for (int v = 0; v < 4; ++v) acc[r] = _mm256_fmadd_ps(w.w[v], _mm256_load_ps(xs + 8 * v), acc[r]);
+    }
+    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile))
+        exact_group_slots<Bits, Slot + 1>(planes, tiles, tile_bytes, x, acc);
+}
+
+/// Rows [row, row + 4), one layout group (row a multiple of 4).
+template <int Bits>
+SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, const float* x,
+                                 float* y) noexcept {
+    constexpr std::size_t R = cpu_layout::group_rows;
+    prefetch_sparse_rows(m, row + R, row + 2 * R);
+    __m256d total[R];
+    for (std::size_t r = 0; r < R; ++r) total[r] = _mm256_setzero_pd();
+    const std::uint8_t* base = m.row_tiles(row);
+    for (std::size_t t = 0; t < m.tiles; ++t) {
+        __m256 acc[R];
+        for (std::size_t r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+        exact_group_slots<Bits, 0>(m.planes + row * 64, base + t * m.tile_stride(), m.tile_bytes,
+                                   xp + t * cpu_layout::tile_columns, acc);
+        for (std::size_t r = 0; r < R; ++r)
+            total[r] = _mm256_add_pd(total[r], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc[r])),
+                                                             _mm256_cvtps_pd(_mm256_extractf128_ps(acc[r], 1))));
+    }
+    for (std::size_t r = 0; r < R; ++r)
+        y[row + r] = static_cast<float>(horizontal_sum(total[r]) + avx2::sparse_row_dot(m, row + r, x));
+}
+
+// ---- int8 mode, matvec ----
+
+template <int Bits, int R, int Slot>
+SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint8_t* const (&tiles)[R],
+                                       const std::int8_t* xq, const std::int16_t* scales, __m256i (&acc)[R]) noexcept {
+    const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + Slot * cpu_layout::slot_columns));
+    const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(scales + Slot * 16));
+    for (int r = 0; r < R; ++r) {
+        const __m256i w = _mm256_shuffle_epi8(luts[r], slot_codes<Bits, Slot>(tiles[r]));
+        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), dv));
+        keep_in_register(acc[r]);
+    }
+    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile))
+        int8_slots<Bits, R, Slot + 1>(luts, tiles, xq, scales, acc);
+}
+
+template <int Bits, int R>
+SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
+                               const float* x, float* y) noexcept {
+    prefetch_sparse_rows(m, row + R, row + 2 * R);
+    __m256i luts[R];
+    __m256 total[R];
+    for (int r = 0; r < R; ++r) {
+        luts[r] = broadcast16(m.u7 + (row + r) * m.lut_stride);
+        total[r] = _mm256_setzero_ps();
+    }
+    const std::size_t stride = m.tile_stride();
+    for (std::size_t t = 0; t < m.tiles; ++t) {
+        const std::uint8_t* tiles[R];
+        __m256i acc[R];
+        for (int r = 0; r < R; ++r) {
+            tiles[r] = m.row_tiles(row + r) + t * stride;
+            acc[r] = _mm256_setzero_si256();
+        }
+        int8_slots<Bits, R, 0>(luts, tiles, a.q.data() + t * cpu_layout::tile_columns,
+                               a.slot_scale_vectors.data() + t * cpu_layout::slots_per_tile * 16, acc);
+        const __m256 unit = _mm256_set1_ps(a.tile_scale[t]);
+        for (int r = 0; r < R; ++r) total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), unit, total[r]);
+    }
+    for (int r = 0; r < R; ++r) {
+        const std::size_t i = row + r;
+        y[i] = static_cast<float>(static_cast<double>(m.int8_scale[i]) * static_cast<double>(horizontal_sum(total[r])) +
+                                  static_cast<double>(m.int8_lo[i]) * a.x_hat_sum + avx2::sparse_row_dot(m, i, x));
+    }
+}
+
+// ---- matmul: decode each tile once, then every column ----
+
+template <int Bits, int Slot>
+SQZ_AVX2_TARGET inline void decode_tile_exact(const __m256i (&planes)[4], const std::uint8_t* tile, __m256* out) noexcept {
+    const slot_weights w = decode_exact<Bits, Slot>(planes, tile);
+    for (int v = 0; v < 4; ++v) out[4 * Slot + v] = w.w[v];
+    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile)) decode_tile_exact<Bits, Slot + 1>(planes, tile, out);
+}
+
+/// One row against k columns; xp holds the k permuted columns, each tiles * 256 floats apart.
+template <int Bits>
+SQZ_AVX2_TARGET void exact_row_columns(const cpu_matrix_view<float>& m, std::size_t row, const float* xp,
+                                       std::size_t column_stride, std::size_t k, double* out) noexcept {
+    __m256i planes[4];
+    for (int p = 0; p < 4; ++p) planes[p] = broadcast16(m.planes + row * 64 + 16 * p);
+    __m256d total[16];
+    for (std::size_t c = 0; c < k; ++c) total[c] = _mm256_setzero_pd();
+    alignas(32) __m256 weights[32];
+    for (std::size_t t = 0; t < m.tiles; ++t) {
+        decode_tile_exact<Bits, 0>(planes, m.row_tiles(row) + t * m.tile_stride(), weights);
+        for (std::size_t c = 0; c < k; ++c) {
+            const float* x = xp + c * column_stride + t * cpu_layout::tile_columns;
+            __m256 a0 = _mm256_setzero_ps();
+            __m256 a1 = _mm256_setzero_ps();
+            for (int v = 0; v < 32; v += 2) {
+                a0 = _mm256_fmadd_ps(weights[v], _mm256_load_ps(x + 8 * v), a0);
+                a1 = _mm256_fmadd_ps(weights[v + 1], _mm256_load_ps(x + 8 * v + 8), a1);
+            }
+            const __m256 s = _mm256_add_ps(a0, a1);
+            total[c] = _mm256_add_pd(total[c], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)),
+                                                             _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
+        }
+    }
+    for (std::size_t c = 0; c < k; ++c) out[c] = horizontal_sum(total[c]);
+}
+
+template <int Bits, int Slot>
+SQZ_AVX2_TARGET inline void decode_tile_int8(__m256i lut, const std::uint8_t* tile, __m256i* out) noexcept {
+    out[Slot] = _mm256_shuffle_epi8(lut, slot_codes<Bits, Slot>(tile));
+    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile)) decode_tile_int8<Bits, Slot + 1>(lut, tile, out);
+}
+
+/// One row against k int8-quantized columns; returns sum_t e_t * I_t per column (before the row's
+/// scale and offset are applied).
+template <int Bits>
+SQZ_AVX2_TARGET void int8_row_columns(const cpu_matrix_view<float>& m, std::size_t row,
+                                      const int8_activation_buffers<float>* columns, std::size_t k,
+                                      double* out) noexcept {
+    const __m256i lut = broadcast16(m.u7 + row * m.lut_stride);
+    __m256 total[16];
+    for (std::size_t c = 0; c < k; ++c) total[c] = _mm256_setzero_ps();
+    alignas(32) __m256i weights[8];
+    for (std::size_t t = 0; t < m.tiles; ++t) {
+        decode_tile_int8<Bits, 0>(lut, m.row_tiles(row) + t * m.tile_stride(), weights);
+        for (std::size_t c = 0; c < k; ++c) {
+            const auto& a = columns[c];
+            const std::int8_t* xq = a.q.data() + t * cpu_layout::tile_columns;
+            const std::int16_t* scales = a.slot_scale_vectors.data() + t * cpu_layout::slots_per_tile * 16;
+            __m256i acc = _mm256_setzero_si256();
+            for (int s = 0; s < 8; ++s) {
+                const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + 32 * s));
+                const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(scales + 16 * s));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(weights[s], xv), dv));
+            }
+            total[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(a.tile_scale[t]), total[c]);
+        }
+    }
+    for (std::size_t c = 0; c < k; ++c) out[c] = static_cast<double>(horizontal_sum(total[c]));
+}
+
+}  // namespace sqz::detail::avx2
+
+#endif  // SQZ_HAVE_X86_SIMD

@@ -1,0 +1,490 @@
+// Matrix-vector products: the reference back end against a brute-force dense product, and the cpu
+// back end (AVX2 and portable kernels, both numeric modes) against the reference.
+#include <sqz/sqz.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace {
+
+using sqz::numeric_mode;
+using Index = Eigen::Index;
+
+template <class T>
+struct test_matrix {
+    sqz::quantized_matrix<T> q;
+    sqz::row_matrix<T> lut;
+    std::vector<std::uint8_t> codes;  // unpacked, row-major
+};
+
+enum class sparse_kind { none, scattered, full_rows };
+
+/// Random LUT (N(0,1)), uniform codes and a sparse part: none, a random `fraction` of entries, or
+/// scattered entries plus every third row entirely sparse (all columns extracted).
+template <class T = float>
+test_matrix<T> make_matrix(Index rows, Index cols, int bits, std::uint64_t seed, sparse_kind kind = sparse_kind::none,
+                           double fraction = 0.05) {
+    sqz::synthetic::rng random(seed);
+    test_matrix<T> m;
+    m.lut.resize(rows, Index{1} << bits);
+    for (Index i = 0; i < m.lut.size(); ++i) m.lut.data()[i] = static_cast<T>(random.normal());
+    m.codes.resize(static_cast<std::size_t>(rows * cols));
+    for (auto& c : m.codes) c = static_cast<std::uint8_t>(random.below(1u << bits));
+    sqz::csr_matrix<T> sparse(rows, cols);
+    if (kind != sparse_kind::none) {
+        std::vector<Eigen::Triplet<T, std::int32_t>> entries;
+        for (Index i = 0; i < rows; ++i)
+            for (Index j = 0; j < cols; ++j)
+                if ((kind == sparse_kind::full_rows && i % 3 == 1) || random.uniform() < fraction)
+                    entries.emplace_back(static_cast<std::int32_t>(i), static_cast<std::int32_t>(j),
+                                         static_cast<T>(random.normal()));
+        sparse.setFromTriplets(entries.begin(), entries.end());
+    }
+    m.q = sqz::quantized_matrix<T>::from_codes(rows, cols, bits, m.lut, m.codes, sparse);
+    return m;
+}
+
+template <class T = float>
+std::vector<T> random_vector(Index n, std::uint64_t seed) {
+    sqz::synthetic::rng random(seed);
+    std::vector<T> x(static_cast<std::size_t>(n));
+    for (auto& v : x) v = static_cast<T>(random.normal());
+    return x;
+}
+
+/// Brute force from the unpacked codes and the LUT, independent of packing and of every back end:
+/// long double products and sums, dense part then sparse part.
+template <class T>
+std::vector<long double> brute_force(const test_matrix<T>& m, const std::vector<T>& x) {
+    const Index rows = m.q.rows();
+    const Index cols = m.q.cols();
+    std::vector<long double> y(static_cast<std::size_t>(rows), 0.0L);
+    for (Index i = 0; i < rows; ++i) {
+        long double sum = 0;
+        for (Index j = 0; j < cols; ++j)
+            sum += static_cast<long double>(m.lut(i, m.codes[static_cast<std::size_t>(i * cols + j)])) *
+                   x[static_cast<std::size_t>(j)];
+        for (typename sqz::csr_matrix<T>::InnerIterator it(m.q.sparse(), i); it; ++it)
+            sum += static_cast<long double>(it.value()) * x[static_cast<std::size_t>(it.col())];
+        y[static_cast<std::size_t>(i)] = sum;
+    }
+    return y;
+}
+
+/// sum_j |w_ij x_j| over the dense and sparse parts: the scale against which "relative" is measured
+/// (|y_i| itself can be tiny through cancellation).
+template <class T>
+std::vector<double> magnitudes(const test_matrix<T>& m, const std::vector<T>& x) {
+    const Index rows = m.q.rows();
+    const Index cols = m.q.cols();
+    std::vector<double> out(static_cast<std::size_t>(rows), 0.0);
+    for (Index i = 0; i < rows; ++i) {
+        double sum = 0;
+        for (Index j = 0; j < cols; ++j)
+            sum += std::abs(static_cast<double>(m.lut(i, m.codes[static_cast<std::size_t>(i * cols + j)])) *
+                            static_cast<double>(x[static_cast<std::size_t>(j)]));
+        for (typename sqz::csr_matrix<T>::InnerIterator it(m.q.sparse(), i); it; ++it)
+            sum += std::abs(static_cast<double>(it.value()) * static_cast<double>(x[static_cast<std::size_t>(it.col())]));
+        out[static_cast<std::size_t>(i)] = sum;
+    }
+    return out;
+}
+
+template <class T, class Reference>
+void require_close(const std::vector<T>& y, const Reference& reference, const std::vector<double>& scale,
+                   double relative, const std::string& what) {
+    REQUIRE(y.size() == reference.size());
+    for (std::size_t i = 0; i < y.size(); ++i) {
+        const double err = std::abs(static_cast<double>(y[i]) - static_cast<double>(reference[i]));
+        const double limit = relative * scale[i] + 4 * static_cast<double>(std::numeric_limits<T>::min());
+        if (!(err <= limit)) {
+            INFO(what << ": row " << i << " y = " << y[i] << " reference = " << static_cast<double>(reference[i])
+                      << " |error| = " << err << " limit = " << limit);
+            REQUIRE(err <= limit);
+        }
+    }
+}
+
+struct shape {
+    Index rows, cols;
+};
+
+// Odd shapes: 1 x 1, sizes that are not multiples of 8, 32, 64, 128 or 256, a few exact multiples,
+// and more rows than one thread's block of 32.
+const std::vector<shape> odd_shapes{{1, 1},   {1, 7},    {3, 1},    {5, 33},   {7, 100},  {13, 255},
+                                    {17, 257}, {2, 256},  {9, 511},  {31, 130}, {67, 1000}, {70, 97}};
+
+const std::vector<sqz::cpu_kernel> cpu_kernels = [] {
+    std::vector<sqz::cpu_kernel> k{sqz::cpu_kernel::portable};
+    if (sqz::detail::cpu_has_avx2_fma()) k.push_back(sqz::cpu_kernel::avx2);
+    return k;
+}();
+
+const char* name(sqz::cpu_kernel k) { return k == sqz::cpu_kernel::avx2 ? "avx2" : "portable"; }
+
+}  // namespace
+
+TEST_CASE("back-end traits describe what each back end supports", "[matvec][traits]") {
+    using sqz::backend_traits;
+    namespace backend = sqz::backend;
+    STATIC_REQUIRE(backend_traits<backend::reference>::available);
+    STATIC_REQUIRE(backend_traits<backend::cpu>::available);
+    STATIC_REQUIRE(!backend_traits<backend::cuda>::available);  // this file is not compiled by nvcc
+    STATIC_REQUIRE(backend_traits<backend::reference>::supports_bits(1) && backend_traits<backend::reference>::supports_bits(8));
+    STATIC_REQUIRE(backend_traits<backend::cpu>::supports_bits(3) && !backend_traits<backend::cpu>::supports_bits(9));
+    STATIC_REQUIRE(backend_traits<backend::cuda>::supports_bits(2) && backend_traits<backend::cuda>::supports_bits(4) &&
+                   !backend_traits<backend::cuda>::supports_bits(5));
+    STATIC_REQUIRE(backend_traits<backend::cpu>::matrix_space == sqz::memory_space::host);
+    STATIC_REQUIRE(backend_traits<backend::cuda>::matrix_space == sqz::memory_space::cuda_device);
+    STATIC_REQUIRE(backend_traits<backend::cpu>::supports_scalar<double>);
+    STATIC_REQUIRE(!backend_traits<backend::cuda>::supports_scalar<double>);
+    STATIC_REQUIRE(backend_traits<backend::cpu>::max_matmul_columns == 16);
+    STATIC_REQUIRE(sqz::prepared_for<sqz::cpu_matrix<float>, backend::cpu>);
+    STATIC_REQUIRE(!sqz::prepared_for<sqz::cpu_matrix<float>, backend::reference>);
+    STATIC_REQUIRE(!sqz::prepared_for<sqz::quantized_matrix<float>, backend::cpu>);
+}
+
+TEST_CASE("reference matvec equals a brute-force dense product", "[matvec][reference]") {
+    for (int bits = 1; bits <= 8; ++bits)
+        for (const auto kind : {sparse_kind::none, sparse_kind::scattered, sparse_kind::full_rows})
+            for (const shape s : {shape{1, 1}, shape{4, 9}, shape{11, 70}, shape{6, 300}}) {
+                const auto m = make_matrix(s.rows, s.cols, bits, 17 * static_cast<std::uint64_t>(bits) + s.cols,
+                                           kind);
+                const auto x = random_vector(s.cols, 5 + static_cast<std::uint64_t>(s.rows));
+                std::vector<float> y(static_cast<std::size_t>(s.rows));
+                sqz::matvec<sqz::backend::reference>(m.q, x, y);
+                // The reference rounds a double sum once: within a few float ulps of the exact value.
+                require_close(y, brute_force(m, x), magnitudes(m, x), 1e-6, "reference");
+            }
+}
+
+TEST_CASE("reference matvec in double precision", "[matvec][reference]") {
+    const auto m = make_matrix<double>(9, 131, 3, 77, sparse_kind::scattered);
+    const auto x = random_vector<double>(131, 78);
+    std::vector<double> y(9);
+    sqz::matvec<sqz::backend::reference>(m.q, x, y);
+    require_close(y, brute_force(m, x), magnitudes(m, x), 1e-14, "reference double");
+}
+
+TEST_CASE("tile layout: encode_tile and tile_code are inverse for 1..4 bits", "[matvec][cpu][layout]") {
+    namespace layout = sqz::detail::cpu_layout;
+    for (int bits = 1; bits <= 4; ++bits) {
+        sqz::synthetic::rng random(static_cast<std::uint64_t>(bits));
+        std::array<std::uint8_t, layout::tile_columns> codes{};
+        for (auto& c : codes) c = static_cast<std::uint8_t>(random.below(1u << bits));
+        std::vector<std::uint8_t> tile(layout::tile_bytes(bits));
+        layout::encode_tile(codes, bits, tile);
+        for (std::size_t c = 0; c < layout::tile_columns; ++c) REQUIRE(layout::tile_code(tile.data(), bits, c) == codes[c]);
+    }
+    // Spot checks of the documented bit positions (cpu_layout.hpp).
+    std::array<std::uint8_t, layout::tile_columns> codes{};
+    codes[32 * 1 + 5] = 0b101;  // slot 1, lane 5
+    codes[32 * 6 + 5] = 0b110;  // slot 6, lane 5
+    codes[32 * 7 + 5] = 0b011;  // slot 7, lane 5
+    std::vector<std::uint8_t> tile(layout::tile_bytes(3));
+    layout::encode_tile(codes, 3, tile);
+    CHECK(tile[5] == (0b101 << 3 | 0b10 << 6));   // V_0: code(1) << 3 | (code(6) & 3) << 6
+    CHECK(tile[32 + 5] == (0b1 << 6 | 0b1 << 7));  // V_1: (code(6) >> 2) << 6 | (code(7) & 1) << 7
+    CHECK(tile[64 + 5] == (0b01 << 6));            // V_2: (code(7) >> 1) << 6
+    REQUIRE_THROWS_AS(layout::encode_tile(codes, 5, tile), sqz::error);
+}
+
+TEST_CASE("cpu matvec agrees with the reference on odd shapes, all widths, both kernels", "[matvec][cpu]") {
+    for (const auto kernel : cpu_kernels)
+        for (int bits = 1; bits <= 8; ++bits)
+            for (std::size_t k = 0; k < odd_shapes.size(); ++k) {
+                const shape s = odd_shapes[k];
+                const auto kind = std::array{sparse_kind::none, sparse_kind::scattered, sparse_kind::full_rows}[k % 3];
+                const auto m = make_matrix(s.rows, s.cols, bits, 1000 * static_cast<std::uint64_t>(bits) + k, kind);
+                const auto x = random_vector(s.cols, 31 + k);
+                const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+                std::vector<float> y(static_cast<std::size_t>(s.rows));
+                std::vector<float> reference(y.size());
+                sqz::matvec<sqz::backend::reference>(m.q, x, reference);
+                const auto scale = magnitudes(m, x);
+                if (kernel == sqz::cpu_kernel::avx2 && bits > 4) {
+                    REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(p, x, y, {.kernel = kernel}), sqz::error);
+                    continue;
+                }
+                sqz::matvec<sqz::backend::cpu>(p, x, y, {.kernel = kernel});
+                require_close(y, reference, scale, 1e-5,
+                              std::string("exact ") + name(kernel) + " bits " + std::to_string(bits) + " shape " +
+                                  std::to_string(s.rows) + "x" + std::to_string(s.cols));
+                // The int8 kernels implement the reference's int8 specification: same integers, so
+                // the results differ only by the rounding of the final float scaling.
+                std::vector<float> reference_int8(y.size());
+                sqz::matvec<sqz::backend::reference>(m.q, x, reference_int8, {.mode = numeric_mode::int8});
+                sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = numeric_mode::int8, .kernel = kernel});
+                require_close(y, reference_int8, scale, 1e-5, std::string("int8 ") + name(kernel) + " bits " +
+                                                                  std::to_string(bits));
+                // The convenience overload that prepares on every call.
+                std::vector<float> direct(y.size());
+                sqz::matvec<sqz::backend::cpu>(m.q, x, direct, {.mode = numeric_mode::int8, .kernel = kernel});
+                REQUIRE(direct == y);
+            }
+}
+
+TEST_CASE("cpu matvec: long rows keep the exact-mode error within 1e-5 relative", "[matvec][cpu]") {
+    for (const auto kernel : cpu_kernels)
+        for (const int bits : {3, 4}) {
+            const auto m = make_matrix(6, 14336, bits, 5 + static_cast<std::uint64_t>(bits), sparse_kind::scattered, 0.0045);
+            const auto x = random_vector(14336, 6);
+            std::vector<float> y(6);
+            sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.kernel = kernel});
+            require_close(y, brute_force(m, x), magnitudes(m, x), 1e-5, std::string("long rows ") + name(kernel));
+        }
+}
+
+TEST_CASE("cpu matvec in double precision uses the portable kernels", "[matvec][cpu]") {
+    for (const int bits : {2, 3, 6}) {
+        const auto m = make_matrix<double>(19, 300, bits, 40 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
+        const auto x = random_vector<double>(300, 41);
+        std::vector<double> y(19);
+        sqz::matvec<sqz::backend::cpu>(m.q, x, y);
+        require_close(y, brute_force(m, x), magnitudes(m, x), 1e-12, "cpu double");
+        REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.kernel = sqz::cpu_kernel::avx2}), sqz::error);
+    }
+}
+
+TEST_CASE("compile-time widths and the Eigen convenience forms", "[matvec][cpu]") {
+    const auto m = make_matrix(21, 77, 3, 90, sparse_kind::scattered);
+    const sqz::quantized_matrix<float, 3> fixed(m.q);
+    Eigen::VectorXf x = Eigen::Map<const Eigen::VectorXf>(random_vector(77, 91).data(), 77);
+    const Eigen::VectorXf y_ref = sqz::matvec<sqz::backend::reference>(fixed, x);
+    const Eigen::VectorXf y_cpu = sqz::matvec<sqz::backend::cpu>(fixed, x);
+    REQUIRE(y_ref.size() == 21);
+    REQUIRE((y_cpu - y_ref).cwiseAbs().maxCoeff() <= 1e-4f);
+}
+
+TEST_CASE("int8 activation quantization follows its specification", "[matvec][int8]") {
+    sqz::synthetic::rng random(3);
+    std::vector<float> x(1000);
+    for (std::size_t j = 0; j < x.size(); ++j)
+        x[j] = static_cast<float>(random.normal() * (j % 97 == 0 ? 50.0 : 1.0));  // outliers
+    std::fill(x.begin() + 300, x.begin() + 340, 0.0f);                           // an all-zero slot
+    const auto a = sqz::reference::quantize_activations<float>(x);
+    REQUIRE(a.finite);
+    for (std::size_t j = 0; j < x.size(); ++j) {
+        const std::size_t tile = j / 256;
+        const std::size_t slot = j / 32;
+        float tile_max = 0;
+        float slot_max = 0;
+        for (std::size_t k = tile * 256; k < std::min(x.size(), tile * 256 + 256); ++k) tile_max = std::max(tile_max, std::abs(x[k]));
+        for (std::size_t k = slot * 32; k < std::min(x.size(), slot * 32 + 32); ++k) slot_max = std::max(slot_max, std::abs(x[k]));
+        REQUIRE(std::abs(int{a.q[j]}) <= 127);
+        if (slot_max == 0) {
+            REQUIRE(a.q[j] == 0);
+            continue;
+        }
+        const double step = static_cast<double>(a.tile_scale[tile]) * a.slot_scale[slot];
+        // The step is at most the slot's own int8 step plus one unit of the tile (the 8-bit multiplier).
+        REQUIRE(step <= slot_max / 127.0 * (1 + 1e-6) + tile_max / (127.0 * 255.0) * (1 + 1e-6));
+        REQUIRE(std::abs(x[j] - a.dequantized(j)) <= 0.5 * step * (1 + 1e-6));
+    }
+    // The cpu back end's quantizers (portable and AVX2) produce the same integers.
+    sqz::detail::int8_activation_buffers<float> portable;
+    REQUIRE(sqz::detail::quantize_activations<float>(x, 4, portable));
+    for (std::size_t j = 0; j < x.size(); ++j) REQUIRE(portable.q[j] == a.q[j]);
+    for (std::size_t b = 0; b < a.slot_scale.size(); ++b) REQUIRE(portable.slot_scale[b] == a.slot_scale[b]);
+#if SQZ_HAVE_X86_SIMD
+    if (sqz::detail::cpu_has_avx2_fma()) {
+        sqz::detail::int8_activation_buffers<float> simd;
+        REQUIRE(sqz::detail::avx2::quantize_activations(x.data(), x.size(), 4, simd));
+        REQUIRE(std::equal(simd.q.begin(), simd.q.end(), portable.q.begin()));
+        REQUIRE(simd.slot_scale == portable.slot_scale);
+        REQUIRE(simd.tile_scale == portable.tile_scale);
+        REQUIRE(simd.x_hat_sum == portable.x_hat_sum);
+    }
+#endif
+}
+
+TEST_CASE("int8 mode stays within its documented error bound", "[matvec][int8]") {
+    // Bound (docs/design.md): |y_int8 - y| <= (s_i / 2) sum_j |x^_j| + sum_j |L_i[code_ij]| |x_j - x^_j|
+    // plus float rounding, where s_i is the row's 7-bit LUT step and x^ the dequantized activations.
+    for (const int bits : {2, 3, 4, 8})
+        for (const bool outliers : {false, true}) {
+            const auto m = make_matrix(40, 700, bits, 300 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
+            auto x = random_vector(700, 301);
+            if (outliers)
+                for (std::size_t j = 0; j < x.size(); j += 50) x[j] *= 100.0f;
+            const auto a = sqz::reference::quantize_activations<float>(x);
+            std::vector<float> exact(40);
+            sqz::matvec<sqz::backend::reference>(m.q, x, exact);
+            const auto scale = magnitudes(m, x);
+            for (const auto kernel : cpu_kernels) {
+                if (kernel == sqz::cpu_kernel::avx2 && bits > 4) continue;
+                std::vector<float> y(40);
+                sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.mode = numeric_mode::int8, .kernel = kernel});
+                double worst_ratio = 0;
+                for (Index i = 0; i < 40; ++i) {
+                    const auto lut_row = m.q.lut_row(i);
+                    const auto [lo, hi] = std::minmax_element(lut_row.begin(), lut_row.end());
+                    const double lut_step = (static_cast<double>(*hi) - *lo) / 127.0;
+                    double bound = 0;
+                    for (std::size_t j = 0; j < x.size(); ++j) {
+                        const double w = m.lut(i, m.codes[static_cast<std::size_t>(i) * 700 + j]);
+                        bound += 0.5 * lut_step * std::abs(static_cast<double>(a.dequantized(j))) +
+                                 std::abs(w) * std::abs(static_cast<double>(x[j]) - static_cast<double>(a.dequantized(j)));
+                    }
+                    bound += 1e-5 * scale[static_cast<std::size_t>(i)];  // float rounding of both products
+                    const double err = std::abs(static_cast<double>(y[static_cast<std::size_t>(i)]) - exact[static_cast<std::size_t>(i)]);
+                    REQUIRE(err <= bound);
+                    worst_ratio = std::max(worst_ratio, err / scale[static_cast<std::size_t>(i)]);
+                }
+                // And small in absolute terms: about 1% of sum_j |w_ij x_j| at most here, a little more
+                // when 100x outliers coarsen the steps of their slots.
+                REQUIRE(worst_ratio < (outliers ? 0.03 : 0.015));
+            }
+        }
+}
+
+TEST_CASE("NaN and infinity in x propagate as IEEE arithmetic says", "[matvec][nan]") {
+    // LUT entry 0 of every row is exactly 0, so 0 * Inf = NaN in the rows whose code at the infinite
+    // column is 0; rows with a positive or negative weight there get +Inf or -Inf, and a row that
+    // meets +Inf and -Inf gets NaN.
+    for (const int bits : {1, 3, 4, 6}) {
+        auto m = make_matrix(24, 300, bits, 500 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
+        for (Index i = 0; i < m.lut.rows(); ++i) m.lut(i, 0) = 0.0f;
+        m.q = sqz::quantized_matrix<float>::from_codes(24, 300, bits, m.lut, m.codes, m.q.sparse());
+        const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+        const float inf = std::numeric_limits<float>::infinity();
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        for (int variant = 0; variant < 3; ++variant) {
+            auto x = random_vector(300, 501);
+            if (variant == 0) x[7] = nan;
+            if (variant == 1) x[260] = inf;
+            if (variant == 2) {
+                x[3] = inf;
+                x[299] = -inf;
+            }
+            // The expected class of each y_i from first principles: the set of product classes.
+            std::vector<float> reference(24);
+            sqz::matvec<sqz::backend::reference>(m.q, x, reference);
+            for (Index i = 0; i < 24; ++i) {
+                bool any_nan = false, pos = false, neg = false;
+                const auto classify = [&](float product) {
+                    any_nan |= std::isnan(product);
+                    pos |= product == inf;
+                    neg |= product == -inf;
+                };
+                for (Index j = 0; j < 300; ++j)
+                    classify(m.lut(i, m.codes[static_cast<std::size_t>(i * 300 + j)]) * x[static_cast<std::size_t>(j)]);
+                for (sqz::csr_matrix<float>::InnerIterator it(m.q.sparse(), i); it; ++it)
+                    classify(it.value() * x[static_cast<std::size_t>(it.col())]);
+                const float r = reference[static_cast<std::size_t>(i)];
+                if (any_nan || (pos && neg))
+                    REQUIRE(std::isnan(r));
+                else if (pos)
+                    REQUIRE(r == inf);
+                else if (neg)
+                    REQUIRE(r == -inf);
+                else
+                    REQUIRE(std::isfinite(r));
+            }
+            for (const auto kernel : cpu_kernels)
+                for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+                    if (kernel == sqz::cpu_kernel::avx2 && bits > 4) continue;
+                    std::vector<float> y(24);
+                    sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = mode, .kernel = kernel});
+                    for (std::size_t i = 0; i < y.size(); ++i) {
+                        INFO("variant " << variant << " bits " << bits << " row " << i << " " << name(kernel));
+                        REQUIRE(std::isnan(y[i]) == std::isnan(reference[i]));
+                        if (std::isinf(reference[i])) REQUIRE(y[i] == reference[i]);
+                        if (std::isfinite(reference[i])) REQUIRE(std::isfinite(y[i]));
+                    }
+                }
+        }
+    }
+}
+
+TEST_CASE("mismatched sizes are rejected with sqz::error", "[matvec][errors]") {
+    const auto m = make_matrix(5, 40, 4, 9);
+    const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+    std::vector<float> x(40), y(5), short_x(39), long_y(6);
+    REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::reference>(m.q, short_x, y), sqz::error);
+    REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::reference>(m.q, x, long_y), sqz::error);
+    REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(m.q, short_x, y), sqz::error);
+    REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(p, short_x, y), sqz::error);
+    REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(p, x, long_y), sqz::error);
+    REQUIRE_THROWS_WITH(sqz::matvec<sqz::backend::cpu>(p, short_x, y),
+                        Catch::Contains("x has 39 entries") && Catch::Contains("40 columns"));
+    REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(p, x, y, {.threads = -1}), sqz::error);
+
+    Eigen::MatrixXf X(40, 3), Y(5, 3), wrong_rows(41, 3), too_many(40, 17), none(40, 0), wrong_y(5, 2);
+    X.setRandom();
+    REQUIRE_THROWS_AS(sqz::matmul<sqz::backend::cpu>(p, wrong_rows, Y), sqz::error);
+    REQUIRE_THROWS_AS(sqz::matmul<sqz::backend::cpu>(p, too_many, Y), sqz::error);
+    REQUIRE_THROWS_AS(sqz::matmul<sqz::backend::cpu>(p, none, Y), sqz::error);
+    REQUIRE_THROWS_AS(sqz::matmul<sqz::backend::cpu>(p, X, wrong_y), sqz::error);
+    REQUIRE_THROWS_AS(sqz::matmul<sqz::backend::reference>(m.q, X, wrong_y), sqz::error);
+    REQUIRE_THROWS_WITH(sqz::matmul<sqz::backend::reference>(m.q, too_many, Y), Catch::Contains("17 columns"));
+}
+
+TEST_CASE("cpu results do not depend on the number of threads", "[matvec][cpu][threads]") {
+    for (const auto kernel : cpu_kernels)
+        for (const int bits : {3, 4, 7}) {
+            if (kernel == sqz::cpu_kernel::avx2 && bits > 4) continue;
+            const auto m = make_matrix(203, 777, bits, 70 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
+            const auto x = random_vector(777, 71);
+            const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+            for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+                std::vector<float> one(203), two(203), three(203);
+                sqz::matvec<sqz::backend::cpu>(p, x, one, {.mode = mode, .threads = 1, .kernel = kernel});
+                sqz::matvec<sqz::backend::cpu>(p, x, two, {.mode = mode, .threads = 2, .kernel = kernel});
+                sqz::matvec<sqz::backend::cpu>(p, x, three, {.mode = mode, .threads = 3, .kernel = kernel});
+                REQUIRE(one == two);
+                REQUIRE(one == three);
+                Eigen::MatrixXf X = Eigen::MatrixXf::Random(777, 5);
+                Eigen::MatrixXf Y1(203, 5), Y2(203, 5);
+                sqz::matmul<sqz::backend::cpu>(p, X, Y1, {.mode = mode, .threads = 1, .kernel = kernel});
+                sqz::matmul<sqz::backend::cpu>(p, X, Y2, {.mode = mode, .threads = 2, .kernel = kernel});
+                REQUIRE(Y1 == Y2);
+            }
+        }
+}
+
+TEST_CASE("matmul agrees with the reference for 1..16 columns", "[matvec][matmul]") {
+    for (const auto kernel : cpu_kernels)
+        for (const int bits : {1, 3, 4, 5}) {
+            if (kernel == sqz::cpu_kernel::avx2 && bits > 4) continue;
+            const auto m = make_matrix(37, 301, bits, 800 + static_cast<std::uint64_t>(bits), sparse_kind::full_rows);
+            const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+            for (const Index k : {1, 2, 5, 16}) {
+                Eigen::MatrixXf big = Eigen::MatrixXf::Random(301, k + 2);
+                const auto X = big.middleCols(1, k);  // a strided block: Eigen::Ref must cope
+                for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+                    Eigen::MatrixXf Y(37, k), R(37, k);
+                    sqz::matmul<sqz::backend::cpu>(p, X, Y, {.mode = mode, .kernel = kernel});
+                    sqz::matmul<sqz::backend::reference>(m.q, X, R, {.mode = mode});
+                    for (Index c = 0; c < k; ++c) {
+                        std::vector<float> xc(X.col(c).data(), X.col(c).data() + 301);
+                        std::vector<float> yc(Y.col(c).data(), Y.col(c).data() + 37);
+                        std::vector<float> rc(R.col(c).data(), R.col(c).data() + 37);
+                        require_close(yc, rc, magnitudes(m, xc), 1e-5,
+                                      std::string("matmul ") + name(kernel) + " k " + std::to_string(k));
+                    }
+                }
+            }
+        }
+}
+
+TEST_CASE("empty matrices and empty sparse parts", "[matvec][cpu]") {
+    for (const shape s : {shape{0, 5}, shape{4, 0}, shape{0, 0}}) {
+        const auto m = make_matrix(s.rows, s.cols, 3, 1);
+        std::vector<float> x(static_cast<std::size_t>(s.cols), 1.0f);
+        std::vector<float> y(static_cast<std::size_t>(s.rows), 42.0f);
+        sqz::matvec<sqz::backend::reference>(m.q, x, y);
+        for (const float v : y) REQUIRE(v == 0.0f);
+        std::fill(y.begin(), y.end(), 42.0f);
+        for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+            sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.mode = mode});
+            for (const float v : y) REQUIRE(v == 0.0f);
+        }
+    }
+}

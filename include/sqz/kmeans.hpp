@@ -1268,20 +1268,36 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     s0.resize(d + 1);
     s1.resize(d + 1);
     s2.resize(d + 1);
-    s0[0] = s1[0] = s2[0] = 0;
     std::size_t m = 0;
-    for (std::size_t g = 0; g < d; ++g) {
-        const double w = ws.distinct_weight[g];
-        if (!(w > 0)) continue;
-        const double v = ws.distinct_value[g];
-        const double y = v - pivot;
-        ws.value[m] = v;
-        ws.weight[m] = w;
-        ws.shifted[m] = y;
-        s0[m + 1] = s0[m] + w;
-        s1[m + 1] = s1[m] + w * y;
-        s2[m + 1] = s2[m] + w * y * y;
-        ++m;
+    {
+        // Running sums in registers and raw pointers: through the vectors, every store could alias the
+        // next iteration's loads, which then wait on the stores.
+        const double* distinct_weight = ws.distinct_weight.data();
+        const double* distinct_value = ws.distinct_value.data();
+        double* value = ws.value.data();
+        double* weight = ws.weight.data();
+        double* shifted = ws.shifted.data();
+        double* p0 = s0.data();
+        double* p1 = s1.data();
+        double* p2 = s2.data();
+        double sum0 = 0, sum1 = 0, sum2 = 0;
+        p0[0] = p1[0] = p2[0] = 0;
+        for (std::size_t g = 0; g < d; ++g) {
+            const double w = distinct_weight[g];
+            if (!(w > 0)) continue;
+            const double v = distinct_value[g];
+            const double y = v - pivot;
+            value[m] = v;
+            weight[m] = w;
+            shifted[m] = y;
+            sum0 = sum0 + w;
+            sum1 = sum1 + w * y;
+            sum2 = sum2 + w * y * y;
+            ++m;
+            p0[m] = sum0;
+            p1[m] = sum1;
+            p2[m] = sum2;
+        }
     }
     require(std::isfinite(s2[m]), where, ": sum of weights * values^2 = ", s2[m], " overflows double");
     // 3. Centroids.

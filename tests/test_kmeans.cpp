@@ -224,6 +224,70 @@ TEST_CASE("exact k-means with many clusters matches the slow DP", "[kmeans]") {
     }
 }
 
+TEST_CASE("exact k-means groups equal values the same way on every path", "[kmeans]") {
+    // Rows of fp16 values with many repeats take the key-map grouping (fp16 keys for contiguous floats,
+    // float or double keys otherwise); a row with one value that is not an fp16 value, placed past the last
+    // block of eight, takes float keys. Every form must match the slow DP on the unmerged values.
+    sqz::synthetic::rng random(515);
+    for (const std::size_t n : {std::size_t{1029}, std::size_t{2000}}) {
+        std::vector<float> palette(180);
+        for (auto& v : palette) v = sqz::round_to_half(static_cast<float>(0.02 * random.student_t(5.0)));
+        std::vector<float> xf(n), wf(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            xf[i] = palette[random.below(palette.size())];
+            wf[i] = random.uniform() < 0.05 ? 0.0f : static_cast<float>(std::exp(random.normal()));
+        }
+        if (n % 8 != 0) xf[n - 1] = 0.0123456789f;  // not an fp16 value, in the tail
+        const std::vector<double> x(xf.begin(), xf.end()), w(wf.begin(), wf.end());
+        const int k = 8;
+        INFO("n = " << n);
+        const double optimum = slow_dp_optimum(x, w, k);
+        const auto contiguous = sqz::weighted_kmeans(xf, wf, k);
+        CHECK(check_result(contiguous, x, w, k) == Approx(optimum).epsilon(1e-5));
+        const Eigen::MatrixXf strided_values = Eigen::Map<const Eigen::VectorXf>(xf.data(), static_cast<Eigen::Index>(n)).transpose().replicate(2, 1);
+        const Eigen::MatrixXf strided_weights = Eigen::Map<const Eigen::VectorXf>(wf.data(), static_cast<Eigen::Index>(n)).transpose().replicate(2, 1);
+        const auto strided = sqz::weighted_kmeans(strided_values.row(1), strided_weights.row(1), k);
+        CHECK(strided.centroids == contiguous.centroids);
+        CHECK(strided.labels == contiguous.labels);
+        CHECK(strided.objective == contiguous.objective);
+        const auto as_double = sqz::weighted_kmeans(x, w, k);
+        CHECK(check_result(as_double, x, w, k) == Approx(optimum).epsilon(1e-9));
+    }
+    // bfloat16 values in a float, too small for fp16: float keys with 16 trailing zero bits, grouped by the
+    // key map too.
+    {
+        const std::size_t n = 2500;
+        std::vector<float> xf(n), wf(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            xf[i] = sqz::round_to_bfloat16(static_cast<float>(2e-8 * random.student_t(5.0)));
+            wf[i] = static_cast<float>(std::exp(random.normal()));
+        }
+        const std::vector<double> x(xf.begin(), xf.end()), w(wf.begin(), wf.end());
+        const auto result = sqz::weighted_kmeans(xf, wf, 6);
+        CHECK(check_result(result, x, w, 6) == Approx(slow_dp_optimum(x, w, 6)).epsilon(1e-5));
+    }
+    // Doubles whose keys share their top bits in long runs: a tight cluster of distinct values next to
+    // values spread over many orders of magnitude.
+    std::vector<double> x, w;
+    for (int i = 0; i < 150; ++i) {
+        x.push_back(1.0 + 1e-13 * random.uniform());
+        w.push_back(std::exp(random.normal()));
+    }
+    for (int i = 0; i < 150; ++i) {
+        x.push_back((random.uniform() < 0.5 ? -1 : 1) * std::pow(10.0, 6 * random.normal()));
+        w.push_back(std::exp(random.normal()));
+    }
+    for (int i = 0; i < 20; ++i) {  // repeats inside the cluster
+        x.push_back(x[random.below(150)]);
+        w.push_back(1.0);
+    }
+    for (const int k : {2, 5}) {
+        INFO("wide keys, k = " << k);
+        const auto result = sqz::weighted_kmeans(x, w, k);
+        CHECK(check_result(result, x, w, k) == Approx(slow_dp_optimum(x, w, k)).epsilon(1e-9));
+    }
+}
+
 TEST_CASE("weights pull centroids toward heavy values", "[kmeans]") {
     const std::vector<double> x{0, 1, 2, 10, 11, 12};
     std::vector<double> w{1, 1, 1, 1, 1, 1};

@@ -32,7 +32,9 @@
 // - Results depend only on the input values (not on how they are stored, nor on the thread count).
 #pragma once
 
+#include <sqz/detail/threads.hpp>
 #include <sqz/error.hpp>
+#include <sqz/half.hpp>
 #include <sqz/synthetic.hpp>
 #include <sqz/types.hpp>
 
@@ -42,7 +44,6 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <iterator>
 #include <limits>
 #include <ranges>
@@ -51,9 +52,6 @@
 #include <utility>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -154,11 +152,46 @@ inline key_t<T> sort_key(T value) noexcept {
     return (bits & sign) ? sign - magnitude : sign + magnitude;
 }
 
-template <class T, class W>
+/// The value whose sort key is `key` (sort_key's inverse; the zero key gives +0.0).
+template <class T>
+inline T value_of_key(key_t<T> key) noexcept {
+    using K = key_t<T>;
+    constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
+    return std::bit_cast<T>(key >= sign ? static_cast<K>(key - sign) : static_cast<K>(sign | (sign - key)));
+}
+
+/// sort_key for fp16 bit patterns (16-bit keys).
+inline std::uint16_t half_sort_key(std::uint16_t half) noexcept {
+    const auto magnitude = static_cast<std::uint16_t>(half & 0x7fffu);
+    return static_cast<std::uint16_t>((half & 0x8000u) != 0 ? 0x8000u - magnitude : 0x8000u + magnitude);
+}
+
+/// The fp16 value (as float) whose half_sort_key is `key`.
+inline float value_of_half_key(std::uint16_t key) noexcept {
+    return half_bits_to_float(static_cast<std::uint16_t>(key >= 0x8000u ? key - 0x8000u : 0x8000u | (0x8000u - key)));
+}
+
+/// An entry in the radix sort: its reduced key and its index in the row.
+template <class T>
 struct sort_item {
     key_t<T> key;
-    W weight;
+    std::uint32_t index;
 };
+
+/// First index i in [lo, hi) with y[i] >= c (hi if none), for ascending y. The search halves the range a
+/// fixed number of times and picks each half without a branch: the outcome of a comparison is
+/// unpredictable, and a mispredicted branch costs more than the whole step.
+inline std::size_t lower_bound_index(const double* y, std::size_t lo, std::size_t hi, double c) {
+    if (lo >= hi) return lo;
+    const double* base = y + lo;
+    std::size_t length = hi - lo;
+    while (length > 1) {
+        const std::size_t half = length / 2;
+        base += static_cast<std::size_t>(base[half - 1] < c) * half;  // no branch: a flag times the step
+        length -= half;
+    }
+    return static_cast<std::size_t>(base - y) + (*base < c ? 1 : 0);
+}
 
 /// Prefix sums of w, w y and w y^2 over sorted groups; sum(a, b) covers groups [a, b).
 struct prefix_sums {
@@ -447,28 +480,24 @@ struct lloyd_solver {
     std::vector<std::uint32_t>& start = scratch.start;  // cell c is groups [start[c], start[c + 1])
     std::vector<double>& cell = scratch.cell;           // cell costs
 
-    /// First group in [lo, hi] with y >= c, or hi.
-    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const {
-        return static_cast<std::size_t>(std::lower_bound(y + lo, y + hi, c) - y);
-    }
-    /// First group with y >= c, by a galloping search from `hint` (boundaries move little between calls).
+    /// First group in [lo, hi) with y >= c, or hi.
+    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const { return lower_bound_index(y, lo, hi, c); }
+    /// First group with y >= c. Boundaries move little between calls: the eight groups around `hint` are
+    /// compared at once, and a binary search runs only when the answer lies outside them.
     std::size_t first_at_least_near(double c, std::size_t hint) const {
-        hint = std::min(hint, m);
-        std::size_t step = 1;
-        if (hint < m && y[hint] < c) {  // the answer is in (hint, m]
-            std::size_t lo = hint + 1;   // y[lo - 1] < c
-            while (lo + step - 1 < m && y[lo + step - 1] < c) {
-                lo += step;
-                step *= 2;
-            }
-            return first_at_least(c, lo, std::min(m, lo + step - 1));
+#if defined(__AVX2__)
+        if (hint >= 4 && hint + 4 <= m) {
+            const __m256d threshold = _mm256_set1_pd(c);
+            const int below = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(y + hint - 4), threshold, _CMP_LT_OQ)) |
+                              (_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(y + hint), threshold, _CMP_LT_OQ)) << 4);
+            const int count = std::popcount(static_cast<unsigned>(below));  // y is sorted: the lowest `count` groups
+            if (count > 0 && count < 8) return hint - 4 + static_cast<std::size_t>(count);
+            return count == 0 ? first_at_least(c, 0, hint - 4) : first_at_least(c, hint + 4, m);
         }
-        std::size_t hi = hint;  // hi == m or y[hi] >= c: the answer is in [0, hi]
-        while (hi >= step && y[hi - step] >= c) {
-            hi -= step;
-            step *= 2;
-        }
-        return first_at_least(c, hi >= step ? hi - step + 1 : 0, hi);
+#else
+        (void)hint;
+#endif
+        return first_at_least(c, 0, m);
     }
     std::size_t split(std::size_t c, std::size_t hint) const {
         return first_at_least_near(0.5 * (centre[c] + centre[c + 1]), hint);
@@ -618,11 +647,11 @@ struct lloyd_solver {
     std::size_t two_means_split(std::size_t a, std::size_t b) const {
         const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
         std::size_t t = clamp_split(static_cast<std::size_t>(
-            std::lower_bound(y + a, y + b, (s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a])) - y));
+            lower_bound_index(y, a, b, (s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]))));
         for (int iteration = 0; iteration < 16; ++iteration) {
             const double left = (s.s1[t] - s.s1[a]) / (s.s0[t] - s.s0[a]);
             const double right = (s.s1[b] - s.s1[t]) / (s.s0[b] - s.s0[t]);
-            const std::size_t next = clamp_split(static_cast<std::size_t>(std::lower_bound(y + a, y + b, 0.5 * (left + right)) - y));
+            const std::size_t next = clamp_split(lower_bound_index(y, a, b, 0.5 * (left + right)));
             if (next == t) break;
             t = next;
         }
@@ -702,90 +731,204 @@ struct lloyd_solver {
 
 };
 
+/// Ranks, among the values that occur, of small integers (below 2^16) given for n entries: a byte map marks
+/// those that occur, and per block of 32 a bit mask and the rank of its first value make any rank a
+/// popcount (tables of a few KB, which stay in L1 while entries look them up in random order).
+struct occurrence_ranks {
+    static constexpr std::size_t block = 32;
+    std::vector<std::uint8_t> present;
+    std::vector<std::uint32_t> mask, first;
+
+    /// Marks value(i) for i < n (all below `range`); returns how many distinct values occur.
+    template <class Value>
+    std::uint32_t build(std::size_t n, std::size_t range, Value value) {
+        const std::size_t blocks = range / block + 1;
+        present.assign(blocks * block, 0);
+        std::uint8_t* marks = present.data();
+        for (std::size_t i = 0; i < n; ++i) marks[value(i)] = 1;
+        mask.resize(blocks);
+        first.resize(blocks);
+        std::uint32_t count = 0;
+        for (std::size_t b = 0; b < blocks; ++b) {
+            std::uint32_t bits = 0;
+#if defined(__AVX2__)
+            const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(marks + b * block));
+            bits = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(bytes, 7)));
+#else
+            for (std::size_t j = 0; j < block; ++j) bits |= static_cast<std::uint32_t>(marks[b * block + j]) << j;
+#endif
+            mask[b] = bits;
+            first[b] = count;
+            count += static_cast<std::uint32_t>(std::popcount(bits));
+        }
+        return count;
+    }
+    /// The rank of v, a value that occurs.
+    std::uint32_t rank(std::size_t v) const {
+        const std::uint32_t upto = mask[v / block] & ((std::uint32_t{2} << (v % block)) - 1);  // values <= v
+        return first[v / block] + static_cast<std::uint32_t>(std::popcount(upto)) - 1;
+    }
+};
+
 /// Per-thread scratch memory, grown on demand and reused across rows (no allocation per row once warm).
 template <class T, class W>
 struct workspace {
-    std::vector<T> x;                                  // the row's values, contiguous
-    std::vector<sort_item<T, W>> items, items_scratch;  // (key, weight), sorted by key
-    std::vector<std::uint32_t> histogram;
-    key_t<T> key_low = 0;  // sorted keys are (key - key_low) >> key_shift
-    int key_shift = 0;
-    std::vector<double> value, weight, shifted;  // positive-weight groups, ascending; shifted = value - pivot
-    dp_direction forward, backward;              // forward.s0..s2 are the prefix sums of the groups
-    std::vector<std::uint32_t> cluster_end;      // cluster c is groups [cluster_end[c - 1], cluster_end[c])
+    std::vector<key_t<T>> key;               // sort key of every entry
+    std::vector<std::uint16_t> half_key;     // fp16 sort key of every entry (float rows of fp16 values)
+    std::vector<W> weight_in;                // every entry's weight, when the input is not contiguous
+    std::vector<std::uint32_t> group_of;     // every entry's distinct value (index into distinct_value)
+    occurrence_ranks ranks;                   // of the reduced keys, or of their top bits (buckets)
+    std::vector<std::uint16_t> distinct_key;  // reduced key of each distinct value (keys below 2^16)
+    std::vector<std::uint32_t> histogram;     // grouping by sort: digit counts of the two passes
+    std::vector<sort_item<T>> items, items_scratch;  // grouping by sort: (reduced key, index)
+    std::vector<double> distinct_value, distinct_weight;  // distinct values ascending, summed weights
+    std::vector<std::uint8_t> distinct_label;             // label of each distinct value
+    std::vector<double> value, weight, shifted;  // positive-weight groups ascending; shifted = value - pivot
+    dp_direction forward, backward;          // forward.s0..s2 are the prefix sums of the groups
+    std::vector<std::uint32_t> cluster_end;  // cluster c is groups [cluster_end[c - 1], cluster_end[c])
     lloyd_scratch lloyd;
     std::vector<double> best_centre;
-    std::vector<T> threshold;                  // labels: x >= threshold[i] means past distinct centroid i
-    std::vector<T> distinct;                   // the distinct centroids
-    std::vector<std::uint8_t> distinct_first;  // first index of each distinct centroid
 };
 
-/// LSD radix sort of the items by key. Keys are first reduced to the bits that vary,
-/// (key - min) >> (trailing zeros common to all), so fp16 rows need two passes over at most 11-bit digits
-/// and float rows three. Real rows crowd into few leading digits, and counting consecutive equal digits
-/// waits on the previous increment; so the items are handled as four interleaved streams with counters of
-/// their own (offsets in stream order keep the sort stable).
-template <class T, class W>
-void radix_sort(workspace<T, W>& ws, std::size_t n, key_t<T> low, key_t<T> high, key_t<T> ones) {
-    using K = key_t<T>;
-    constexpr std::size_t streams = 4;
-    ws.key_low = 0;
-    ws.key_shift = 0;
-    if (low == high) return;
-    sort_item<T, W>* source = ws.items.data();
-    const int shift = std::countr_zero(ones);  // every key, so every key - low, has this many trailing zeros
-    const int width = static_cast<int>(std::bit_width(static_cast<K>((high - low) >> shift)));
-    const int passes = (width + 10) / 11;
-    const int digit_bits = (width + passes - 1) / passes;
-    const std::size_t radix = std::size_t{1} << digit_bits;
-    const K mask = static_cast<K>(radix - 1);
-    ws.key_low = low;
-    ws.key_shift = shift;
-    // Stream s is items [bound[s], bound[s + 1]); counters of pass p, stream s, digit d at
-    // ((p * streams) + s) * radix + d.
-    std::size_t bound[streams + 1];
-    for (std::size_t s = 0; s <= streams; ++s) bound[s] = n * s / streams;
-    const std::size_t shortest = n / streams;  // every stream has at least this many items
-    ws.histogram.assign(radix * streams * static_cast<std::size_t>(passes), 0);
-    std::uint32_t* histogram = ws.histogram.data();
-    // The first pass's counters now, with the key reduction; later passes count the order they receive.
-    const auto count_item = [&](std::size_t s, std::size_t i) {
-        const K key = (source[i].key - low) >> shift;
-        source[i].key = key;
-        ++histogram[s * radix + (key & mask)];
-    };
-    for (std::size_t t = 0; t < shortest; ++t)
-        for (std::size_t s = 0; s < streams; ++s) count_item(s, bound[s] + t);
-    for (std::size_t s = 0; s < streams; ++s)
-        for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) count_item(s, i);
-    ws.items_scratch.resize(n);
-    sort_item<T, W>* target = ws.items_scratch.data();
-    for (int p = 0; p < passes; ++p) {
-        std::uint32_t* count = histogram + static_cast<std::size_t>(p) * streams * radix;
-        const int digit_shift = p * digit_bits;
-        if (p > 0) {  // the items moved: count this pass's digits per stream of the current order
-            for (std::size_t t = 0; t < shortest; ++t)
-                for (std::size_t s = 0; s < streams; ++s) ++count[s * radix + ((source[bound[s] + t].key >> digit_shift) & mask)];
-            for (std::size_t s = 0; s < streams; ++s)
-                for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) ++count[s * radix + ((source[i].key >> digit_shift) & mask)];
+/// The value of an original key: 16-bit keys are half_sort_keys of fp16 values, wider ones sort_keys of T.
+template <class T, class K>
+double key_value(K key) noexcept {
+    if constexpr (std::is_same_v<K, std::uint16_t>)
+        return static_cast<double>(value_of_half_key(key));
+    else
+        return static_cast<double>(value_of_key<T>(key));
+}
+
+/// values[j] = key_value(low + (reduced[j] << shift)) for j < count.
+template <class T, class K>
+void decode_keys(const std::uint16_t* reduced, std::size_t count, K low, int shift, double* values) {
+    std::size_t j = 0;
+#if defined(__AVX2__) && defined(__F16C__)
+    if constexpr (std::is_same_v<K, std::uint16_t>) {  // fp16 keys (shift 0), eight at a time
+        const __m128i offset = _mm_set1_epi16(static_cast<short>(low ^ 0x8000u));
+        for (; j + 8 <= count; j += 8) {
+            // key - 0x8000 as a signed number is +-magnitude: the fp16 bits are |that| with the sign bit.
+            const __m128i centred = _mm_add_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(reduced + j)), offset);
+            const __m128i half = _mm_or_si128(_mm_abs_epi16(centred), _mm_and_si128(_mm_srai_epi16(centred, 15), _mm_set1_epi16(static_cast<short>(0x8000))));
+            const __m256 v = _mm256_cvtph_ps(half);
+            _mm256_storeu_pd(values + j, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+            _mm256_storeu_pd(values + j + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
         }
-        std::uint32_t offset = 0;
-        for (std::size_t d = 0; d < radix; ++d)
-            for (std::size_t s = 0; s < streams; ++s) {
-                const std::uint32_t c = count[s * radix + d];
-                count[s * radix + d] = offset;
-                offset += c;
-            }
-        const auto move_item = [&](std::size_t s, std::size_t i) {
-            target[count[s * radix + ((source[i].key >> digit_shift) & mask)]++] = source[i];
-        };
-        for (std::size_t t = 0; t < shortest; ++t)
-            for (std::size_t s = 0; s < streams; ++s) move_item(s, bound[s] + t);
-        for (std::size_t s = 0; s < streams; ++s)
-            for (std::size_t i = bound[s] + shortest; i < bound[s + 1]; ++i) move_item(s, i);
-        std::swap(source, target);
     }
-    if (source != ws.items.data()) std::copy(source, source + n, ws.items.data());
+#endif
+    for (; j < count; ++j) values[j] = key_value<T>(static_cast<K>((static_cast<K>(reduced[j]) << shift) + low));
+}
+
+/// Groups the n entries by value: fills ws.distinct_value (ascending, as double), ws.distinct_weight (each
+/// value's summed weight, added in entry order; every weight counts 1 when `weights` is null) and
+/// ws.group_of (each entry's distinct value); returns the number of distinct values. `key` holds sort keys
+/// (16-bit keys: half_sort_keys of fp16 values), from low to high, reduced first to the bits that vary,
+/// (key - low) >> (trailing zeros common to all keys, from `ones`).
+/// - When the reduced keys span fewer than 2^16 values (fp16 data, bfloat16 data in a float) and not many
+///   more than there are entries, their occurrence ranks are the distinct values' indices: no sorting.
+/// - Otherwise an LSD radix sort orders (key, index) pairs by their top 22 or fewer key bits, and the few
+///   runs that share those bits are sorted by full key.
+template <class T, class W, class K>
+std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const W* weights, K low, K high, K ones) {
+    static_assert(sizeof(K) <= sizeof(key_t<T>));
+    using wide = key_t<T>;
+    const int shift = std::countr_zero(ones);  // ones != 0: no finite value has the zero key
+    const K span = static_cast<K>((high - low) >> shift);  // reduced keys lie in [0, span]
+    const auto reduced = [&](std::size_t i) { return static_cast<K>((key[i] - low) >> shift); };
+    ws.group_of.resize(n);
+    std::uint32_t* group_of = ws.group_of.data();
+    const auto weight = [&](std::size_t i) { return weights != nullptr ? static_cast<double>(weights[i]) : 1.0; };
+    occurrence_ranks& ranks = ws.ranks;
+    if (span < 65536 && span / 16 <= n) {
+        const std::size_t d = ranks.build(n, static_cast<std::size_t>(span), reduced);
+        ws.distinct_weight.assign(d, 0.0);
+        ws.distinct_key.resize(d);
+        double* distinct_weight = ws.distinct_weight.data();
+        std::uint16_t* distinct_key = ws.distinct_key.data();
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t r = reduced(i);
+            const std::uint32_t rank = ranks.rank(r);
+            group_of[i] = rank;
+            distinct_key[rank] = static_cast<std::uint16_t>(r);
+            distinct_weight[rank] += weight(i);
+        }
+        ws.distinct_value.resize(d);
+        decode_keys<T>(distinct_key, d, low, shift, ws.distinct_value.data());
+        return d;
+    }
+    // LSD radix sort by the top 22 or fewer bits, in two passes of at most 11-bit digits (their counters
+    // stay in L1); entries that share those bits, rare beyond fp16 data, are then sorted by full key.
+    const int width = static_cast<int>(std::bit_width(span));
+    const int sort_bits = std::min(width, 22);
+    const int low_bits = width - sort_bits;
+    const int passes = sort_bits > 11 ? 2 : 1;
+    const int digit_bits = (sort_bits + passes - 1) / passes;
+    const std::size_t radix = std::size_t{1} << digit_bits;
+    const wide digit_mask = static_cast<wide>(radix - 1);
+    ws.histogram.assign(2 * radix, 0);
+    std::uint32_t* count = ws.histogram.data();
+    ws.items.resize(n);
+    ws.items_scratch.resize(n);
+    sort_item<T>* items = ws.items.data();
+    sort_item<T>* scratch = ws.items_scratch.data();
+    for (std::size_t i = 0; i < n; ++i) {
+        const wide r = reduced(i);
+        scratch[i] = {r, static_cast<std::uint32_t>(i)};
+        ++count[(r >> low_bits) & digit_mask];
+        ++count[radix + ((r >> (low_bits + digit_bits)) & digit_mask)];
+    }
+    for (int p = 0; p < passes; ++p) {
+        std::uint32_t* offset = count + static_cast<std::size_t>(p) * radix;
+        std::uint32_t total = 0;
+        for (std::size_t digit = 0; digit < radix; ++digit) {
+            const std::uint32_t c = offset[digit];
+            offset[digit] = total;
+            total += c;
+        }
+        const int digit_shift = low_bits + p * digit_bits;
+        for (std::size_t i = 0; i < n; ++i) items[offset[(scratch[i].key >> digit_shift) & digit_mask]++] = scratch[i];
+        std::swap(items, scratch);
+    }
+    std::swap(items, scratch);  // the sorted order is in `items`
+    if (low_bits > 0) {
+        // Runs that share the sorted bits, by full key (ties stay in entry order): insertion sort for short
+        // runs, std::sort (with the index as the tie-break) for long ones.
+        const auto before = [](const sort_item<T>& x, const sort_item<T>& y) { return x.key < y.key || (x.key == y.key && x.index < y.index); };
+        for (std::size_t begin = 0; begin < n;) {
+            const wide top = items[begin].key >> low_bits;
+            std::size_t end = begin + 1;
+            while (end < n && (items[end].key >> low_bits) == top) ++end;
+            if (end - begin > 32) {
+                std::sort(items + begin, items + end, before);
+            } else {
+                for (std::size_t j = begin + 1; j < end; ++j) {
+                    const sort_item<T> item = items[j];
+                    std::size_t at = j;
+                    for (; at > begin && item.key < items[at - 1].key; --at) items[at] = items[at - 1];
+                    items[at] = item;
+                }
+            }
+            begin = end;
+        }
+    }
+    // Runs of equal keys are the distinct values.
+    ws.distinct_weight.resize(n);
+    ws.distinct_value.resize(n);
+    double* distinct_weight = ws.distinct_weight.data();
+    double* distinct_value = ws.distinct_value.data();
+    std::size_t d = 0;
+    for (std::size_t i = 0; i < n;) {
+        const wide r = items[i].key;
+        double w = 0;
+        for (; i < n && items[i].key == r; ++i) {
+            w += weight(items[i].index);
+            group_of[items[i].index] = static_cast<std::uint32_t>(d);
+        }
+        distinct_value[d] = key_value<T>(static_cast<K>((static_cast<K>(r) << shift) + low));
+        distinct_weight[d] = w;
+        ++d;
+    }
+    return d;
 }
 
 /// How many Lloyd iterations the exact method spends on its upper bound: the bound only has to be
@@ -878,74 +1021,6 @@ void lloyd_partition(Workspace& ws, std::size_t m, std::size_t k, const kmeans_o
     }
 }
 
-/// Labels every value with its nearest centroid, the lowest index on ties. With d distinct centroids
-/// u_0 < ... < u_(d-1), x is past u_i when x > (u_i + u_(i+1)) / 2; threshold[i] is the smallest T above
-/// that midpoint (in double), so #{i : x >= threshold[i]} is the nearest distinct centroid, up to rounding
-/// of the midpoint; a last comparison of the distances to the neighbours, computed as |x - u| in double,
-/// settles values within rounding of a midpoint. The label is the first index of that centroid.
-template <class T, class W>
-void assign_labels(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t n, std::uint8_t* labels) {
-    ws.threshold.clear();
-    ws.distinct.assign(1, centroids[0]);
-    ws.distinct_first.assign(1, 0);
-    for (std::size_t c = 1; c < centroids.size(); ++c)
-        if (centroids[c] != centroids[c - 1]) {
-            const double middle = 0.5 * (static_cast<double>(centroids[c - 1]) + static_cast<double>(centroids[c]));
-            auto t = static_cast<T>(middle);
-            if (static_cast<double>(t) <= middle) t = std::nextafter(t, std::numeric_limits<T>::infinity());
-            ws.threshold.push_back(t);
-            ws.distinct.push_back(centroids[c]);
-            ws.distinct_first.push_back(static_cast<std::uint8_t>(c));
-        }
-    const T* x = ws.x.data();
-    const T* threshold = ws.threshold.data();
-    const std::size_t count = ws.threshold.size();
-    const T* u = ws.distinct.data();
-    const std::uint8_t* first = ws.distinct_first.data();
-    const auto label_of = [&](std::size_t p, T value) {
-        const auto v = static_cast<double>(value);
-        if (p + 1 <= count && static_cast<double>(u[p + 1]) - v < v - static_cast<double>(u[p])) ++p;
-        else if (p > 0 && v - static_cast<double>(u[p - 1]) <= static_cast<double>(u[p]) - v) --p;
-        return first[p];
-    };
-    std::size_t i = 0;
-    if (count <= 32) {  // few thresholds: count them, vectorised over values
-#if defined(__AVX2__)
-        if constexpr (std::is_same_v<T, float>) {
-            for (; i + 8 <= n; i += 8) {
-                const __m256 v = _mm256_loadu_ps(x + i);
-                __m256i past = _mm256_setzero_si256();
-                for (std::size_t t = 0; t < count; ++t)
-                    past = _mm256_sub_epi32(past, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(threshold[t]), _CMP_GE_OQ)));
-                alignas(32) std::int32_t lanes[8];
-                _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
-                for (std::size_t lane = 0; lane < 8; ++lane)
-                    labels[i + lane] = label_of(static_cast<std::size_t>(lanes[lane]), x[i + lane]);
-            }
-        } else {
-            for (; i + 4 <= n; i += 4) {
-                const __m256d v = _mm256_loadu_pd(x + i);
-                __m256i past = _mm256_setzero_si256();
-                for (std::size_t t = 0; t < count; ++t)
-                    past = _mm256_sub_epi64(past, _mm256_castpd_si256(_mm256_cmp_pd(v, _mm256_set1_pd(threshold[t]), _CMP_GE_OQ)));
-                alignas(32) std::int64_t lanes[4];
-                _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), past);
-                for (std::size_t lane = 0; lane < 4; ++lane)
-                    labels[i + lane] = label_of(static_cast<std::size_t>(lanes[lane]), x[i + lane]);
-            }
-        }
-#endif
-        for (; i < n; ++i) {
-            std::size_t past = 0;
-            for (std::size_t t = 0; t < count; ++t) past += x[i] >= threshold[t] ? 1 : 0;
-            labels[i] = label_of(past, x[i]);
-        }
-    } else {  // many thresholds: binary search
-        for (; i < n; ++i)
-            labels[i] = label_of(static_cast<std::size_t>(std::upper_bound(threshold, threshold + count, x[i]) - threshold), x[i]);
-    }
-}
-
 /// a * b + c, fused where the target has FMA (as the vectorised first pass does), so that both ways of
 /// reading a row round alike; plain elsewhere (no slow software fma).
 inline double multiply_add(double a, double b, double c) {
@@ -956,13 +1031,69 @@ inline double multiply_add(double a, double b, double c) {
 #endif
 }
 
-/// Step 1 for contiguous float values and weights, eight at a time: the same keys, copies, key range and
-/// sums as the generic loop, whose sums use the same eight lanes and order, so that results never depend
-/// on how the row is stored. Returns
-/// the number of entries done; `suspect` is set if some value or weight may be invalid (the caller then
-/// checks them one by one, which also accepts -0.0 weights).
-inline std::size_t read_floats(const float* values, const float* weights, std::size_t n, float* x,
-                               sort_item<float, float>* items, std::uint32_t& low, std::uint32_t& high,
+/// Adds w[g] (v[g] - c)^2 to partial[g % 4] for the groups g in [begin, end).
+inline void add_squares(const double* v, const double* w, std::size_t begin, std::size_t end, double c, double* partial) {
+    const auto add = [&](std::size_t g) {
+        const double e = v[g] - c;
+        partial[g % 4] = multiply_add(w[g] * e, e, partial[g % 4]);
+    };
+    std::size_t g = begin;
+#if defined(__AVX2__) && defined(__FMA__)
+    for (; g < end && g % 4 != 0; ++g) add(g);
+    if (g + 4 <= end) {
+        const __m256d centre = _mm256_set1_pd(c);
+        __m256d sum = _mm256_loadu_pd(partial);
+        for (; g + 4 <= end; g += 4) {
+            const __m256d e = _mm256_sub_pd(_mm256_loadu_pd(v + g), centre);
+            sum = _mm256_fmadd_pd(_mm256_mul_pd(_mm256_loadu_pd(w + g), e), e, sum);
+        }
+        _mm256_storeu_pd(partial, sum);
+    }
+#endif
+    for (; g < end; ++g) add(g);
+}
+
+/// Labels the d distinct values (ws.distinct_label) with their nearest centroid, the lowest index when two
+/// are equally near, and returns the objective, sum w (v - c)^2 over the m positive-weight groups. With the
+/// distinct centroids u_0 < u_1 < ..., a value v goes past u_p when u_(p+1) - v < v - u_p in double, a test
+/// that is monotone in v (and in p), so the values of each centroid form one run of the sorted values,
+/// found by binary search (in the distinct values for the labels, in the groups for the objective, whose
+/// sum then does not depend on zero-weight entries).
+template <class T, class W>
+double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t d, std::size_t m) {
+    ws.distinct_label.resize(d);
+    const double* distinct = ws.distinct_value.data();
+    const double* value = ws.value.data();
+    std::uint8_t* label = ws.distinct_label.data();
+    const std::size_t k = centroids.size();
+    double partial[4] = {};
+    std::size_t begin = 0, group_begin = 0;
+    for (std::size_t c = 0; c < k;) {
+        std::size_t next = c + 1;  // the next distinct centroid
+        while (next < k && centroids[next] == centroids[c]) ++next;
+        const auto u = static_cast<double>(centroids[c]);
+        std::size_t end = d, group_end = m;
+        if (next < k) {
+            const auto u_next = static_cast<double>(centroids[next]);
+            const auto nearer_u = [&](double x) { return !(u_next - x < x - u); };
+            end = static_cast<std::size_t>(std::partition_point(distinct + begin, distinct + d, nearer_u) - distinct);
+            group_end = static_cast<std::size_t>(std::partition_point(value + group_begin, value + m, nearer_u) - value);
+        }
+        std::fill(label + begin, label + end, static_cast<std::uint8_t>(c));
+        add_squares(value, ws.weight.data(), group_begin, group_end, u, partial);
+        begin = end;
+        group_begin = group_end;
+        c = next;
+    }
+    return (partial[0] + partial[1]) + (partial[2] + partial[3]);
+}
+
+/// Step 1 for contiguous float values and weights, eight at a time: the same keys, key range and sums as
+/// the generic loop, whose sums use the same eight lanes and order, so that results never depend on how
+/// the row is stored. Returns the number of entries done; `suspect` is set if some value or weight may be
+/// invalid (the caller then checks them one by one, which also accepts -0.0 weights).
+inline std::size_t read_floats(const float* values, const float* weights, std::size_t n, std::uint32_t* keys,
+                               std::uint16_t* half_keys, bool& half_exact, std::uint32_t& low, std::uint32_t& high,
                                std::uint32_t& ones, double& weight_total, double& weighted_sum, bool& suspect) {
     std::size_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -972,6 +1103,7 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
         const __m256i infinity = _mm256_set1_epi32(0x7f800000);
         __m256i low_v = _mm256_set1_epi32(-1), high_v = _mm256_setzero_si256(), ones_v = high_v, bad = high_v;
         __m256d weight0 = _mm256_setzero_pd(), weight1 = weight0, sum0 = weight0, sum1 = weight0;
+        __m256i inexact = _mm256_setzero_si256();
         for (; i + 8 <= n; i += 8) {
             const __m256 v = _mm256_loadu_ps(values + i);
             const __m256 w = _mm256_loadu_ps(weights + i);
@@ -989,11 +1121,17 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
             low_v = _mm256_min_epu32(low_v, key);
             high_v = _mm256_max_epu32(high_v, key);
             ones_v = _mm256_or_si256(ones_v, key);
-            _mm256_storeu_ps(x + i, v);
-            const __m256i pairs_low = _mm256_unpacklo_epi32(key, weight_bits);   // k0 w0 k1 w1 | k4 w4 k5 w5
-            const __m256i pairs_high = _mm256_unpackhi_epi32(key, weight_bits);  // k2 w2 k3 w3 | k6 w6 k7 w7
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(items + i), _mm256_permute2x128_si256(pairs_low, pairs_high, 0x20));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(items + i + 4), _mm256_permute2x128_si256(pairs_low, pairs_high, 0x31));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + i), key);
+#if defined(__F16C__)
+            // The fp16 key (same formula in 16 bits), and whether the value is exactly an fp16 value.
+            const __m128i half = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            inexact = _mm256_or_si256(inexact, _mm256_xor_si256(_mm256_castps_si256(_mm256_cvtph_ps(half)), bits));
+            const __m128i half_negative = _mm_srai_epi16(half, 15);
+            const __m128i half_magnitude = _mm_and_si128(half, _mm_set1_epi16(0x7fff));
+            const __m128i half_key = _mm_add_epi16(_mm_set1_epi16(static_cast<short>(0x8000)),
+                                                   _mm_sub_epi16(_mm_xor_si128(half_magnitude, half_negative), half_negative));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(half_keys + i), half_key);
+#endif
             const __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(w));
             const __m256d w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
             weight0 = _mm256_add_pd(weight0, w0);
@@ -1009,6 +1147,9 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
         _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), ones_v);
         for (const std::uint32_t lane : lanes) ones |= lane;
         suspect = suspect || !_mm256_testz_si256(bad, bad);
+#if defined(__F16C__)
+        half_exact = _mm256_testz_si256(inexact, inexact) != 0;
+#endif
         alignas(32) double totals[4];
         _mm256_store_pd(totals, _mm256_add_pd(weight0, weight1));
         weight_total += (totals[0] + totals[1]) + (totals[2] + totals[3]);
@@ -1016,7 +1157,7 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
         weighted_sum += (totals[0] + totals[1]) + (totals[2] + totals[3]);
     }
 #else
-    (void)values, (void)weights, (void)n, (void)x, (void)items, (void)low, (void)high, (void)ones, (void)weight_total,
+    (void)values, (void)weights, (void)n, (void)keys, (void)half_keys, (void)half_exact, (void)low, (void)high, (void)ones, (void)weight_total,
         (void)weighted_sum, (void)suspect;
 #endif
     return i;
@@ -1029,22 +1170,25 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
              std::size_t n, std::size_t k, const kmeans_options& options, workspace<T, W>& ws,
              kmeans_result<T>& result) {
     using K = key_t<T>;
-    // 1. One pass over the input: checks, sort keys with weights, key range, weight sums.
-    ws.x.resize(n);
-    ws.items.resize(n);
-    T* x = ws.x.data();
-    sort_item<T, W>* items = ws.items.data();
+    // 1. One pass over the input: checks, sort keys, key range, weight sums (and a copy of the weights
+    //    when they are not stored contiguously).
+    ws.key.resize(n);
+    K* keys = ws.key.data();
+    if (weights == nullptr) ws.weight_in.resize(n);
     K low = std::numeric_limits<K>::max(), high = 0, ones = 0;
     double weight_total = 0, weighted_sum = 0;
     std::size_t i = 0;
+    bool half_exact = false;  // every value is an fp16 value, and ws.half_key holds their fp16 keys
     if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
         if (values != nullptr && weights != nullptr) {
             bool suspect = false;
-            i = read_floats(values, weights, n, x, items, low, high, ones, weight_total, weighted_sum, suspect);
+            ws.half_key.resize(n);
+            i = read_floats(values, weights, n, keys, ws.half_key.data(), half_exact, low, high, ones, weight_total,
+                            weighted_sum, suspect);
             if (Check && suspect)
                 for (std::size_t j = 0; j < i; ++j)
-                    if (!(std::isfinite(x[j]) && std::isfinite(weights[j]) && weights[j] >= 0)) {
-                        require(std::isfinite(x[j]), where, ": values[", j, "] = ", x[j], " is not finite");
+                    if (!(std::isfinite(values[j]) && std::isfinite(weights[j]) && weights[j] >= 0)) {
+                        require(std::isfinite(values[j]), where, ": values[", j, "] = ", values[j], " is not finite");
                         require(std::isfinite(weights[j]), where, ": weights[", j, "] = ", weights[j], " is not finite");
                         fail(where, ": weights[", j, "] = ", weights[j], " is negative");
                     }
@@ -1065,8 +1209,15 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
             }
         }
         const K key = sort_key<T>(v);
-        x[i] = v;
-        items[i] = {key, w};
+        keys[i] = key;
+        if constexpr (std::is_same_v<T, float>) {
+            if (half_exact) {  // the tail after read_floats
+                const std::uint16_t half = float_to_half_bits(v);
+                half_exact = std::bit_cast<std::uint32_t>(half_bits_to_float(half)) == std::bit_cast<std::uint32_t>(v);
+                ws.half_key[i] = half_sort_key(half);
+            }
+        }
+        if (weights == nullptr) ws.weight_in[i] = w;
         low = std::min(low, key);
         high = std::max(high, key);
         ones |= key;
@@ -1094,43 +1245,59 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     if (equal_weights) {
         weight_total = static_cast<double>(n);
         weighted_sum = 0;
-        for (std::size_t i = 0; i < n; ++i) weighted_sum += static_cast<double>(x[i]);
+        for (std::size_t j = 0; j < n; ++j) weighted_sum += static_cast<double>(value_at(j));
     }
     // The weighted mean: prefix sums of values shifted by it keep their precision.
     const double pivot = weighted_sum / weight_total;
-    // 2. Sort, then merge equal values into groups with summed weights; zero-weight groups drop out of
-    //    the optimisation (they are labelled with the rest at the end).
-    radix_sort(ws, n, low, high, ones);
-    items = ws.items.data();
-    ws.value.resize(n);
-    ws.weight.resize(n);
-    ws.shifted.resize(n);
+    // 2. Distinct values with summed weights; those of positive weight, with prefix sums of w, w y and
+    //    w y^2 (y = value - pivot), are the groups the methods cluster (the others are only labelled).
+    const W* weight_of = equal_weights ? nullptr : (weights != nullptr ? weights : ws.weight_in.data());
+    std::size_t d = 0;
+    if (half_exact) {  // fp16 data: fp16 keys span at most 2^16 values, with no gap below the subnormals
+        const auto half_key = [](K key) { return half_sort_key(float_to_half_bits(value_of_key<T>(key))); };
+        d = group_values(ws, n, ws.half_key.data(), weight_of, half_key(low), half_key(high), std::uint16_t{1});
+    } else {
+        d = group_values(ws, n, keys, weight_of, low, high, ones);
+    }
+    ws.value.resize(d);
+    ws.weight.resize(d);
+    ws.shifted.resize(d);
     auto& s0 = ws.forward.s0;
     auto& s1 = ws.forward.s1;
     auto& s2 = ws.forward.s2;
-    s0.resize(n + 1);
-    s1.resize(n + 1);
-    s2.resize(n + 1);
-    s0[0] = s1[0] = s2[0] = 0;
+    s0.resize(d + 1);
+    s1.resize(d + 1);
+    s2.resize(d + 1);
     std::size_t m = 0;
-    constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
-    for (std::size_t i = 0; i < n;) {
-        const K key = items[i].key;
-        double w = 0;
-        std::size_t j = i;
-        for (; j < n && items[j].key == key; ++j) w += equal_weights ? 1.0 : static_cast<double>(items[j].weight);
-        i = j;
-        if (!(w > 0)) continue;
-        const K original = static_cast<K>((key << ws.key_shift) + ws.key_low);
-        const T v = std::bit_cast<T>(original >= sign ? static_cast<K>(original - sign) : static_cast<K>(sign | (sign - original)));
-        const double y = static_cast<double>(v) - pivot;
-        ws.value[m] = static_cast<double>(v);
-        ws.weight[m] = w;
-        ws.shifted[m] = y;
-        s0[m + 1] = s0[m] + w;
-        s1[m + 1] = s1[m] + w * y;
-        s2[m + 1] = s2[m] + w * y * y;
-        ++m;
+    {
+        // Running sums in registers and raw pointers: through the vectors, every store could alias the
+        // next iteration's loads, which then wait on the stores.
+        const double* distinct_weight = ws.distinct_weight.data();
+        const double* distinct_value = ws.distinct_value.data();
+        double* value = ws.value.data();
+        double* weight = ws.weight.data();
+        double* shifted = ws.shifted.data();
+        double* p0 = s0.data();
+        double* p1 = s1.data();
+        double* p2 = s2.data();
+        double sum0 = 0, sum1 = 0, sum2 = 0;
+        p0[0] = p1[0] = p2[0] = 0;
+        for (std::size_t g = 0; g < d; ++g) {
+            const double w = distinct_weight[g];
+            if (!(w > 0)) continue;
+            const double v = distinct_value[g];
+            const double y = v - pivot;
+            value[m] = v;
+            weight[m] = w;
+            shifted[m] = y;
+            sum0 = sum0 + w;
+            sum1 = sum1 + w * y;
+            sum2 = sum2 + w * y * y;
+            ++m;
+            p0[m] = sum0;
+            p1[m] = sum1;
+            p2[m] = sum2;
+        }
     }
     require(std::isfinite(s2[m]), where, ": sum of weights * values^2 = ", s2[m], " overflows double");
     // 3. Centroids.
@@ -1159,21 +1326,13 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
             std::sort(result.centroids.begin(), result.centroids.end());
         }
     }
-    // 4. Labels for every entry; the objective over the positive-weight groups (zero weights add nothing),
-    //    each going to its nearest centroid in one merge-like pass.
+    // 4. Labels and the objective, once per distinct value; then every entry takes its value's label.
+    result.objective = label_groups(ws, result.centroids, d, m);
     result.labels.resize(n);
-    assign_labels(ws, result.centroids, n, result.labels.data());
-    double partial[4] = {};  // four running sums (group g into g % 4) keep the additions from queueing
-    std::size_t nearest = 0;
-    const auto& centroid = result.centroids;
-    for (std::size_t g = 0; g < m; ++g) {
-        const double v = ws.value[g];
-        while (nearest + 1 < k && static_cast<double>(centroid[nearest + 1]) - v < v - static_cast<double>(centroid[nearest]))
-            ++nearest;
-        const double d = v - static_cast<double>(centroid[nearest]);
-        partial[g % 4] += ws.weight[g] * d * d;
-    }
-    result.objective = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+    const std::uint32_t* group_of = ws.group_of.data();
+    const std::uint8_t* distinct_label = ws.distinct_label.data();
+    std::uint8_t* labels = result.labels.data();
+    for (std::size_t j = 0; j < n; ++j) labels[j] = distinct_label[group_of[j]];
 }
 
 template <class T, class W>
@@ -1248,35 +1407,16 @@ auto weighted_kmeans_rows(const ValuesMatrix& values, const WeightsMatrix& weigh
             }
         }
     std::vector<kmeans_result<T>> results(static_cast<std::size_t>(rows));
-    std::exception_ptr first_error;
-    Eigen::Index first_error_row = rows;
     const auto n = static_cast<std::size_t>(cols);
-#ifdef _OPENMP
-    const int thread_count = threads > 0 ? threads : omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count)
-#endif
-    for (Eigen::Index r = 0; r < rows; ++r) {
-        try {
-            const auto value_row = values.row(r);
-            const auto weight_row = weights.row(r);
-            detail::kmeans::cluster<false>(
-                where, [&](std::size_t c) { return values.coeff(r, static_cast<Eigen::Index>(c)); },
-                [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); },
-                detail::kmeans::contiguous_data(value_row), detail::kmeans::contiguous_data(weight_row), n,
-                static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(),
-                results[static_cast<std::size_t>(r)]);
-        } catch (...) {
-#ifdef _OPENMP
-#pragma omp critical(sqz_kmeans_rows_error)
-#endif
-            if (r < first_error_row) {
-                first_error_row = r;
-                first_error = std::current_exception();
-            }
-        }
-    }
-    (void)threads;
-    if (first_error) std::rethrow_exception(first_error);
+    detail::parallel_for(rows, threads, [&](Eigen::Index r, int) {
+        const auto value_row = values.row(r);
+        const auto weight_row = weights.row(r);
+        detail::kmeans::cluster<false>(
+            where, [&](std::size_t c) { return values.coeff(r, static_cast<Eigen::Index>(c)); },
+            [&](std::size_t c) { return weights.coeff(r, static_cast<Eigen::Index>(c)); },
+            detail::kmeans::contiguous_data(value_row), detail::kmeans::contiguous_data(weight_row), n,
+            static_cast<std::size_t>(k), options, detail::kmeans::thread_workspace<T, W>(), results[static_cast<std::size_t>(r)]);
+    });
     return results;
 }
 

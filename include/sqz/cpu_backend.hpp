@@ -248,8 +248,9 @@ template <int Bits>
 void avx2_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x, float* y, int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         grouped_rows<cpu_layout::group_rows>(
-            first, end, [&](std::size_t i) { avx2::exact_row<Bits>(m, i, xp, x, y); },
-            [&](std::size_t i) { avx2::exact_group<Bits>(m, i, xp, x, y); });
+            first, end, [&](std::size_t i) { avx2::exact_row<Bits>(m, i, xp, y); },
+            [&](std::size_t i) { avx2::exact_group<Bits>(m, i, xp, y); });
+        avx2::add_sparse_rows(m, first, end, x, y);
     });
 }
 
@@ -258,8 +259,9 @@ void avx2_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<fl
                int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         grouped_rows<int8_rows_together>(
-            first, end, [&](std::size_t i) { avx2::int8_rows<Bits, 1>(m, i, a, x, y); },
-            [&](std::size_t i) { avx2::int8_rows<Bits, int8_rows_together>(m, i, a, x, y); });
+            first, end, [&](std::size_t i) { avx2::int8_rows<Bits, 1>(m, i, a, y); },
+            [&](std::size_t i) { avx2::int8_rows<Bits, int8_rows_together>(m, i, a, y); });
+        avx2::add_sparse_rows(m, first, end, x, y);
     });
 }
 

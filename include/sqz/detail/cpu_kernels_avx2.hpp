@@ -20,7 +20,8 @@
 // sequential stream, prefetched ahead): the int8 kernel slot by slot, loading each activation
 // vector once for four rows; the exact kernel tile by tile, row after row, reloading each row's
 // table from L1 (it is limited by its shuffles, and registers are scarce).
-// The sparse part is added per row with 8-wide gathers, its CSR entries prefetched a group ahead.
+// The sparse part is a second pass over each row block right after its dense part (add_sparse_rows),
+// per row with 8-wide gathers in two chains, its CSR entries prefetched a few rows ahead.
 #pragma once
 
 #include <sqz/detail/cpu_features.hpp>
@@ -103,10 +104,19 @@ SQZ_AVX2_TARGET inline double sparse_row_dot(const cpu_matrix_view<float>& m, st
     std::int32_t k = m.row_ptr[row];
     const std::int32_t end = m.row_ptr[row + 1];
     __m256 acc = _mm256_setzero_ps();
-    for (; k + 8 <= end; k += 8) {
+    __m256 acc2 = _mm256_setzero_ps();
+    for (; k + 16 <= end; k += 16) {  // two independent chains
+        const __m256i columns = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.col + k));
+        const __m256i columns2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.col + k + 8));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(m.val + k), _mm256_i32gather_ps(x, columns, 4), acc);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(m.val + k + 8), _mm256_i32gather_ps(x, columns2, 4), acc2);
+    }
+    if (k + 8 <= end) {
         const __m256i columns = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.col + k));
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(m.val + k), _mm256_i32gather_ps(x, columns, 4), acc);
+        k += 8;
     }
+    acc = _mm256_add_ps(acc, acc2);
     if (k < end) {
         const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(end - k), lanes);
@@ -116,6 +126,18 @@ SQZ_AVX2_TARGET inline double sparse_row_dot(const cpu_matrix_view<float>& m, st
         acc = _mm256_add_ps(acc, _mm256_mul_ps(values, gathered));
     }
     return static_cast<double>(horizontal_sum(acc));
+}
+
+/// Adds the sparse part of rows [first, end) to y (which holds their dense part): a separate pass
+/// over a row block right after its dense part, while y is in L1, so that the gathers do not stall
+/// the stream of codes; the CSR entries are one sequential stream, prefetched a few rows ahead.
+SQZ_AVX2_TARGET inline void add_sparse_rows(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end,
+                                            const float* x, float* y) noexcept {
+    if (m.row_ptr == nullptr || m.row_ptr[first] == m.row_ptr[end]) return;
+    for (std::size_t i = first; i < end; ++i) {
+        prefetch_sparse_rows(m, i + sparse_prefetch_rows, i + sparse_prefetch_rows + 1);
+        y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_row_dot(m, i, x));
+    }
 }
 
 /// The 32 float weights of one slot of a 4-bit tile, in the unpack order of cpu_layout.hpp.
@@ -351,26 +373,24 @@ SQZ_AVX2_INLINE __m256d exact_tile(const std::uint8_t* table_bytes, const std::u
     return add_to_double(total, products.sum());
 }
 
-/// Row `row` alone (the rows after the last whole layout group): y = D x (x permuted, `xp`) + S x.
+/// Row `row` alone (the rows after the last whole layout group): y = D x, x permuted (`xp`); the
+/// sparse part is added afterwards (add_sparse_rows).
 template <int Bits>
-SQZ_AVX2_TARGET void exact_row(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, const float* x,
-                               float* y) noexcept {
+SQZ_AVX2_TARGET void exact_row(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, float* y) noexcept {
     const std::uint8_t* table = m.exact_tables + row * cpu_layout::exact_table_bytes;
     const std::uint8_t* tiles = m.row_tiles(row);
     __m256d total = _mm256_setzero_pd();
     for (std::size_t t = 0; t < m.tiles; ++t)
         total = exact_tile<Bits>(table, tiles + t * m.tile_stride(), xp + t * cpu_layout::tile_columns, total);
-    y[row] = static_cast<float>(horizontal_sum(total) + avx2::sparse_row_dot(m, row, x));
+    y[row] = static_cast<float>(horizontal_sum(total));
 }
 
 /// Rows [row, row + 4), one layout group (row a multiple of 4): tile by tile, the four rows' tiles in
 /// storage order, so the codes are one sequential stream (prefetched ahead). Each row's table is
 /// reloaded from L1 for every tile (loads are cheap here; registers are not).
 template <int Bits>
-SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, const float* x,
-                                 float* y) noexcept {
+SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, float* y) noexcept {
     constexpr std::size_t R = cpu_layout::group_rows;
-    prefetch_sparse_rows(m, row + sparse_prefetch_rows, row + sparse_prefetch_rows + R);
     const std::uint8_t* tables = m.exact_tables + row * cpu_layout::exact_table_bytes;
     const std::uint8_t* base = m.row_tiles(row);
     const std::size_t stride = m.tile_stride();
@@ -384,7 +404,7 @@ SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t ro
             total[r] = exact_tile<Bits>(tables + r * cpu_layout::exact_table_bytes, group_tiles + r * m.tile_bytes, xt, total[r]);
     }
     for (std::size_t r = 0; r < R; ++r)
-        y[row + r] = static_cast<float>(horizontal_sum(total[r]) + avx2::sparse_row_dot(m, row + r, x));
+        y[row + r] = static_cast<float>(horizontal_sum(total[r]));
 }
 
 // ---- int8 mode, matvec ----
@@ -405,8 +425,7 @@ SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint
 
 template <int Bits, int R>
 SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
-                               const float* x, float* y) noexcept {
-    prefetch_sparse_rows(m, row + sparse_prefetch_rows, row + sparse_prefetch_rows + R);
+                               float* y) noexcept {
     __m256i luts[R];
     __m256 total[R];
     for (int r = 0; r < R; ++r) {
@@ -430,7 +449,7 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
     for (int r = 0; r < R; ++r) {
         const std::size_t i = row + r;
         y[i] = static_cast<float>(static_cast<double>(m.int8_scale[i]) * static_cast<double>(horizontal_sum(total[r])) +
-                                  static_cast<double>(m.int8_lo[i]) * a.x_hat_sum + avx2::sparse_row_dot(m, i, x));
+                                  static_cast<double>(m.int8_lo[i]) * a.x_hat_sum);
     }
 }
 

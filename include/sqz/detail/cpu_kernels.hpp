@@ -23,7 +23,7 @@
 #define SQZ_CODE_PREFETCH 4096
 #endif
 #ifndef SQZ_SPARSE_PREFETCH_ROWS
-#define SQZ_SPARSE_PREFETCH_ROWS 4
+#define SQZ_SPARSE_PREFETCH_ROWS 12
 #endif
 
 namespace sqz::detail {

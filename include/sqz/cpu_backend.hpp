@@ -5,7 +5,8 @@
 //   sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = sqz::numeric_mode::int8});
 //
 // cpu_matrix repacks 1..4-bit codes into 256-column tiles (detail/cpu_layout.hpp) and keeps each row's
-// LUT as four byte planes (exact mode) and as 7-bit integers with a scale and an offset (int8 mode);
+// LUT in the form its width's exact decoder reads (cpu_layout::fill_exact_table) and as 7-bit integers
+// with a scale and an offset (int8 mode);
 // 5..8-bit codes stay in the canonical packing and use the portable kernels. The AVX2+FMA kernels
 // (float, 1..4 bits) are picked at run time when the processor has them; matvec_options::kernel can
 // force the portable ones. Every row is computed by one thread in a fixed order: the result is the same

@@ -5,7 +5,8 @@
 //   sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = sqz::numeric_mode::int8});
 //
 // cpu_matrix repacks 1..4-bit codes into 256-column tiles (detail/cpu_layout.hpp) and keeps each row's
-// LUT as four byte planes (exact mode) and as 7-bit integers with a scale and an offset (int8 mode);
+// LUT in the form its width's exact decoder reads (cpu_layout::fill_exact_table) and as 7-bit integers
+// with a scale and an offset (int8 mode);
 // 5..8-bit codes stay in the canonical packing and use the portable kernels. The AVX2+FMA kernels
 // (float, 1..4 bits) are picked at run time when the processor has them; matvec_options::kernel can
 // force the portable ones. Every row is computed by one thread in a fixed order: the result is the same
@@ -66,7 +67,7 @@ public:
         int8_lo_.assign(rows_, T(0));
         int8_scale_.assign(rows_, T(0));
         if constexpr (std::is_same_v<T, float>)
-            if (tiled_) planes_.assign(rows_ * 64, 0);
+            if (tiled_) exact_tables_.assign(rows_ * layout::exact_table_bytes, 0);
 
         std::vector<std::uint8_t> row_codes(tiles_ * layout::tile_columns, 0);
         std::array<std::uint8_t, layout::tile_columns> tile_codes{};
@@ -75,12 +76,13 @@ public:
             std::copy(lut.begin(), lut.end(), lut_.begin() + static_cast<std::ptrdiff_t>(i * lut_stride_));
             fill_int8_lut(i, lut);
             if constexpr (std::is_same_v<T, float>)
-                if (tiled_)
-                    for (std::size_t k = 0; k < lut.size(); ++k) {
-                        const auto word = std::bit_cast<std::uint32_t>(lut[k]);
-                        for (std::size_t p = 0; p < 4; ++p)
-                            planes_[i * 64 + 16 * p + k] = static_cast<std::uint8_t>(word >> (8 * p));
-                    }
+                if (tiled_) {
+                    std::array<std::uint32_t, 16> words{};
+                    for (std::size_t k = 0; k < lut.size(); ++k) words[k] = std::bit_cast<std::uint32_t>(lut[k]);
+                    layout::fill_exact_table(bits_, std::span<const std::uint32_t>(words.data(), lut.size()),
+                                             std::span<std::uint8_t, layout::exact_table_bytes>(
+                                                 exact_tables_.data() + i * layout::exact_table_bytes, layout::exact_table_bytes));
+                }
             const auto canonical = q.row_codes(static_cast<index>(i));
             if (!tiled_) {
                 std::copy(canonical.begin(), canonical.end(), codes_.data() + i * row_bytes_);
@@ -115,8 +117,8 @@ public:
     /// Bytes a product reads from this layout: codes, the LUT form of the mode, and the sparse part.
     std::size_t bytes_read(numeric_mode mode) const noexcept {
         const std::size_t lut = mode == numeric_mode::int8 ? rows_ * (lut_stride_ + 2 * sizeof(T))
-                                : planes_.empty()          ? lut_.size() * sizeof(T)
-                                                           : planes_.size();
+                                : exact_tables_.empty()    ? lut_.size() * sizeof(T)
+                                                           : exact_tables_.size();
         return codes_.size() + lut + val_.size() * (sizeof(T) + sizeof(std::int32_t)) +
                row_ptr_.size() * sizeof(std::int32_t);
     }
@@ -134,7 +136,7 @@ public:
         v.codes = codes_.data();
         v.lut = lut_.data();
         v.lut_stride = lut_stride_;
-        v.planes = planes_.empty() ? nullptr : planes_.data();
+        v.exact_tables = exact_tables_.empty() ? nullptr : exact_tables_.data();
         v.u7 = u7_.data();
         v.int8_lo = int8_lo_.data();
         v.int8_scale = int8_scale_.data();
@@ -169,7 +171,7 @@ private:
     std::size_t row_bytes_ = 0;
     detail::aligned_vector<std::uint8_t> codes_;
     std::vector<T> lut_;
-    detail::aligned_vector<std::uint8_t> planes_;
+    detail::aligned_vector<std::uint8_t> exact_tables_;
     detail::aligned_vector<std::uint8_t> u7_;
     std::vector<T> int8_lo_;
     std::vector<T> int8_scale_;
@@ -191,8 +193,7 @@ std::size_t rows_per_block(const cpu_matrix_view<T>& m) noexcept {
     const std::size_t by_bytes = (std::size_t{256} << 10) / std::max<std::size_t>(m.row_bytes, 1);
     return std::max<std::size_t>(32, by_bytes / 4 * 4);
 }
-/// Rows the AVX2 matvec kernels process together (shared activation loads).
-inline constexpr int exact_rows_together = 4;
+/// Rows the AVX2 int8 kernel processes together (shared activation loads).
 inline constexpr int int8_rows_together = 4;
 
 inline int thread_count(const matvec_options& options) {
@@ -247,9 +248,10 @@ void grouped_rows(std::size_t first, std::size_t end, Kernel1&& one, KernelR&& g
 template <int Bits>
 void avx2_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x, float* y, int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
-        grouped_rows<exact_rows_together>(
-            first, end, [&](std::size_t i) { avx2::exact_rows<Bits, 1>(m, i, xp, x, y); },
-            [&](std::size_t i) { avx2::exact_group<Bits>(m, i, xp, x, y); });
+        grouped_rows<cpu_layout::group_rows>(
+            first, end, [&](std::size_t i) { avx2::exact_row<Bits>(m, i, xp, y); },
+            [&](std::size_t i) { avx2::exact_group<Bits>(m, i, xp, y); });
+        avx2::add_sparse_rows(m, first, end, x, y);
     });
 }
 
@@ -258,8 +260,9 @@ void avx2_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<fl
                int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         grouped_rows<int8_rows_together>(
-            first, end, [&](std::size_t i) { avx2::int8_rows<Bits, 1>(m, i, a, x, y); },
-            [&](std::size_t i) { avx2::int8_rows<Bits, int8_rows_together>(m, i, a, x, y); });
+            first, end, [&](std::size_t i) { avx2::int8_rows<Bits, 1>(m, i, a, y); },
+            [&](std::size_t i) { avx2::int8_rows<Bits, int8_rows_together>(m, i, a, y); });
+        avx2::add_sparse_rows(m, first, end, x, y);
     });
 }
 
@@ -330,7 +333,7 @@ void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const 
         if (simd) {
             aligned_vector<float>& xp = buffers.permuted;
             xp.resize(m.tiles * cpu_layout::tile_columns);
-            avx2::permute_for_exact(x.data(), m.cols, m.tiles, xp.data());
+            avx2::permute_for_exact(m.bits, x.data(), m.cols, m.tiles, xp.data());
             with_tiled_bits(m.bits, [&]<int Bits>() { avx2_exact<Bits>(m, xp.data(), x.data(), y.data(), threads); });
             return;
         }
@@ -392,7 +395,7 @@ void matmul(const cpu_matrix<T>& a, matrix_cref<T> x, matrix_ref<T> y, const mat
             const std::size_t stride = m.tiles * cpu_layout::tile_columns;
             aligned_vector<float> xp(stride * k);
             for (std::size_t c = 0; c < k; ++c)
-                avx2::permute_for_exact(columns[c].data(), m.cols, m.tiles, xp.data() + c * stride);
+                avx2::permute_for_exact(m.bits, columns[c].data(), m.cols, m.tiles, xp.data() + c * stride);
             with_tiled_bits(m.bits, [&]<int Bits>() {
                 for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
                     std::array<double, max_columns> dense{};

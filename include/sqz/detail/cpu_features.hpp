@@ -8,9 +8,12 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define SQZ_HAVE_X86_SIMD 1
 #define SQZ_AVX2_TARGET __attribute__((target("avx2,fma")))
+// For the small helpers that a kernel's inner loop is built from: they must be inlined into it.
+#define SQZ_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
 #else
 #define SQZ_HAVE_X86_SIMD 0
 #define SQZ_AVX2_TARGET
+#define SQZ_AVX2_INLINE inline
 #endif
 
 namespace sqz::detail {

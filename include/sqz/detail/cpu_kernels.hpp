@@ -19,6 +19,13 @@
 #include <limits>
 #include <span>
 
+#ifndef SQZ_CODE_PREFETCH
+#define SQZ_CODE_PREFETCH 4096
+#endif
+#ifndef SQZ_SPARSE_PREFETCH_ROWS
+#define SQZ_SPARSE_PREFETCH_ROWS 12
+#endif
+
 namespace sqz::detail {
 
 template <class T>
@@ -39,7 +46,7 @@ struct cpu_matrix_view {
     const std::uint8_t* codes = nullptr;
     const T* lut = nullptr;      ///< rows x lut_stride
     std::size_t lut_stride = 0;  ///< 16 for the tiled layout (zero-padded), 2^bits otherwise
-    const std::uint8_t* planes = nullptr;  ///< float, tiled: 64 bytes per row, byte p of LUT entry k at 16p + k
+    const std::uint8_t* exact_tables = nullptr;  ///< float, tiled: cpu_layout::fill_exact_table, 64 bytes per row
     const std::uint8_t* u7 = nullptr;      ///< int8 mode LUT, rows x lut_stride
     const T* int8_lo = nullptr;
     const T* int8_scale = nullptr;
@@ -47,6 +54,11 @@ struct cpu_matrix_view {
     const std::int32_t* col = nullptr;
     const T* val = nullptr;
 };
+
+/// How far ahead of the bytes being decoded the kernels ask for codes (software prefetch).
+inline constexpr std::size_t code_prefetch_distance = SQZ_CODE_PREFETCH;
+/// How many rows ahead of the rows being multiplied the kernels ask for the sparse part's entries.
+inline constexpr std::size_t sparse_prefetch_rows = SQZ_SPARSE_PREFETCH_ROWS;
 
 /// The sparse part of one row against x. Four independent sums in T, so that a row's few dozen
 /// products do not form one chain of dependent additions (which would cost ~10% of the time of a

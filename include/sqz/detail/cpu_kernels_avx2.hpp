@@ -1,21 +1,27 @@
 // sqz/detail/cpu_kernels_avx2.hpp - AVX2 + FMA kernels of the cpu back end (float, 1..4 bits).
 //
-// Decode: one aligned 256-bit load of a tile vector, a 16-bit shift and a byte mask give the 32 codes
-// of a slot as bytes (cpu_layout.hpp); vpshufb then looks them up in the row's LUT held in registers.
-//  - exact mode: the 16 float LUT entries are stored as four byte planes (byte p of entry k); four
-//    vpshufb fetch the four bytes of 32 weights and two rounds of unpacks assemble them into four
-//    vectors of 8 floats, bit-exact LUT values. The unpacks leave the weights in the order
-//    (0-3, 16-19), (4-7, 20-23), (8-11, 24-27), (12-15, 28-31) of the slot, so x is permuted the same
-//    way once per call (permute_for_exact). Products and sums are fp32 FMAs; each tile's partial sums
-//    are added into double accumulators so that long rows lose no accuracy.
+// Decode: one aligned 256-bit load of a tile vector and shifts (plus a byte mask where the codes
+// must be clean) give the codes of a slot (cpu_layout.hpp); the row's LUT, held in registers in the
+// form its width needs (cpu_layout::fill_exact_table), turns them into weights.
+//  - exact mode, bit-exact LUT values, x permuted once per call into the order in which the decoder
+//    produces the weights (permute_for_exact, cpu_layout::exact_column):
+//      4 bits: the 16 float entries as four byte planes; four vpshufb fetch the four bytes of 32
+//              weights, two rounds of unpacks assemble four vectors of 8 floats.
+//      3 bits: the 8 float entries in one register; vpermps looks up bits 0-2 of each 32-bit lane,
+//              so a slot's code bytes shifted right by 0, 8, 16, 24 give four vectors of 8 weights.
+//      1, 2 bits: the entries repeated in both 128-bit halves; vpermilps on shifted tile vectors.
+//    Products and sums are fp32 FMAs; each tile's partial sums are added into double accumulators
+//    so that long rows lose no accuracy.
 //  - int8 mode: one vpshufb through the 7-bit LUT gives 32 unsigned weights, vpmaddubsw multiplies
 //    them with 32 int8 activations (pair sums <= 2 * 127 * 127 fit in int16), and vpmaddwd with the
 //    slot's 16-bit scale D_b both widens to int32 and applies the per-32 scale for free. One float
 //    conversion and FMA per tile of 256 columns applies the tile unit e_t.
-// Both kernels process the four rows of a layout group together (codes read in storage order): the
-// int8 kernel loads each activation vector once for four rows; the exact kernel, limited by its
-// shuffles, goes slot by slot through the four rows, one accumulator (FMA chain) per row.
-// The sparse part is added per row with 8-wide gathers, its CSR entries prefetched a group ahead.
+// Both kernels process the four rows of a layout group together, codes read in storage order (one
+// sequential stream, prefetched ahead): the int8 kernel slot by slot, loading each activation
+// vector once for four rows; the exact kernel tile by tile, row after row, reloading each row's
+// table from L1 (it is limited by its shuffles, and registers are scarce).
+// The sparse part is a second pass over each row block right after its dense part (add_sparse_rows),
+// per row with 8-wide gathers in two chains, its CSR entries prefetched a few rows ahead.
 #pragma once
 
 #include <sqz/detail/cpu_features.hpp>
@@ -23,6 +29,7 @@
 #include <sqz/detail/cpu_layout.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -35,7 +42,7 @@ namespace sqz::detail::avx2 {
 
 /// The 32 codes of slot `Slot` of a tile, one per byte (high bits clear).
 template <int Bits, int Slot>
-SQZ_AVX2_TARGET inline __m256i slot_codes(const std::uint8_t* tile) noexcept {
+SQZ_AVX2_INLINE __m256i slot_codes(const std::uint8_t* tile) noexcept {
     const auto* v = reinterpret_cast<const __m256i*>(tile);
     if constexpr (Bits == 4) {
         __m256i w = _mm256_load_si256(v + Slot / 2);
@@ -74,7 +81,7 @@ SQZ_AVX2_TARGET inline void keep_in_register(V& value) noexcept {
     __asm__("" : "+x"(value));
 }
 
-SQZ_AVX2_TARGET inline __m256i broadcast16(const std::uint8_t* p) noexcept {
+SQZ_AVX2_INLINE __m256i broadcast16(const std::uint8_t* p) noexcept {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
@@ -97,10 +104,19 @@ SQZ_AVX2_TARGET inline double sparse_row_dot(const cpu_matrix_view<float>& m, st
     std::int32_t k = m.row_ptr[row];
     const std::int32_t end = m.row_ptr[row + 1];
     __m256 acc = _mm256_setzero_ps();
-    for (; k + 8 <= end; k += 8) {
+    __m256 acc2 = _mm256_setzero_ps();
+    for (; k + 16 <= end; k += 16) {  // two independent chains
+        const __m256i columns = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.col + k));
+        const __m256i columns2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.col + k + 8));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(m.val + k), _mm256_i32gather_ps(x, columns, 4), acc);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(m.val + k + 8), _mm256_i32gather_ps(x, columns2, 4), acc2);
+    }
+    if (k + 8 <= end) {
         const __m256i columns = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.col + k));
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(m.val + k), _mm256_i32gather_ps(x, columns, 4), acc);
+        k += 8;
     }
+    acc = _mm256_add_ps(acc, acc2);
     if (k < end) {
         const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(end - k), lanes);
@@ -112,13 +128,26 @@ SQZ_AVX2_TARGET inline double sparse_row_dot(const cpu_matrix_view<float>& m, st
     return static_cast<double>(horizontal_sum(acc));
 }
 
-/// The 32 float weights of one slot, in the unpack order described at the top of this file.
+/// Adds the sparse part of rows [first, end) to y (which holds their dense part): a separate pass
+/// over a row block right after its dense part, while y is in L1, so that the gathers do not stall
+/// the stream of codes; the CSR entries are one sequential stream, prefetched a few rows ahead.
+SQZ_AVX2_TARGET inline void add_sparse_rows(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end,
+                                            const float* x, float* y) noexcept {
+    if (m.row_ptr == nullptr || m.row_ptr[first] == m.row_ptr[end]) return;
+    for (std::size_t i = first; i < end; ++i) {
+        prefetch_sparse_rows(m, i + sparse_prefetch_rows, i + sparse_prefetch_rows + 1);
+        y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_row_dot(m, i, x));
+    }
+}
+
+/// The 32 float weights of one slot of a 4-bit tile, in the unpack order of cpu_layout.hpp.
 struct slot_weights {
     __m256 w[4];
 };
 
+/// Byte planes: four vpshufb fetch the four bytes of 32 weights, two rounds of unpacks assemble them.
 template <int Bits, int Slot>
-SQZ_AVX2_TARGET inline slot_weights decode_exact(const __m256i (&planes)[4], const std::uint8_t* tile) noexcept {
+SQZ_AVX2_INLINE slot_weights decode_planes(const __m256i (&planes)[4], const std::uint8_t* tile) noexcept {
     const __m256i idx = slot_codes<Bits, Slot>(tile);
     const __m256i b0 = _mm256_shuffle_epi8(planes[0], idx);
     const __m256i b1 = _mm256_shuffle_epi8(planes[1], idx);
@@ -132,31 +161,99 @@ SQZ_AVX2_TARGET inline slot_weights decode_exact(const __m256i (&planes)[4], con
              _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
 }
 
-/// Column order of x that matches decode_exact: position p of a slot holds column exact_order(p).
-constexpr std::size_t exact_order(std::size_t p) noexcept {
-    const std::size_t vector = p / 8;
-    const std::size_t lane = p % 8;
-    return lane < 4 ? 4 * vector + lane : 16 + 4 * vector + (lane - 4);
+/// A row's exact-mode LUT table (cpu_layout::fill_exact_table) in registers.
+template <int Bits>
+struct exact_table {
+    __m256i v[Bits == 4 ? 4 : 1];
+};
+
+template <int Bits>
+SQZ_AVX2_INLINE exact_table<Bits> load_exact_table(const std::uint8_t* table) noexcept {
+    exact_table<Bits> t;
+    if constexpr (Bits == 3) {
+        t.v[0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(table));  // the 8 entries as floats
+    } else {
+        for (std::size_t k = 0; k < sizeof(t.v) / sizeof(t.v[0]); ++k) t.v[k] = broadcast16(table + 16 * k);
+    }
+    return t;
 }
 
-/// x permuted per slot into decode_exact's order and zero-padded to whole tiles.
-SQZ_AVX2_TARGET inline void permute_for_exact(const float* x, std::size_t cols, std::size_t tiles, float* out) noexcept {
-    const std::size_t whole = cols / cpu_layout::slot_columns * cpu_layout::slot_columns;
-    for (std::size_t base = 0; base < whole; base += cpu_layout::slot_columns) {
-        const __m256 v0 = _mm256_loadu_ps(x + base);
-        const __m256 v1 = _mm256_loadu_ps(x + base + 8);
-        const __m256 v2 = _mm256_loadu_ps(x + base + 16);
-        const __m256 v3 = _mm256_loadu_ps(x + base + 24);
-        _mm256_store_ps(out + base, _mm256_permute2f128_ps(v0, v2, 0x20));
-        _mm256_store_ps(out + base + 8, _mm256_permute2f128_ps(v0, v2, 0x31));
-        _mm256_store_ps(out + base + 16, _mm256_permute2f128_ps(v1, v3, 0x20));
-        _mm256_store_ps(out + base + 24, _mm256_permute2f128_ps(v1, v3, 0x31));
+/// Decodes one tile of a row into its 32 vectors of 8 float weights and hands vector v (weights of
+/// the permuted x positions 8v..8v+7, cpu_layout::exact_column) to consume(v, w). Step is a slot for
+/// 3 and 4 bits and a vector for 1 and 2 bits; the recursion unrolls the tile.
+template <int Bits, int Step, class Consumer>
+SQZ_AVX2_INLINE void decode_tile(const exact_table<Bits>& table, const std::uint8_t* tile, Consumer& consume) noexcept {
+    if constexpr (Bits == 4) {
+        const slot_weights w = decode_planes<Bits, Step>(table.v, tile);
+        for (int r = 0; r < 4; ++r) consume(4 * Step + r, w.w[r]);
+    } else if constexpr (Bits == 3) {
+        // The slot's codes in the low 3 bits of each byte; vpermps reads bits 0-2 of each 32-bit lane
+        // and ignores the rest, so shifting by 8b selects byte b of every lane without a mask.
+        const auto* v = reinterpret_cast<const __m256i*>(tile);
+        __m256i codes;
+        if constexpr (Step < 6) {
+            codes = _mm256_load_si256(v + Step / 2);
+            if constexpr (Step % 2 == 1) codes = _mm256_srli_epi32(codes, 3);
+        } else if constexpr (Step == 6) {  // bits 6-7 of V_0 and bit 6 of V_1
+            codes = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v), 6), _mm256_set1_epi8(3)),
+                                    _mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 1), 4), _mm256_set1_epi8(4)));
+        } else {  // bit 7 of V_1 and bits 6-7 of V_2
+            codes = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 1), 7), _mm256_set1_epi8(1)),
+                                    _mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 2), 5), _mm256_set1_epi8(6)));
+        }
+        const __m256 lut = _mm256_castsi256_ps(table.v[0]);
+        consume(4 * Step, _mm256_permutevar8x32_ps(lut, codes));
+        consume(4 * Step + 1, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 8)));
+        consume(4 * Step + 2, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 16)));
+        consume(4 * Step + 3, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 24)));
+    } else {
+        static_assert(Bits == 1 || Bits == 2, "exact decoders cover 1..4 bits");
+        constexpr int per_vector = 32 / Bits;  // steps per tile vector
+        constexpr int shift = Bits * (Step % per_vector);
+        __m256i codes = _mm256_load_si256(reinterpret_cast<const __m256i*>(tile) + Step / per_vector);
+        if constexpr (shift != 0) codes = _mm256_srli_epi32(codes, shift);
+        consume(Step, _mm256_permutevar_ps(_mm256_castsi256_ps(table.v[0]), codes));
     }
-    const std::size_t padded = tiles * cpu_layout::tile_columns;
-    for (std::size_t base = whole; base < padded; base += cpu_layout::slot_columns)
-        for (std::size_t p = 0; p < cpu_layout::slot_columns; ++p) {
-            const std::size_t j = base + exact_order(p);
-            out[base + p] = j < cols ? x[j] : 0.0f;
+    constexpr int steps = Bits >= 3 ? static_cast<int>(cpu_layout::slots_per_tile) : 32;
+    if constexpr (Step + 1 < steps) decode_tile<Bits, Step + 1>(table, tile, consume);
+}
+
+/// Consumer for matrix-vector products: four accumulators (an FMA has a latency of 4 cycles; with
+/// fewer independent chains the kernel would wait on them).
+struct accumulate_products {
+    const float* x;  ///< the tile's 256 permuted activations
+    __m256 acc[4];
+
+    SQZ_AVX2_INLINE void operator()(int v, __m256 w) noexcept {
+        acc[v % 4] = _mm256_fmadd_ps(w, _mm256_load_ps(x + 8 * v), acc[v % 4]);
+    }
+    SQZ_AVX2_INLINE __m256 sum() const noexcept { return _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])); }
+};
+
+/// Consumer for matmul: keeps the decoded tile.
+struct store_weights {
+    __m256* out;
+    SQZ_AVX2_INLINE void operator()(int v, __m256 w) noexcept { out[v] = w; }
+};
+
+/// x permuted tile by tile into the decoder order for `bits` (cpu_layout::exact_column), zero-padded
+/// to whole tiles. A scalar copy through a table: a few microseconds for the longest rows.
+inline void permute_for_exact(int bits, const float* x, std::size_t cols, std::size_t tiles, float* out) noexcept {
+    using cpu_layout::tile_columns;
+    static constexpr auto orders = [] {
+        std::array<std::array<std::uint8_t, tile_columns>, cpu_layout::max_tiled_bits + 1> o{};
+        for (int b = 1; b <= cpu_layout::max_tiled_bits; ++b)
+            for (std::size_t p = 0; p < tile_columns; ++p) o[static_cast<std::size_t>(b)][p] = static_cast<std::uint8_t>(cpu_layout::exact_column(b, p));
+        return o;
+    }();
+    const auto& order = orders[static_cast<std::size_t>(bits)];
+    const std::size_t whole = cols / tile_columns;
+    for (std::size_t t = 0; t < whole; ++t)
+        for (std::size_t p = 0; p < tile_columns; ++p) out[t * tile_columns + p] = x[t * tile_columns + order[p]];
+    for (std::size_t t = whole; t < tiles; ++t)
+        for (std::size_t p = 0; p < tile_columns; ++p) {
+            const std::size_t j = t * tile_columns + order[p];
+            out[t * tile_columns + p] = j < cols ? x[j] : 0.0f;
         }
 }
 
@@ -249,87 +346,65 @@ SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t col
 
 // ---- exact mode, matvec ----
 
-// Four accumulators per row, one per weight vector of a slot: an FMA has a latency of 4 cycles, and
-// with fewer independent chains the kernel would wait on them instead of decoding.
-template <int Bits, int R, int Slot>
-SQZ_AVX2_TARGET inline void exact_slots(const __m256i (&planes)[R][4], const std::uint8_t* const (&tiles)[R],
-                                        const float* x, __m256 (&acc)[R][4]) noexcept {
-    const float* xs = x + Slot * cpu_layout::slot_columns;
-    for (int r = 0; r < R; ++r) {
-        const slot_weights w = decode_exact<Bits, Slot>(planes[r], tiles[r]);
-        for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_fmadd_ps(w.w[v], _mm256_load_ps(xs + 8 * v), acc[r][v]);
-    }
-    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile))
-        exact_slots<Bits, R, Slot + 1>(planes, tiles, x, acc);
+/// Adds the 8 float lanes of `s` into the 4 double lanes of `total`.
+SQZ_AVX2_TARGET inline __m256d add_to_double(__m256d total, __m256 s) noexcept {
+    return _mm256_add_pd(total, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
 }
 
-/// Rows [row, row + R): y = D x (x permuted, `xp`) + S x (x natural).
-template <int Bits, int R>
-SQZ_AVX2_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, const float* x,
-                                float* y) noexcept {
-    prefetch_sparse_rows(m, row + R, row + 2 * R);
-    __m256i planes[R][4];
-    __m256d total[R];
-    for (int r = 0; r < R; ++r) {
-        for (int p = 0; p < 4; ++p) planes[r][p] = broadcast16(m.planes + (row + r) * 64 + 16 * p);
-        total[r] = _mm256_setzero_pd();
-    }
-    const std::size_t stride = m.tile_stride();
-    for (std::size_t t = 0; t < m.tiles; ++t) {
-        const std::uint8_t* tiles[R];
-        __m256 acc[R][4];
-        for (int r = 0; r < R; ++r) {
-            tiles[r] = m.row_tiles(row + r) + t * stride;
-            for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
-        }
-        exact_slots<Bits, R, 0>(planes, tiles, xp + t * cpu_layout::tile_columns, acc);
-        for (int r = 0; r < R; ++r) {
-            const __m256 s = _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3]));
-            total[r] = _mm256_add_pd(total[r], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)),
-                                                             _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
-        }
-    }
-    for (int r = 0; r < R; ++r)
-        y[row + r] = static_cast<float>(horizontal_sum(total[r]) + avx2::sparse_row_dot(m, row + r, x));
+/// Asks for the code bytes `distance` ahead of [p, p + bytes) of the row group's stream: the row
+/// blocks are read sequentially, and the hardware prefetcher alone does not keep enough lines in
+/// flight for one core to approach the DRAM bandwidth (docs/benchmarks.md).
+/// (Addresses past the end of the codes are harmless to a prefetch; they are formed as integers.)
+inline void prefetch_codes(const std::uint8_t* p, std::size_t bytes) noexcept {
+    if constexpr (code_prefetch_distance == 0) return;
+    const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(p) + code_prefetch_distance;
+    for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + o));
 }
 
-/// Slot `Slot` of the four rows of a layout group, row after row, each into its own accumulator: four
-/// independent FMA chains, and the codes read in storage order. The rows' planes are reloaded for
-/// every slot (loads from L1 are cheap here; registers are not).
-template <int Bits, int Slot>
-SQZ_AVX2_TARGET inline void exact_group_slots(const std::uint8_t* planes, const std::uint8_t* tiles, std::size_t tile_bytes,
-                                              const float* x, __m256 (&acc)[cpu_layout::group_rows]) noexcept {
-    const float* xs = x + Slot * cpu_layout::slot_columns;
-    for (std::size_t r = 0; r < cpu_layout::group_rows; ++r) {
-        const __m256i row_planes[4] = {broadcast16(planes + 64 * r), broadcast16(planes + 64 * r + 16),
-                                       broadcast16(planes + 64 * r + 32), broadcast16(planes + 64 * r + 48)};
-        const slot_weights w = decode_exact<Bits, Slot>(row_planes, tiles + r * tile_bytes);
-        for (int v = 0; v < 4; ++v) acc[r] = _mm256_fmadd_ps(w.w[v], _mm256_load_ps(xs + 8 * v), acc[r]);
-    }
-    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile))
-        exact_group_slots<Bits, Slot + 1>(planes, tiles, tile_bytes, x, acc);
-}
-
-/// Rows [row, row + 4), one layout group (row a multiple of 4).
+/// One tile of one row, decoded through the row's exact table and multiplied with the tile's 256
+/// permuted activations in fp32 (four accumulators), its sum added into a double accumulator, so
+/// long rows lose no accuracy.
 template <int Bits>
-SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, const float* x,
-                                 float* y) noexcept {
+SQZ_AVX2_INLINE __m256d exact_tile(const std::uint8_t* table_bytes, const std::uint8_t* tile, const float* xp,
+                                   __m256d total) noexcept {
+    const exact_table<Bits> table = load_exact_table<Bits>(table_bytes);
+    accumulate_products products{xp, {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
+    decode_tile<Bits, 0>(table, tile, products);
+    return add_to_double(total, products.sum());
+}
+
+/// Row `row` alone (the rows after the last whole layout group): y = D x, x permuted (`xp`); the
+/// sparse part is added afterwards (add_sparse_rows).
+template <int Bits>
+SQZ_AVX2_TARGET void exact_row(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, float* y) noexcept {
+    const std::uint8_t* table = m.exact_tables + row * cpu_layout::exact_table_bytes;
+    const std::uint8_t* tiles = m.row_tiles(row);
+    __m256d total = _mm256_setzero_pd();
+    for (std::size_t t = 0; t < m.tiles; ++t)
+        total = exact_tile<Bits>(table, tiles + t * m.tile_stride(), xp + t * cpu_layout::tile_columns, total);
+    y[row] = static_cast<float>(horizontal_sum(total));
+}
+
+/// Rows [row, row + 4), one layout group (row a multiple of 4): tile by tile, the four rows' tiles in
+/// storage order, so the codes are one sequential stream (prefetched ahead). Each row's table is
+/// reloaded from L1 for every tile (loads are cheap here; registers are not).
+template <int Bits>
+SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, float* y) noexcept {
     constexpr std::size_t R = cpu_layout::group_rows;
-    prefetch_sparse_rows(m, row + R, row + 2 * R);
+    const std::uint8_t* tables = m.exact_tables + row * cpu_layout::exact_table_bytes;
+    const std::uint8_t* base = m.row_tiles(row);
+    const std::size_t stride = m.tile_stride();
     __m256d total[R];
     for (std::size_t r = 0; r < R; ++r) total[r] = _mm256_setzero_pd();
-    const std::uint8_t* base = m.row_tiles(row);
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        __m256 acc[R];
-        for (std::size_t r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-        exact_group_slots<Bits, 0>(m.planes + row * 64, base + t * m.tile_stride(), m.tile_bytes,
-                                   xp + t * cpu_layout::tile_columns, acc);
+        const std::uint8_t* group_tiles = base + t * stride;
+        prefetch_codes(group_tiles, stride);
+        const float* xt = xp + t * cpu_layout::tile_columns;
         for (std::size_t r = 0; r < R; ++r)
-            total[r] = _mm256_add_pd(total[r], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc[r])),
-                                                             _mm256_cvtps_pd(_mm256_extractf128_ps(acc[r], 1))));
+            total[r] = exact_tile<Bits>(tables + r * cpu_layout::exact_table_bytes, group_tiles + r * m.tile_bytes, xt, total[r]);
     }
     for (std::size_t r = 0; r < R; ++r)
-        y[row + r] = static_cast<float>(horizontal_sum(total[r]) + avx2::sparse_row_dot(m, row + r, x));
+        y[row + r] = static_cast<float>(horizontal_sum(total[r]));
 }
 
 // ---- int8 mode, matvec ----
@@ -350,8 +425,7 @@ SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint
 
 template <int Bits, int R>
 SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
-                               const float* x, float* y) noexcept {
-    prefetch_sparse_rows(m, row + R, row + 2 * R);
+                               float* y) noexcept {
     __m256i luts[R];
     __m256 total[R];
     for (int r = 0; r < R; ++r) {
@@ -360,6 +434,7 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
     }
     const std::size_t stride = m.tile_stride();
     for (std::size_t t = 0; t < m.tiles; ++t) {
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) prefetch_codes(m.row_tiles(row) + t * stride, stride);
         const std::uint8_t* tiles[R];
         __m256i acc[R];
         for (int r = 0; r < R; ++r) {
@@ -374,30 +449,23 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
     for (int r = 0; r < R; ++r) {
         const std::size_t i = row + r;
         y[i] = static_cast<float>(static_cast<double>(m.int8_scale[i]) * static_cast<double>(horizontal_sum(total[r])) +
-                                  static_cast<double>(m.int8_lo[i]) * a.x_hat_sum + avx2::sparse_row_dot(m, i, x));
+                                  static_cast<double>(m.int8_lo[i]) * a.x_hat_sum);
     }
 }
 
 // ---- matmul: decode each tile once, then every column ----
 
-template <int Bits, int Slot>
-SQZ_AVX2_TARGET inline void decode_tile_exact(const __m256i (&planes)[4], const std::uint8_t* tile, __m256* out) noexcept {
-    const slot_weights w = decode_exact<Bits, Slot>(planes, tile);
-    for (int v = 0; v < 4; ++v) out[4 * Slot + v] = w.w[v];
-    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile)) decode_tile_exact<Bits, Slot + 1>(planes, tile, out);
-}
-
 /// One row against k columns; xp holds the k permuted columns, each tiles * 256 floats apart.
 template <int Bits>
 SQZ_AVX2_TARGET void exact_row_columns(const cpu_matrix_view<float>& m, std::size_t row, const float* xp,
                                        std::size_t column_stride, std::size_t k, double* out) noexcept {
-    __m256i planes[4];
-    for (int p = 0; p < 4; ++p) planes[p] = broadcast16(m.planes + row * 64 + 16 * p);
+    const exact_table<Bits> table = load_exact_table<Bits>(m.exact_tables + row * cpu_layout::exact_table_bytes);
     __m256d total[16];
     for (std::size_t c = 0; c < k; ++c) total[c] = _mm256_setzero_pd();
     alignas(32) __m256 weights[32];
+    store_weights keep{weights};
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        decode_tile_exact<Bits, 0>(planes, m.row_tiles(row) + t * m.tile_stride(), weights);
+        decode_tile<Bits, 0>(table, m.row_tiles(row) + t * m.tile_stride(), keep);
         for (std::size_t c = 0; c < k; ++c) {
             const float* x = xp + c * column_stride + t * cpu_layout::tile_columns;
             __m256 a0 = _mm256_setzero_ps();
@@ -406,9 +474,7 @@ SQZ_AVX2_TARGET void exact_row_columns(const cpu_matrix_view<float>& m, std::siz
                 a0 = _mm256_fmadd_ps(weights[v], _mm256_load_ps(x + 8 * v), a0);
                 a1 = _mm256_fmadd_ps(weights[v + 1], _mm256_load_ps(x + 8 * v + 8), a1);
             }
-            const __m256 s = _mm256_add_ps(a0, a1);
-            total[c] = _mm256_add_pd(total[c], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)),
-                                                             _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
+            total[c] = add_to_double(total[c], _mm256_add_ps(a0, a1));
         }
     }
     for (std::size_t c = 0; c < k; ++c) out[c] = horizontal_sum(total[c]);

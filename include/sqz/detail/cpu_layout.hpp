@@ -14,6 +14,18 @@
 // where code(s) is the code at column 32*s + t. The portable kernels decode the same layout with
 // tile_code(); the AVX2 kernels with shifts and masks (cpu_kernels_avx2.hpp).
 //
+// Exact mode reads each row's LUT in a form made for its width ("exact table", 64 bytes per row, see
+// fill_exact_table) and x permuted within each tile into the order in which that width's decoder
+// produces the weights (exact_column):
+//   4 bits: byte planes; four vpshufb give the four bytes of a slot's 32 weights, two rounds of unpacks
+//           assemble floats in the order (0-3, 16-19), (4-7, 20-23), (8-11, 24-27), (12-15, 28-31).
+//   3 bits: the 8 LUT entries as floats in one register (L0..L7); vpermps looks the weights up from
+//           bits 0-2 of each 32-bit lane, so the slot's code bytes shifted by 8b give step b: lane i
+//           of vector 4s + b holds the code of byte 4i + b of slot s.
+//   1, 2 bits: the LUT as floats (2 bits: L0..L3; 1 bit: L0, L1, L0, L1) in both 128-bit halves of a
+//           register; vpermilps looks the weights up from bits 0-1 of each 32-bit lane, so one shift
+//           of a tile vector by Bits * n gives step n: lane i of step n holds the code of byte 4i + b
+//           at slot position m, where n = (8 / Bits) * b + m.
 // Rows are stored in groups of four, tile-interleaved: tile t of row 4g + r is at byte offset
 // g * 4 * row_bytes + (4 t + r) * tile_bytes, where row_bytes = tiles * tile_bytes (the row count is
 // padded to a multiple of four with code-0 rows). The int8 kernel, which works on four rows at once,
@@ -23,6 +35,7 @@
 
 #include <sqz/error.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -74,6 +87,56 @@ inline void encode_tile(std::span<const std::uint8_t, tile_columns> codes, int b
                 for (std::size_t k = 0; k < 4; ++k)
                     tile[32 * k + t] = static_cast<std::uint8_t>(code(2 * k, t) | code(2 * k + 1, t) << 4);
                 break;
+        }
+    }
+}
+
+/// Bytes of a row's exact-mode LUT table (fill_exact_table).
+inline constexpr std::size_t exact_table_bytes = 64;
+
+/// Writes one row's LUT (2^bits floats, given by their IEEE bit patterns) in the form that the exact
+/// decoder for `bits` reads (see the top of this file); unused bytes are zero.
+inline void fill_exact_table(int bits, std::span<const std::uint32_t> lut, std::span<std::uint8_t, exact_table_bytes> out) {
+    require(bits >= 1 && bits <= max_tiled_bits, "sqz::cpu_layout::fill_exact_table: bits = ", bits, " is outside 1..4");
+    require(lut.size() == std::size_t{1} << bits, "sqz::cpu_layout::fill_exact_table: ", lut.size(), " LUT entries for ",
+            bits, " bits");
+    std::fill(out.begin(), out.end(), std::uint8_t{0});
+    const auto byte = [&](std::size_t k, std::size_t p) { return static_cast<std::uint8_t>(lut[k] >> (8 * p)); };
+    for (std::size_t k = 0; k < lut.size(); ++k)
+        for (std::size_t p = 0; p < 4; ++p) {
+            switch (bits) {
+                case 4: out[16 * p + k] = byte(k, p); break;                  // byte planes
+                case 3: out[4 * k + p] = byte(k, p); break;                     // L0..L7
+                case 2: out[4 * k + p] = byte(k, p); break;                     // L0..L3
+                default:                                                        // L0, L1, L0, L1
+                    out[4 * k + p] = byte(k, p);
+                    out[8 + 4 * k + p] = byte(k, p);
+                    break;
+            }
+        }
+}
+
+/// The tile column whose weight the exact decoder for `bits` produces at position p (0..255) of a
+/// tile: x is permuted so that position p of a tile holds x at this column.
+constexpr std::size_t exact_column(int bits, std::size_t p) noexcept {
+    const std::size_t v = p / 8;  // which vector of 8 weights
+    const std::size_t i = p % 8;  // lane
+    switch (bits) {
+        case 4: {
+            const std::size_t s = v / 4;
+            const std::size_t r = v % 4;
+            return slot_columns * s + (i < 4 ? 4 * r + i : 16 + 4 * r + (i - 4));
+        }
+        case 3: {  // vector v = 4 s + b: byte b of each 32-bit lane of slot s
+            return slot_columns * (v / 4) + 4 * i + v % 4;
+        }
+        case 2: {  // vector v = 16 k + n of tile vector V_k, n = 4 b + m
+            const std::size_t k = v / 16;
+            const std::size_t n = v % 16;
+            return slot_columns * (4 * k + n % 4) + 4 * i + n / 4;
+        }
+        default: {  // n = 8 b + s
+            return slot_columns * (v % 8) + 4 * i + v / 8;
         }
     }
 }

@@ -143,33 +143,37 @@ const element_t<C>* contiguous_data(const C& c) {
 template <class T>
 using key_t = std::conditional_t<std::is_same_v<T, float>, std::uint32_t, std::uint64_t>;
 
-template <class T>
-inline key_t<T> sort_key(T value) noexcept {
-    using K = key_t<T>;
+/// The sort key of an IEEE bit pattern of any width (the formula above, in K's width).
+template <std::unsigned_integral K>
+constexpr K key_of_bits(K bits) noexcept {
     constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
-    const K bits = std::bit_cast<K>(value);
-    const K magnitude = bits & (sign - 1);
-    return (bits & sign) ? sign - magnitude : sign + magnitude;
+    const auto magnitude = static_cast<K>(bits & (sign - 1));
+    return static_cast<K>((bits & sign) != 0 ? sign - magnitude : sign + magnitude);
 }
 
-/// The value whose sort key is `key` (sort_key's inverse; the zero key gives +0.0).
+/// The bit pattern whose key is `key` (key_of_bits' inverse; the zero key gives +0.0).
+template <std::unsigned_integral K>
+constexpr K bits_of_key(K key) noexcept {
+    constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
+    return static_cast<K>(key >= sign ? key - sign : sign | (sign - key));
+}
+
+template <class T>
+inline key_t<T> sort_key(T value) noexcept {
+    return key_of_bits(std::bit_cast<key_t<T>>(value));
+}
+
+/// The value whose sort key is `key`.
 template <class T>
 inline T value_of_key(key_t<T> key) noexcept {
-    using K = key_t<T>;
-    constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
-    return std::bit_cast<T>(key >= sign ? static_cast<K>(key - sign) : static_cast<K>(sign | (sign - key)));
+    return std::bit_cast<T>(bits_of_key(key));
 }
 
 /// sort_key for fp16 bit patterns (16-bit keys).
-inline std::uint16_t half_sort_key(std::uint16_t half) noexcept {
-    const auto magnitude = static_cast<std::uint16_t>(half & 0x7fffu);
-    return static_cast<std::uint16_t>((half & 0x8000u) != 0 ? 0x8000u - magnitude : 0x8000u + magnitude);
-}
+inline std::uint16_t half_sort_key(std::uint16_t half) noexcept { return key_of_bits(half); }
 
 /// The fp16 value (as float) whose half_sort_key is `key`.
-inline float value_of_half_key(std::uint16_t key) noexcept {
-    return half_bits_to_float(static_cast<std::uint16_t>(key >= 0x8000u ? key - 0x8000u : 0x8000u | (0x8000u - key)));
-}
+inline float value_of_half_key(std::uint16_t key) noexcept { return half_bits_to_float(bits_of_key(key)); }
 
 /// An entry in the radix sort: its reduced key and its index in the row.
 template <class T>

@@ -105,13 +105,11 @@ inline void fill_exact_table(int bits, std::span<const std::uint32_t> lut, std::
     for (std::size_t k = 0; k < lut.size(); ++k)
         for (std::size_t p = 0; p < 4; ++p) {
             switch (bits) {
-                case 4: out[16 * p + k] = byte(k, p); break;                  // byte planes
-                case 3: out[4 * k + p] = byte(k, p); break;                     // L0..L7
-                case 2: out[4 * k + p] = byte(k, p); break;                     // L0..L3
-                default:                                                        // L0, L1, L0, L1
-                    out[4 * k + p] = byte(k, p);
+                case 4: out[16 * p + k] = byte(k, p); break;  // byte planes
+                case 1:                                         // L0, L1, L0, L1
                     out[8 + 4 * k + p] = byte(k, p);
-                    break;
+                    [[fallthrough]];
+                default: out[4 * k + p] = byte(k, p); break;    // 2, 3 bits: L0..L3, L0..L7
             }
         }
 }

@@ -10,16 +10,16 @@
 //      3 bits: the 8 float entries in one register; vpermps looks up bits 0-2 of each 32-bit lane,
 //              so a slot's code bytes shifted right by 0, 8, 16, 24 give four vectors of 8 weights.
 //      1, 2 bits: the entries repeated in both 128-bit halves; vpermilps on shifted tile vectors.
-//    Products and sums are fp32 FMAs; each tile's partial sums are added into double accumulators
-//    so that long rows lose no accuracy.
+//    Products and sums are fp32 FMAs; the partial sums of every 4 tiles (1024 columns) of a row are
+//    added into a double accumulator, so that long rows lose no accuracy.
 //  - int8 mode: one vpshufb through the 7-bit LUT gives 32 unsigned weights, vpmaddubsw multiplies
 //    them with 32 int8 activations (pair sums <= 2 * 127 * 127 fit in int16), and vpmaddwd with the
 //    slot's 16-bit scale D_b both widens to int32 and applies the per-32 scale for free. One float
 //    conversion and FMA per tile of 256 columns applies the tile unit e_t.
 // Both kernels process the four rows of a layout group together, codes read in storage order (one
 // sequential stream, prefetched ahead): the int8 kernel slot by slot, loading each activation
-// vector once for four rows; the exact kernel tile by tile, row after row, reloading each row's
-// table from L1 (it is limited by its shuffles, and registers are scarce).
+// vector once for four rows; the exact kernel four tiles of a row at a time, row after row,
+// reloading each row's table from L1 (it is limited by its shuffles, and registers are scarce).
 // The sparse part is a second pass over each row block right after its dense part (add_sparse_rows),
 // per row with 8-wide gathers in two chains, its CSR entries prefetched a few rows ahead.
 #pragma once
@@ -361,15 +361,24 @@ inline void prefetch_codes(const std::uint8_t* p, std::size_t bytes) noexcept {
     for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + o));
 }
 
-/// One tile of one row, decoded through the row's exact table and multiplied with the tile's 256
-/// permuted activations in fp32 (four accumulators), its sum added into a double accumulator, so
-/// long rows lose no accuracy.
+/// Tiles a row's exact kernel multiplies in fp32 before it adds their sum into its double accumulator:
+/// 1024 columns, 32 fp32 partial sums of 32 products each (relative rounding error a few 1e-7 at worst),
+/// and the table load, the horizontal sum and the double conversion paid once per 1024 weights instead
+/// of once per 256.
+inline constexpr std::size_t exact_float_tiles = 4;
+
+/// Tiles [first, first + count) of one row (tile t at tiles + t * stride), decoded through the row's
+/// exact table and multiplied with the permuted activations in fp32 (four accumulators); returns
+/// total plus their sum in double.
 template <int Bits>
-SQZ_AVX2_INLINE __m256d exact_tile(const std::uint8_t* table_bytes, const std::uint8_t* tile, const float* xp,
-                                   __m256d total) noexcept {
+SQZ_AVX2_INLINE __m256d exact_tiles(const std::uint8_t* table_bytes, const std::uint8_t* tiles, std::size_t stride,
+                                    const float* xp, std::size_t first, std::size_t count, __m256d total) noexcept {
     const exact_table<Bits> table = load_exact_table<Bits>(table_bytes);
     accumulate_products products{xp, {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
-    decode_tile<Bits, 0>(table, tile, products);
+    for (std::size_t t = first; t < first + count; ++t) {
+        products.x = xp + t * cpu_layout::tile_columns;
+        decode_tile<Bits, 0>(table, tiles + t * stride, products);
+    }
     return add_to_double(total, products.sum());
 }
 
@@ -380,14 +389,15 @@ SQZ_AVX2_TARGET void exact_row(const cpu_matrix_view<float>& m, std::size_t row,
     const std::uint8_t* table = m.exact_tables + row * cpu_layout::exact_table_bytes;
     const std::uint8_t* tiles = m.row_tiles(row);
     __m256d total = _mm256_setzero_pd();
-    for (std::size_t t = 0; t < m.tiles; ++t)
-        total = exact_tile<Bits>(table, tiles + t * m.tile_stride(), xp + t * cpu_layout::tile_columns, total);
+    for (std::size_t t = 0; t < m.tiles; t += exact_float_tiles)
+        total = exact_tiles<Bits>(table, tiles, m.tile_stride(), xp, t, std::min(exact_float_tiles, m.tiles - t), total);
     y[row] = static_cast<float>(horizontal_sum(total));
 }
 
-/// Rows [row, row + 4), one layout group (row a multiple of 4): tile by tile, the four rows' tiles in
-/// storage order, so the codes are one sequential stream (prefetched ahead). Each row's table is
-/// reloaded from L1 for every tile (loads are cheap here; registers are not).
+/// Rows [row, row + 4), one layout group (row a multiple of 4): a few tiles of each row in turn
+/// (exact_float_tiles), so the codes are read as one sequential stream (prefetched ahead) in windows
+/// of a few KB. Each row's table is reloaded from L1 for every window (loads are cheap here;
+/// registers are not).
 template <int Bits>
 SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, float* y) noexcept {
     constexpr std::size_t R = cpu_layout::group_rows;
@@ -396,12 +406,12 @@ SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t ro
     const std::size_t stride = m.tile_stride();
     __m256d total[R];
     for (std::size_t r = 0; r < R; ++r) total[r] = _mm256_setzero_pd();
-    for (std::size_t t = 0; t < m.tiles; ++t) {
-        const std::uint8_t* group_tiles = base + t * stride;
-        prefetch_codes(group_tiles, stride);
-        const float* xt = xp + t * cpu_layout::tile_columns;
+    for (std::size_t t = 0; t < m.tiles; t += exact_float_tiles) {
+        const std::size_t count = std::min(exact_float_tiles, m.tiles - t);
+        prefetch_codes(base + t * stride, count * stride);
         for (std::size_t r = 0; r < R; ++r)
-            total[r] = exact_tile<Bits>(tables + r * cpu_layout::exact_table_bytes, group_tiles + r * m.tile_bytes, xt, total[r]);
+            total[r] = exact_tiles<Bits>(tables + r * cpu_layout::exact_table_bytes, base + r * m.tile_bytes, stride, xp, t,
+                                         count, total[r]);
     }
     for (std::size_t r = 0; r < R; ++r)
         y[row + r] = static_cast<float>(horizontal_sum(total[r]));

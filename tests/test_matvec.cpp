@@ -241,6 +241,23 @@ TEST_CASE("cpu matvec: long rows keep the exact-mode error within 1e-5 relative"
         }
 }
 
+TEST_CASE("cpu matvec: rows of several fp32 windows and a partial last window", "[matvec][cpu]") {
+    // The AVX2 exact kernel sums a row's products in fp32 over windows of exact_float_tiles tiles
+    // (1024 columns) before adding them in double; cover whole windows followed by a partial one,
+    // for groups of four rows and the single rows after them.
+    for (const auto kernel : cpu_kernels)
+        for (int bits = 1; bits <= 4; ++bits)
+            for (const shape s : {shape{6, 1300}, shape{9, 2049}, shape{5, 2304}}) {
+                const auto m = make_matrix(s.rows, s.cols, bits, 77 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
+                const auto x = random_vector(s.cols, 8);
+                std::vector<float> y(static_cast<std::size_t>(s.rows));
+                sqz::matvec<sqz::backend::cpu>(sqz::prepare<sqz::backend::cpu>(m.q), x, y, {.kernel = kernel});
+                require_close(y, brute_force(m, x), magnitudes(m, x), 1e-5,
+                              std::string("windows ") + name(kernel) + " bits " + std::to_string(bits) + " shape " +
+                                  std::to_string(s.rows) + "x" + std::to_string(s.cols));
+            }
+}
+
 TEST_CASE("cpu matvec in double precision uses the portable kernels", "[matvec][cpu]") {
     for (const int bits : {2, 3, 6}) {
         const auto m = make_matrix<double>(19, 300, bits, 40 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);

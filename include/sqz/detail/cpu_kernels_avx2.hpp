@@ -7,8 +7,10 @@
 //    produces the weights (permute_for_exact, cpu_layout::exact_column):
 //      4 bits: the 16 float entries as four byte planes; four vpshufb fetch the four bytes of 32
 //              weights, two rounds of unpacks assemble four vectors of 8 floats.
-//      3 bits: the 8 float entries in one register; vpermps looks up bits 0-2 of each 32-bit lane,
-//              so a slot's code bytes shifted right by 0, 8, 16, 24 give four vectors of 8 weights.
+//      3 bits: odd slots: the 8 float entries in one register; vpermps looks up bits 0-2 of each
+//              32-bit lane, so a slot's code bytes shifted right by 0, 8, 16, 24 give four vectors of
+//              8 weights. Even slots: byte-pair planes; two vpshufb per 16 weights on the codes
+//              paired with code | 8 fetch 16-bit halves, one round of unpacks assembles them.
 //      1, 2 bits: the entries repeated in both 128-bit halves; vpermilps on shifted tile vectors.
 //    Products and sums are fp32 FMAs; the partial sums of every 4 tiles (1024 columns) of a row are
 //    added into a double accumulator, so that long rows lose no accuracy.
@@ -161,17 +163,37 @@ SQZ_AVX2_INLINE slot_weights decode_planes(const __m256i (&planes)[4], const std
              _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
 }
 
+/// Byte-pair planes of an 8-entry float LUT (3 bits): plane 0 holds bytes 0 and 1 of the entries
+/// (entry k's at k and 8 + k), plane 1 bytes 2 and 3. Each code byte c is paired with c | 8, so one
+/// vpshufb gives the 16-bit halves of 16 floats and one round of unpacks assembles them: 10 shuffles
+/// per 32 weights, in the unpack order of the 4-bit planes.
+template <int Slot>
+SQZ_AVX2_INLINE slot_weights decode_pair_planes(const __m256i& plane01, const __m256i& plane23, const std::uint8_t* tile) noexcept {
+    const __m256i idx = slot_codes<3, Slot>(tile);
+    const __m256i with_high = _mm256_or_si256(idx, _mm256_set1_epi8(8));
+    const __m256i pairs_lo = _mm256_unpacklo_epi8(idx, with_high);  // columns 0-7 | 16-23
+    const __m256i pairs_hi = _mm256_unpackhi_epi8(idx, with_high);  // columns 8-15 | 24-31
+    const __m256i lo01 = _mm256_shuffle_epi8(plane01, pairs_lo);
+    const __m256i lo23 = _mm256_shuffle_epi8(plane23, pairs_lo);
+    const __m256i hi01 = _mm256_shuffle_epi8(plane01, pairs_hi);
+    const __m256i hi23 = _mm256_shuffle_epi8(plane23, pairs_hi);
+    return {{_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23)),
+             _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
+}
+
 /// A row's exact-mode LUT table (cpu_layout::fill_exact_table) in registers.
 template <int Bits>
 struct exact_table {
-    __m256i v[Bits == 4 ? 4 : 1];
+    __m256i v[Bits == 4 ? 4 : Bits == 3 ? 3 : 1];
 };
 
 template <int Bits>
 SQZ_AVX2_INLINE exact_table<Bits> load_exact_table(const std::uint8_t* table) noexcept {
     exact_table<Bits> t;
     if constexpr (Bits == 3) {
-        t.v[0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(table));  // the 8 entries as floats
+        t.v[0] = broadcast16(table);  // byte-pair planes
+        t.v[1] = broadcast16(table + 16);
+        t.v[2] = _mm256_load_si256(reinterpret_cast<const __m256i*>(table + 32));  // the 8 entries as floats
     } else {
         for (std::size_t k = 0; k < sizeof(t.v) / sizeof(t.v[0]); ++k) t.v[k] = broadcast16(table + 16 * k);
     }
@@ -185,6 +207,12 @@ template <int Bits, int Step, class Consumer>
 SQZ_AVX2_INLINE void decode_tile(const exact_table<Bits>& table, const std::uint8_t* tile, Consumer& consume) noexcept {
     if constexpr (Bits == 4) {
         const slot_weights w = decode_planes<Bits, Step>(table.v, tile);
+        for (int r = 0; r < 4; ++r) consume(4 * Step + r, w.w[r]);
+    } else if constexpr (Bits == 3 && Step % 2 == 0) {
+        // Even slots through the byte-pair planes (vpshufb), odd slots through vpermps: the two
+        // decoders load different execution resources, and alternating them is ~10% faster than
+        // either alone (docs/design.md).
+        const slot_weights w = decode_pair_planes<Step>(table.v[0], table.v[1], tile);
         for (int r = 0; r < 4; ++r) consume(4 * Step + r, w.w[r]);
     } else if constexpr (Bits == 3) {
         // The slot's codes in the low 3 bits of each byte; vpermps reads bits 0-2 of each 32-bit lane
@@ -201,7 +229,7 @@ SQZ_AVX2_INLINE void decode_tile(const exact_table<Bits>& table, const std::uint
             codes = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 1), 7), _mm256_set1_epi8(1)),
                                     _mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 2), 5), _mm256_set1_epi8(6)));
         }
-        const __m256 lut = _mm256_castsi256_ps(table.v[0]);
+        const __m256 lut = _mm256_castsi256_ps(table.v[2]);
         consume(4 * Step, _mm256_permutevar8x32_ps(lut, codes));
         consume(4 * Step + 1, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 8)));
         consume(4 * Step + 2, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 16)));

@@ -5,9 +5,11 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -193,6 +195,35 @@ TEST_CASE("tile layout: encode_tile and tile_code are inverse for 1..4 bits", "[
     CHECK(tile[32 + 5] == (0b1 << 6 | 0b1 << 7));  // V_1: (code(6) >> 2) << 6 | (code(7) & 1) << 7
     CHECK(tile[64 + 5] == (0b01 << 6));            // V_2: (code(7) >> 1) << 6
     REQUIRE_THROWS_AS(layout::encode_tile(codes, 5, tile), sqz::error);
+}
+
+TEST_CASE("exact tables hold every LUT byte where the decoders look, column orders are permutations",
+          "[matvec][cpu][layout]") {
+    namespace layout = sqz::detail::cpu_layout;
+    for (int bits = 1; bits <= 4; ++bits) {
+        std::vector<bool> seen(layout::tile_columns, false);
+        for (std::size_t p = 0; p < layout::tile_columns; ++p) {
+            const std::size_t c = layout::exact_column(bits, p);
+            REQUIRE(c < layout::tile_columns);
+            REQUIRE(!seen[c]);
+            seen[c] = true;
+        }
+    }
+    // Distinct bytes in every position of every entry, so a misplaced byte cannot go unnoticed.
+    std::array<std::uint32_t, 16> lut{};
+    for (std::uint32_t k = 0; k < 16; ++k) lut[k] = (0x01020304u * (k + 1)) ^ 0x80402010u;
+    std::array<std::uint8_t, layout::exact_table_bytes> table{};
+    const auto byte = [](std::uint32_t v, int p) { return static_cast<std::uint8_t>(v >> (8 * p)); };
+    layout::fill_exact_table(4, std::span<const std::uint32_t>(lut.data(), 16), table);
+    for (std::size_t k = 0; k < 16; ++k)
+        for (int p = 0; p < 4; ++p) REQUIRE(table[16 * static_cast<std::size_t>(p) + k] == byte(lut[k], p));  // byte planes
+    layout::fill_exact_table(3, std::span<const std::uint32_t>(lut.data(), 8), table);
+    for (std::size_t k = 0; k < 8; ++k)
+        for (int p = 0; p < 4; ++p) {
+            const auto q = static_cast<std::size_t>(p);
+            REQUIRE(table[16 * (q / 2) + 8 * (q % 2) + k] == byte(lut[k], p));  // byte-pair planes (even slots)
+            REQUIRE(table[32 + 4 * k + q] == byte(lut[k], p));                 // floats (odd slots, vpermps)
+        }
 }
 
 TEST_CASE("cpu matvec agrees with the reference on odd shapes, all widths, both kernels", "[matvec][cpu]") {

@@ -5,9 +5,11 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -195,6 +197,35 @@ TEST_CASE("tile layout: encode_tile and tile_code are inverse for 1..4 bits", "[
     REQUIRE_THROWS_AS(layout::encode_tile(codes, 5, tile), sqz::error);
 }
 
+TEST_CASE("exact tables hold every LUT byte where the decoders look, column orders are permutations",
+          "[matvec][cpu][layout]") {
+    namespace layout = sqz::detail::cpu_layout;
+    for (int bits = 1; bits <= 4; ++bits) {
+        std::vector<bool> seen(layout::tile_columns, false);
+        for (std::size_t p = 0; p < layout::tile_columns; ++p) {
+            const std::size_t c = layout::exact_column(bits, p);
+            REQUIRE(c < layout::tile_columns);
+            REQUIRE(!seen[c]);
+            seen[c] = true;
+        }
+    }
+    // Distinct bytes in every position of every entry, so a misplaced byte cannot go unnoticed.
+    std::array<std::uint32_t, 16> lut{};
+    for (std::uint32_t k = 0; k < 16; ++k) lut[k] = (0x01020304u * (k + 1)) ^ 0x80402010u;
+    std::array<std::uint8_t, layout::exact_table_bytes> table{};
+    const auto byte = [](std::uint32_t v, int p) { return static_cast<std::uint8_t>(v >> (8 * p)); };
+    layout::fill_exact_table(4, std::span<const std::uint32_t>(lut.data(), 16), table);
+    for (std::size_t k = 0; k < 16; ++k)
+        for (int p = 0; p < 4; ++p) REQUIRE(table[16 * static_cast<std::size_t>(p) + k] == byte(lut[k], p));  // byte planes
+    layout::fill_exact_table(3, std::span<const std::uint32_t>(lut.data(), 8), table);
+    for (std::size_t k = 0; k < 8; ++k)
+        for (int p = 0; p < 4; ++p) {
+            const auto q = static_cast<std::size_t>(p);
+            REQUIRE(table[16 * (q / 2) + 8 * (q % 2) + k] == byte(lut[k], p));  // byte-pair planes (even slots)
+            REQUIRE(table[32 + 4 * k + q] == byte(lut[k], p));                 // floats (odd slots, vpermps)
+        }
+}
+
 TEST_CASE("cpu matvec agrees with the reference on odd shapes, all widths, both kernels", "[matvec][cpu]") {
     for (const auto kernel : cpu_kernels)
         for (int bits = 1; bits <= 8; ++bits)
@@ -239,6 +270,23 @@ TEST_CASE("cpu matvec: long rows keep the exact-mode error within 1e-5 relative"
             sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.kernel = kernel});
             require_close(y, brute_force(m, x), magnitudes(m, x), 1e-5, std::string("long rows ") + name(kernel));
         }
+}
+
+TEST_CASE("cpu matvec: rows of several fp32 windows and a partial last window", "[matvec][cpu]") {
+    // The AVX2 exact kernel sums a row's products in fp32 over windows of exact_float_tiles tiles
+    // (1024 columns) before adding them in double; cover whole windows followed by a partial one,
+    // for groups of four rows and the single rows after them.
+    for (const auto kernel : cpu_kernels)
+        for (int bits = 1; bits <= 4; ++bits)
+            for (const shape s : {shape{6, 1300}, shape{9, 2049}, shape{5, 2304}}) {
+                const auto m = make_matrix(s.rows, s.cols, bits, 77 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
+                const auto x = random_vector(s.cols, 8);
+                std::vector<float> y(static_cast<std::size_t>(s.rows));
+                sqz::matvec<sqz::backend::cpu>(sqz::prepare<sqz::backend::cpu>(m.q), x, y, {.kernel = kernel});
+                require_close(y, brute_force(m, x), magnitudes(m, x), 1e-5,
+                              std::string("windows ") + name(kernel) + " bits " + std::to_string(bits) + " shape " +
+                                  std::to_string(s.rows) + "x" + std::to_string(s.cols));
+            }
 }
 
 TEST_CASE("cpu matvec in double precision uses the portable kernels", "[matvec][cpu]") {

@@ -7,19 +7,21 @@
 //    produces the weights (permute_for_exact, cpu_layout::exact_column):
 //      4 bits: the 16 float entries as four byte planes; four vpshufb fetch the four bytes of 32
 //              weights, two rounds of unpacks assemble four vectors of 8 floats.
-//      3 bits: the 8 float entries in one register; vpermps looks up bits 0-2 of each 32-bit lane,
-//              so a slot's code bytes shifted right by 0, 8, 16, 24 give four vectors of 8 weights.
+//      3 bits: odd slots: the 8 float entries in one register; vpermps looks up bits 0-2 of each
+//              32-bit lane, so a slot's code bytes shifted right by 0, 8, 16, 24 give four vectors of
+//              8 weights. Even slots: byte-pair planes; two vpshufb per 16 weights on the codes
+//              paired with code | 8 fetch 16-bit halves, one round of unpacks assembles them.
 //      1, 2 bits: the entries repeated in both 128-bit halves; vpermilps on shifted tile vectors.
-//    Products and sums are fp32 FMAs; each tile's partial sums are added into double accumulators
-//    so that long rows lose no accuracy.
+//    Products and sums are fp32 FMAs; the partial sums of every 4 tiles (1024 columns) of a row are
+//    added into a double accumulator, so that long rows lose no accuracy.
 //  - int8 mode: one vpshufb through the 7-bit LUT gives 32 unsigned weights, vpmaddubsw multiplies
 //    them with 32 int8 activations (pair sums <= 2 * 127 * 127 fit in int16), and vpmaddwd with the
 //    slot's 16-bit scale D_b both widens to int32 and applies the per-32 scale for free. One float
 //    conversion and FMA per tile of 256 columns applies the tile unit e_t.
 // Both kernels process the four rows of a layout group together, codes read in storage order (one
 // sequential stream, prefetched ahead): the int8 kernel slot by slot, loading each activation
-// vector once for four rows; the exact kernel tile by tile, row after row, reloading each row's
-// table from L1 (it is limited by its shuffles, and registers are scarce).
+// vector once for four rows; the exact kernel four tiles of a row at a time, row after row,
+// reloading each row's table from L1 (it is limited by its shuffles, and registers are scarce).
 // The sparse part is a second pass over each row block right after its dense part (add_sparse_rows),
 // per row with 8-wide gathers in two chains, its CSR entries prefetched a few rows ahead.
 #pragma once
@@ -161,17 +163,37 @@ SQZ_AVX2_INLINE slot_weights decode_planes(const __m256i (&planes)[4], const std
              _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
 }
 
+/// Byte-pair planes of an 8-entry float LUT (3 bits): plane 0 holds bytes 0 and 1 of the entries
+/// (entry k's at k and 8 + k), plane 1 bytes 2 and 3. Each code byte c is paired with c | 8, so one
+/// vpshufb gives the 16-bit halves of 16 floats and one round of unpacks assembles them: 10 shuffles
+/// per 32 weights, in the unpack order of the 4-bit planes.
+template <int Slot>
+SQZ_AVX2_INLINE slot_weights decode_pair_planes(const __m256i& plane01, const __m256i& plane23, const std::uint8_t* tile) noexcept {
+    const __m256i idx = slot_codes<3, Slot>(tile);
+    const __m256i with_high = _mm256_or_si256(idx, _mm256_set1_epi8(8));
+    const __m256i pairs_lo = _mm256_unpacklo_epi8(idx, with_high);  // columns 0-7 | 16-23
+    const __m256i pairs_hi = _mm256_unpackhi_epi8(idx, with_high);  // columns 8-15 | 24-31
+    const __m256i lo01 = _mm256_shuffle_epi8(plane01, pairs_lo);
+    const __m256i lo23 = _mm256_shuffle_epi8(plane23, pairs_lo);
+    const __m256i hi01 = _mm256_shuffle_epi8(plane01, pairs_hi);
+    const __m256i hi23 = _mm256_shuffle_epi8(plane23, pairs_hi);
+    return {{_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23)),
+             _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
+}
+
 /// A row's exact-mode LUT table (cpu_layout::fill_exact_table) in registers.
 template <int Bits>
 struct exact_table {
-    __m256i v[Bits == 4 ? 4 : 1];
+    __m256i v[Bits == 4 ? 4 : Bits == 3 ? 3 : 1];
 };
 
 template <int Bits>
 SQZ_AVX2_INLINE exact_table<Bits> load_exact_table(const std::uint8_t* table) noexcept {
     exact_table<Bits> t;
     if constexpr (Bits == 3) {
-        t.v[0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(table));  // the 8 entries as floats
+        t.v[0] = broadcast16(table);  // byte-pair planes
+        t.v[1] = broadcast16(table + 16);
+        t.v[2] = _mm256_load_si256(reinterpret_cast<const __m256i*>(table + 32));  // the 8 entries as floats
     } else {
         for (std::size_t k = 0; k < sizeof(t.v) / sizeof(t.v[0]); ++k) t.v[k] = broadcast16(table + 16 * k);
     }
@@ -185,6 +207,12 @@ template <int Bits, int Step, class Consumer>
 SQZ_AVX2_INLINE void decode_tile(const exact_table<Bits>& table, const std::uint8_t* tile, Consumer& consume) noexcept {
     if constexpr (Bits == 4) {
         const slot_weights w = decode_planes<Bits, Step>(table.v, tile);
+        for (int r = 0; r < 4; ++r) consume(4 * Step + r, w.w[r]);
+    } else if constexpr (Bits == 3 && Step % 2 == 0) {
+        // Even slots through the byte-pair planes (vpshufb), odd slots through vpermps: the two
+        // decoders load different execution resources, and alternating them is ~10% faster than
+        // either alone (docs/design.md).
+        const slot_weights w = decode_pair_planes<Step>(table.v[0], table.v[1], tile);
         for (int r = 0; r < 4; ++r) consume(4 * Step + r, w.w[r]);
     } else if constexpr (Bits == 3) {
         // The slot's codes in the low 3 bits of each byte; vpermps reads bits 0-2 of each 32-bit lane
@@ -201,7 +229,7 @@ SQZ_AVX2_INLINE void decode_tile(const exact_table<Bits>& table, const std::uint
             codes = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 1), 7), _mm256_set1_epi8(1)),
                                     _mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 2), 5), _mm256_set1_epi8(6)));
         }
-        const __m256 lut = _mm256_castsi256_ps(table.v[0]);
+        const __m256 lut = _mm256_castsi256_ps(table.v[2]);
         consume(4 * Step, _mm256_permutevar8x32_ps(lut, codes));
         consume(4 * Step + 1, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 8)));
         consume(4 * Step + 2, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 16)));
@@ -361,15 +389,24 @@ inline void prefetch_codes(const std::uint8_t* p, std::size_t bytes) noexcept {
     for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + o));
 }
 
-/// One tile of one row, decoded through the row's exact table and multiplied with the tile's 256
-/// permuted activations in fp32 (four accumulators), its sum added into a double accumulator, so
-/// long rows lose no accuracy.
+/// Tiles a row's exact kernel multiplies in fp32 before it adds their sum into its double accumulator:
+/// 1024 columns, 32 fp32 partial sums of 32 products each (relative rounding error a few 1e-7 at worst),
+/// and the table load, the horizontal sum and the double conversion paid once per 1024 weights instead
+/// of once per 256.
+inline constexpr std::size_t exact_float_tiles = 4;
+
+/// Tiles [first, first + count) of one row (tile t at tiles + t * stride), decoded through the row's
+/// exact table and multiplied with the permuted activations in fp32 (four accumulators); returns
+/// total plus their sum in double.
 template <int Bits>
-SQZ_AVX2_INLINE __m256d exact_tile(const std::uint8_t* table_bytes, const std::uint8_t* tile, const float* xp,
-                                   __m256d total) noexcept {
+SQZ_AVX2_INLINE __m256d exact_tiles(const std::uint8_t* table_bytes, const std::uint8_t* tiles, std::size_t stride,
+                                    const float* xp, std::size_t first, std::size_t count, __m256d total) noexcept {
     const exact_table<Bits> table = load_exact_table<Bits>(table_bytes);
     accumulate_products products{xp, {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
-    decode_tile<Bits, 0>(table, tile, products);
+    for (std::size_t t = first; t < first + count; ++t) {
+        products.x = xp + t * cpu_layout::tile_columns;
+        decode_tile<Bits, 0>(table, tiles + t * stride, products);
+    }
     return add_to_double(total, products.sum());
 }
 
@@ -380,14 +417,15 @@ SQZ_AVX2_TARGET void exact_row(const cpu_matrix_view<float>& m, std::size_t row,
     const std::uint8_t* table = m.exact_tables + row * cpu_layout::exact_table_bytes;
     const std::uint8_t* tiles = m.row_tiles(row);
     __m256d total = _mm256_setzero_pd();
-    for (std::size_t t = 0; t < m.tiles; ++t)
-        total = exact_tile<Bits>(table, tiles + t * m.tile_stride(), xp + t * cpu_layout::tile_columns, total);
+    for (std::size_t t = 0; t < m.tiles; t += exact_float_tiles)
+        total = exact_tiles<Bits>(table, tiles, m.tile_stride(), xp, t, std::min(exact_float_tiles, m.tiles - t), total);
     y[row] = static_cast<float>(horizontal_sum(total));
 }
 
-/// Rows [row, row + 4), one layout group (row a multiple of 4): tile by tile, the four rows' tiles in
-/// storage order, so the codes are one sequential stream (prefetched ahead). Each row's table is
-/// reloaded from L1 for every tile (loads are cheap here; registers are not).
+/// Rows [row, row + 4), one layout group (row a multiple of 4): a few tiles of each row in turn
+/// (exact_float_tiles), so the codes are read as one sequential stream (prefetched ahead) in windows
+/// of a few KB. Each row's table is reloaded from L1 for every window (loads are cheap here;
+/// registers are not).
 template <int Bits>
 SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t row, const float* xp, float* y) noexcept {
     constexpr std::size_t R = cpu_layout::group_rows;
@@ -396,12 +434,12 @@ SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t ro
     const std::size_t stride = m.tile_stride();
     __m256d total[R];
     for (std::size_t r = 0; r < R; ++r) total[r] = _mm256_setzero_pd();
-    for (std::size_t t = 0; t < m.tiles; ++t) {
-        const std::uint8_t* group_tiles = base + t * stride;
-        prefetch_codes(group_tiles, stride);
-        const float* xt = xp + t * cpu_layout::tile_columns;
+    for (std::size_t t = 0; t < m.tiles; t += exact_float_tiles) {
+        const std::size_t count = std::min(exact_float_tiles, m.tiles - t);
+        prefetch_codes(base + t * stride, count * stride);
         for (std::size_t r = 0; r < R; ++r)
-            total[r] = exact_tile<Bits>(tables + r * cpu_layout::exact_table_bytes, group_tiles + r * m.tile_bytes, xt, total[r]);
+            total[r] = exact_tiles<Bits>(tables + r * cpu_layout::exact_table_bytes, base + r * m.tile_bytes, stride, xp, t,
+                                         count, total[r]);
     }
     for (std::size_t r = 0; r < R; ++r)
         y[row + r] = static_cast<float>(horizontal_sum(total[r]));

@@ -19,9 +19,12 @@
 // produces the weights (exact_column):
 //   4 bits: byte planes; four vpshufb give the four bytes of a slot's 32 weights, two rounds of unpacks
 //           assemble floats in the order (0-3, 16-19), (4-7, 20-23), (8-11, 24-27), (12-15, 28-31).
-//   3 bits: the 8 LUT entries as floats in one register (L0..L7); vpermps looks the weights up from
-//           bits 0-2 of each 32-bit lane, so the slot's code bytes shifted by 8b give step b: lane i
-//           of vector 4s + b holds the code of byte 4i + b of slot s.
+//   3 bits: bytes 0-31: byte-pair planes (byte p of entry k at 16 (p / 2) + 8 (p % 2) + k); the even
+//           slots pair each code c with c | 8, two vpshufb fetch the 16-bit halves of 16 floats and
+//           one round of unpacks assembles them, in the 4-bit order below. Bytes 32-63: the 8 entries
+//           as floats (L0..L7); for the odd slots vpermps looks the weights up from bits 0-2 of each
+//           32-bit lane, so the slot's code bytes shifted by 8b give step b: lane i of vector 4s + b
+//           holds the code of byte 4i + b of slot s.
 //   1, 2 bits: the LUT as floats (2 bits: L0..L3; 1 bit: L0, L1, L0, L1) in both 128-bit halves of a
 //           register; vpermilps looks the weights up from bits 0-1 of each 32-bit lane, so one shift
 //           of a tile vector by Bits * n gives step n: lane i of step n holds the code of byte 4i + b
@@ -106,10 +109,14 @@ inline void fill_exact_table(int bits, std::span<const std::uint32_t> lut, std::
         for (std::size_t p = 0; p < 4; ++p) {
             switch (bits) {
                 case 4: out[16 * p + k] = byte(k, p); break;  // byte planes
+                case 3:                                         // byte-pair planes, then L0..L7
+                    out[16 * (p / 2) + 8 * (p % 2) + k] = byte(k, p);
+                    out[32 + 4 * k + p] = byte(k, p);
+                    break;
                 case 1:                                         // L0, L1, L0, L1
                     out[8 + 4 * k + p] = byte(k, p);
                     [[fallthrough]];
-                default: out[4 * k + p] = byte(k, p); break;    // 2, 3 bits: L0..L3, L0..L7
+                default: out[4 * k + p] = byte(k, p); break;    // 2 bits: L0..L3
             }
         }
 }
@@ -125,8 +132,9 @@ constexpr std::size_t exact_column(int bits, std::size_t p) noexcept {
             const std::size_t r = v % 4;
             return slot_columns * s + (i < 4 ? 4 * r + i : 16 + 4 * r + (i - 4));
         }
-        case 3: {  // vector v = 4 s + b: byte b of each 32-bit lane of slot s
-            return slot_columns * (v / 4) + 4 * i + v % 4;
+        case 3: {  // odd slots (vpermps): vector v = 4 s + b: byte b of each 32-bit lane of slot s
+            if (v / 4 % 2 == 1) return slot_columns * (v / 4) + 4 * i + v % 4;
+            return exact_column(4, p);  // even slots (byte-pair planes): the 4-bit unpack order
         }
         case 2: {  // vector v = 16 k + n of tile vector V_k, n = 4 b + m
             const std::size_t k = v / 16;

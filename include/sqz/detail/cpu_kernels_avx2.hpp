@@ -14,8 +14,9 @@
 //    so that long rows lose no accuracy.
 //  - int8 mode: one vpshufb through the 7-bit LUT gives 32 unsigned weights, vpmaddubsw multiplies
 //    them with 32 int8 activations (pair sums <= 2 * 127 * 127 fit in int16), and vpmaddwd with the
-//    slot's 16-bit scale D_b both widens to int32 and applies the per-32 scale for free. One float
-//    conversion and FMA per tile of 256 columns applies the tile unit e_t.
+//    slot's 16-bit scale D_b (broadcast from one 32-bit word per slot) both widens to int32 and
+//    applies the per-32 scale for free. One float conversion and FMA per tile of 256 columns applies
+//    the tile unit e_t.
 // Both kernels process the four rows of a layout group together, codes read in storage order (one
 // sequential stream, prefetched ahead): the int8 kernel slot by slot, loading each activation
 // vector once for four rows; the exact kernel tile by tile, row after row, reloading each row's
@@ -266,7 +267,7 @@ SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t col
     using cpu_layout::tile_columns;
     out.q.resize(tiles * tile_columns);
     out.slot_scale.resize(tiles * slots_per_tile);
-    out.slot_scale_vectors.resize(tiles * slots_per_tile * 16);
+    out.slot_scale_pairs.resize(tiles * slots_per_tile);
     out.tile_scale.resize(tiles);
     const __m256 magnitude_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 largest = _mm256_set1_ps(std::numeric_limits<float>::max());
@@ -283,7 +284,7 @@ SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t col
             xt = tail;
         }
         std::int8_t* qt = out.q.data() + t * tile_columns;
-        std::int16_t* dt = out.slot_scale_vectors.data() + t * slots_per_tile * 16;
+        std::uint32_t* dt = out.slot_scale_pairs.data() + t * slots_per_tile;
         float slot_max[slots_per_tile];
         int finite = 0xff;
         for (std::size_t s = 0; s < slots_per_tile; ++s) {
@@ -303,7 +304,7 @@ SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t col
         if (!(tile_max >= 127.0f * 255.0f * std::numeric_limits<float>::min())) {
             std::fill_n(qt, tile_columns, std::int8_t{0});
             std::fill_n(out.slot_scale.data() + t * slots_per_tile, slots_per_tile, std::uint8_t{0});
-            std::fill_n(dt, slots_per_tile * 16, std::int16_t{0});
+            std::fill_n(dt, slots_per_tile, std::uint32_t{0});
             out.tile_scale[t] = 0.0f;
             continue;
         }
@@ -335,7 +336,7 @@ SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t col
             }
             _mm256_store_si256(reinterpret_cast<__m256i*>(qt + 32 * s), packed);
             out.slot_scale[t * slots_per_tile + s] = d;
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dt + 16 * s), _mm256_set1_epi16(static_cast<short>(d)));
+            dt[s] = std::uint32_t{d} | std::uint32_t{d} << 16;
         }
         x_hat_sum += static_cast<double>(unit) * static_cast<double>(tile_sum);
     }
@@ -411,9 +412,9 @@ SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t ro
 
 template <int Bits, int R, int Slot>
 SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint8_t* const (&tiles)[R],
-                                       const std::int8_t* xq, const std::int16_t* scales, __m256i (&acc)[R]) noexcept {
+                                       const std::int8_t* xq, const std::uint32_t* scales, __m256i (&acc)[R]) noexcept {
     const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + Slot * cpu_layout::slot_columns));
-    const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(scales + Slot * 16));
+    const __m256i dv = _mm256_set1_epi32(static_cast<int>(scales[Slot]));
     for (int r = 0; r < R; ++r) {
         const __m256i w = _mm256_shuffle_epi8(luts[r], slot_codes<Bits, Slot>(tiles[r]));
         acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), dv));
@@ -442,7 +443,7 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
             acc[r] = _mm256_setzero_si256();
         }
         int8_slots<Bits, R, 0>(luts, tiles, a.q.data() + t * cpu_layout::tile_columns,
-                               a.slot_scale_vectors.data() + t * cpu_layout::slots_per_tile * 16, acc);
+                               a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile, acc);
         const __m256 unit = _mm256_set1_ps(a.tile_scale[t]);
         for (int r = 0; r < R; ++r) total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), unit, total[r]);
     }
@@ -501,11 +502,11 @@ SQZ_AVX2_TARGET void int8_row_columns(const cpu_matrix_view<float>& m, std::size
         for (std::size_t c = 0; c < k; ++c) {
             const auto& a = columns[c];
             const std::int8_t* xq = a.q.data() + t * cpu_layout::tile_columns;
-            const std::int16_t* scales = a.slot_scale_vectors.data() + t * cpu_layout::slots_per_tile * 16;
+            const std::uint32_t* scales = a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile;
             __m256i acc = _mm256_setzero_si256();
             for (int s = 0; s < 8; ++s) {
                 const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + 32 * s));
-                const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(scales + 16 * s));
+                const __m256i dv = _mm256_set1_epi32(static_cast<int>(scales[s]));
                 acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(weights[s], xv), dv));
             }
             total[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(a.tile_scale[t]), total[c]);

@@ -238,20 +238,32 @@ void for_row_blocks(const cpu_matrix_view<T>& m, int threads, Body&& body) {
 }
 
 #if SQZ_HAVE_X86_SIMD
+/// Rows [first, end) in groups of R (`group`), the rest one by one (`one`), with the sparse part
+/// around them: its row sums are computed first, into per-thread scratch, while the block's first
+/// codes are prefetched (avx2::sparse_row_sums), and added to y after the dense part. Otherwise
+/// DRAM would sit idle while the sparse part is computed (docs/design.md).
 template <int R, class Kernel1, class KernelR>
-void grouped_rows(std::size_t first, std::size_t end, Kernel1&& one, KernelR&& group) {
+void grouped_rows(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end, const float* x, float* y,
+                  Kernel1&& one, KernelR&& group) {
+    const bool sparse = m.row_ptr != nullptr && m.row_ptr[first] != m.row_ptr[end];
+    thread_local std::vector<double> sparse_sums;
+    if (sparse) {
+        sparse_sums.resize(end - first);
+        avx2::sparse_row_sums(m, first, end, x, sparse_sums.data());
+    }
     std::size_t i = first;
     for (; i + R <= end; i += R) group(i);
     for (; i < end; ++i) one(i);
+    if (sparse)
+        for (i = first; i < end; ++i) y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_sums[i - first]);
 }
 
 template <int Bits>
 void avx2_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x, float* y, int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         grouped_rows<cpu_layout::group_rows>(
-            first, end, [&](std::size_t i) { avx2::exact_row<Bits>(m, i, xp, y); },
+            m, first, end, x, y, [&](std::size_t i) { avx2::exact_row<Bits>(m, i, xp, y); },
             [&](std::size_t i) { avx2::exact_group<Bits>(m, i, xp, y); });
-        avx2::add_sparse_rows(m, first, end, x, y);
     });
 }
 
@@ -260,9 +272,8 @@ void avx2_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<fl
                int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         grouped_rows<int8_rows_together>(
-            first, end, [&](std::size_t i) { avx2::int8_rows<Bits, 1>(m, i, a, y); },
+            m, first, end, x, y, [&](std::size_t i) { avx2::int8_rows<Bits, 1>(m, i, a, y); },
             [&](std::size_t i) { avx2::int8_rows<Bits, int8_rows_together>(m, i, a, y); });
-        avx2::add_sparse_rows(m, first, end, x, y);
     });
 }
 

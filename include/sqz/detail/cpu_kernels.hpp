@@ -98,7 +98,9 @@ template <class T>
 struct int8_activation_buffers {
     aligned_vector<std::int8_t> q;        ///< tiles * 256
     std::vector<std::uint8_t> slot_scale; ///< D_b per slot of 32 columns
-    aligned_vector<std::int16_t> slot_scale_vectors;  ///< D_b repeated 16 times per slot (AVX2 madd operand)
+    /// D_b in both 16-bit halves, per slot: the AVX2 kernels broadcast it (a load, no shuffle) as the
+    /// vpmaddwd operand; 4 bytes per slot keep the activations' L1 footprint small.
+    std::vector<std::uint32_t> slot_scale_pairs;
     std::vector<T> tile_scale;            ///< e_t per tile
     double x_hat_sum = 0.0;               ///< sum of the dequantized activations
     bool finite = true;
@@ -106,7 +108,7 @@ struct int8_activation_buffers {
 
 /// Quantizes x (cols entries) for int8 mode; returns false (and leaves `out` unusable) when x holds a
 /// NaN or an infinity, which the callers answer with an exact product. The AVX2 kernels use their own
-/// bit-identical version that also fills slot_scale_vectors (cpu_kernels_avx2.hpp).
+/// bit-identical version that also fills slot_scale_pairs (cpu_kernels_avx2.hpp).
 template <class T>
 bool quantize_activations(std::span<const T> x, std::size_t tiles, int8_activation_buffers<T>& out) {
     using cpu_layout::slot_columns;

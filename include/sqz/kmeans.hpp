@@ -235,6 +235,15 @@ struct layer_solver {
     double bound;
     mutable std::size_t first_pruned;   // leftmost cell found beyond the bound; every cell left of it is set
 
+    /// The first candidate for cell j: a_begin, or the previous layer's minimiser at j when larger. In exact
+    /// arithmetic that never exceeds the last candidate (the minimiser of a cell to the right), but rounding
+    /// can break near-ties between neighbouring candidates non-monotonically; callers clamp it to the last
+    /// candidate, so that no cell is left without one (which would read past the sums and set a cell
+    /// to infinity, pruning the rest of its layer).
+    std::size_t lower_bound(std::size_t j, std::size_t a_begin) const {
+        return lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
+    }
+
     double g(std::size_t a, std::size_t j) const {
         const double w = s.s0[j] - s.s0[a];
         const double wy = s.s1[j] - s.s1[a];
@@ -320,8 +329,8 @@ struct layer_solver {
             const __m256d lane = _mm256_setr_pd(0, 1, 2, 3);
             for (std::size_t block = j_begin; block < j_end; block += 4) {
                 const std::size_t j = std::min(block, j_end - 4);  // the last block may overlap the previous one
-                const std::size_t first = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
                 const std::size_t last = std::min(a_end, j + 2);
+                const std::size_t first = std::min(last, lower_bound(j, a_begin));
                 const __m256d w_j = _mm256_loadu_pd(s.s0 + j);
                 const __m256d wy_j = _mm256_loadu_pd(s.s1 + j);
                 __m256d best = _mm256_set1_pd(std::numeric_limits<double>::infinity());
@@ -359,8 +368,8 @@ struct layer_solver {
         }
 #endif
         for (std::size_t j = j_begin; j < j_end; ++j) {
-            const std::size_t first = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
             const std::size_t last = std::min(a_end, j - 1);
+            const std::size_t first = std::min(last, lower_bound(j, a_begin));
             double best = g(first, j);
             std::size_t best_a = first;
             for (std::size_t a = first + 1; a <= last; ++a) {
@@ -384,8 +393,8 @@ struct layer_solver {
                 return;
             }
             const std::size_t j = j_begin + (j_end - j_begin) / 2;
-            const std::size_t lo = lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
-            const auto [best, best_a] = scan(j, lo, std::min(a_end, j - 1));
+            const std::size_t hi = std::min(a_end, j - 1);
+            const auto [best, best_a] = scan(j, std::min(hi, lower_bound(j, a_begin)), hi);
             value[j] = s.s2[j] + best;
             choice[j] = static_cast<std::uint32_t>(best_a);
             if (value[j] > bound) {  // j and everything right of it are beyond the bound

@@ -966,11 +966,15 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     backward.s2.resize(m + 1);
     // Mirrored groups (-y in reverse order): their prefix sums are suffix sums of the forward ones, as
     // differences of forward prefix sums like every interval sum the forward direction uses.
-    for (std::size_t i = 0; i <= m; ++i) {
-        backward.s0[i] = s.s0[m] - s.s0[m - i];
-        backward.s1[i] = s.s1[m - i] - s.s1[m];
-        backward.s2[i] = s.s2[m] - s.s2[m - i];
-    }
+    // One array at a time through raw pointers, so that the loops vectorise (through the vectors, each
+    // store could alias the next loads).
+    const auto mirror = [m](const double* forward_sum, double* backward_sum, double sign) {
+        const double total = forward_sum[m];
+        for (std::size_t i = 0; i <= m; ++i) backward_sum[i] = sign * (total - forward_sum[m - i]);
+    };
+    mirror(s.s0, backward.s0.data(), 1.0);
+    mirror(s.s1, backward.s1.data(), -1.0);
+    mirror(s.s2, backward.s2.data(), 1.0);
     const std::size_t left_layers = k / 2, right_layers = k - left_layers;
     double bound = std::numeric_limits<double>::infinity();
     if (k >= 4) {

@@ -361,8 +361,10 @@ struct layer_solver {
                 _mm256_storeu_pd(value + j, result);
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(choice + j), _mm256_cvttpd_epi32(at));
                 const int beyond = _mm256_movemask_pd(_mm256_cmp_pd(result, _mm256_set1_pd(bound), _CMP_GT_OQ));
-                if (beyond != 0)
+                if (beyond != 0) {  // D grows with j: the cells right of this one are beyond the bound too
                     first_pruned = std::min(first_pruned, j + static_cast<std::size_t>(std::countr_zero(static_cast<unsigned>(beyond))));
+                    return;
+                }
             }
             return;
         }
@@ -381,7 +383,10 @@ struct layer_solver {
             }
             value[j] = s.s2[j] + best;
             choice[j] = static_cast<std::uint32_t>(best_a);
-            if (value[j] > bound) first_pruned = std::min(first_pruned, j);
+            if (value[j] > bound) {
+                first_pruned = std::min(first_pruned, j);
+                return;
+            }
         }
     }
 

@@ -148,6 +148,13 @@ struct slot_weights {
     __m256 w[4];
 };
 
+/// Floats from their 16-bit halves: lo01/lo23 hold bytes 0-1 / 2-3 of the first 16 weights, hi01/hi23
+/// of the last 16; one round of 16-bit unpacks gives four vectors of 8 floats.
+SQZ_AVX2_INLINE slot_weights join_halves(__m256i lo01, __m256i lo23, __m256i hi01, __m256i hi23) noexcept {
+    return {{_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23)),
+             _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
+}
+
 /// Byte planes: four vpshufb fetch the four bytes of 32 weights, two rounds of unpacks assemble them.
 template <int Bits, int Slot>
 SQZ_AVX2_INLINE slot_weights decode_planes(const __m256i (&planes)[4], const std::uint8_t* tile) noexcept {
@@ -160,8 +167,7 @@ SQZ_AVX2_INLINE slot_weights decode_planes(const __m256i (&planes)[4], const std
     const __m256i hi01 = _mm256_unpackhi_epi8(b0, b1);
     const __m256i lo23 = _mm256_unpacklo_epi8(b2, b3);
     const __m256i hi23 = _mm256_unpackhi_epi8(b2, b3);
-    return {{_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23)),
-             _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
+    return join_halves(lo01, lo23, hi01, hi23);
 }
 
 /// Byte-pair planes of an 8-entry float LUT (3 bits): plane 0 holds bytes 0 and 1 of the entries
@@ -178,8 +184,7 @@ SQZ_AVX2_INLINE slot_weights decode_pair_planes(const __m256i& plane01, const __
     const __m256i lo23 = _mm256_shuffle_epi8(plane23, pairs_lo);
     const __m256i hi01 = _mm256_shuffle_epi8(plane01, pairs_hi);
     const __m256i hi23 = _mm256_shuffle_epi8(plane23, pairs_hi);
-    return {{_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23)),
-             _mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))}};
+    return join_halves(lo01, lo23, hi01, hi23);
 }
 
 /// A row's exact-mode LUT table (cpu_layout::fill_exact_table) in registers.

@@ -288,6 +288,65 @@ TEST_CASE("exact k-means groups equal values the same way on every path", "[kmea
     }
 }
 
+TEST_CASE("a DP layer whose lower bounds cross its upper bounds still gives every cell a valid candidate", "[kmeans]") {
+    // Rounding at near-ties can leave the previous layer's minimiser at a cell j above the last candidate
+    // the divide and conquer gives j (a right neighbour's minimiser; seen on LLM-like rows at k = 256).
+    // Such a cell must still take a candidate, not be left at infinity (which prunes the rest of the
+    // layer) or read past the sums. Layer 3 of a real 3-clustering is solved with the true layer-2
+    // minimisers as lower bounds, some raised as far as they can go; every cell's value must then be
+    // finite, come from a candidate in [2, j - 1], equal that candidate's cost (recomputed here), and
+    // never beat the optimum.
+    sqz::synthetic::rng random(4242);
+    constexpr std::size_t m = 300;
+    std::vector<double> y(m), w(m);
+    for (std::size_t i = 0; i < m; ++i) {
+        y[i] = (i == 0 ? 0.0 : y[i - 1]) + 0.01 + random.uniform();
+        w[i] = 0.1 + random.uniform();
+    }
+    std::vector<double> s0(m + 1, 0.0), s1(m + 1, 0.0), s2(m + 1, 0.0);
+    for (std::size_t i = 0; i < m; ++i) {
+        s0[i + 1] = s0[i] + w[i];
+        s1[i + 1] = s1[i] + w[i] * y[i];
+        s2[i + 1] = s2[i] + w[i] * y[i] * y[i];
+    }
+    const auto cost = [&](std::size_t a, std::size_t b) {  // groups [a, b), directly from the points
+        double sw = 0, swy = 0;
+        for (std::size_t i = a; i < b; ++i) sw += w[i], swy += w[i] * y[i];
+        double c = 0;
+        for (std::size_t i = a; i < b; ++i) c += w[i] * (y[i] - swy / sw) * (y[i] - swy / sw);
+        return c;
+    };
+    const double infinity = std::numeric_limits<double>::infinity();
+    std::vector<double> d1(m + 1, infinity), d2(m + 1, infinity), d3(m + 1, infinity);
+    std::vector<std::uint32_t> lower(m + 1, 0);
+    for (std::size_t j = 1; j <= m; ++j) d1[j] = cost(0, j);
+    for (std::size_t j = 2; j <= m; ++j)
+        for (std::size_t a = 1; a < j; ++a)
+            if (d1[a] + cost(a, j) < d2[j]) d2[j] = d1[a] + cost(a, j), lower[j] = static_cast<std::uint32_t>(a);
+    for (std::size_t j = 3; j <= m; ++j)
+        for (std::size_t a = 2; a < j; ++a) d3[j] = std::min(d3[j], d2[a] + cost(a, j));
+    // A minimiser is below its cell (lower[j] <= j - 1), but may pass the minimiser of a cell to its right,
+    // which is the last candidate the divide and conquer gives j.
+    for (std::size_t j = 5; j <= m; j += 7) lower[j] = static_cast<std::uint32_t>(j - 1);
+
+    std::vector<double> reduced(m + 1, 0.0), value(m + 1, -1.0);
+    std::vector<std::uint32_t> choice(m + 1, 0);
+    for (std::size_t a = 2; a <= m; ++a) reduced[a] = d2[a] - s2[a];
+    sqz::detail::kmeans::layer_solver solver{{s0.data(), s1.data(), s2.data()}, reduced.data(), value.data(),
+                                             choice.data(), lower.data(), infinity, m + 1};
+    solver.solve(3, m + 1, 2, m);
+    CHECK(solver.first_pruned == m + 1);
+    for (std::size_t j = 3; j <= m; ++j) {
+        INFO("cell " << j);
+        REQUIRE(std::isfinite(value[j]));
+        REQUIRE(choice[j] >= 2);
+        REQUIRE(choice[j] <= j - 1);
+        const double from_choice = d2[choice[j]] + cost(choice[j], j);
+        CHECK(value[j] == Approx(from_choice).epsilon(1e-9).margin(1e-9));
+        CHECK(value[j] >= d3[j] - 1e-9 * (1 + d3[j]));
+    }
+}
+
 TEST_CASE("weights pull centroids toward heavy values", "[kmeans]") {
     const std::vector<double> x{0, 1, 2, 10, 11, 12};
     std::vector<double> w{1, 1, 1, 1, 1, 1};

@@ -130,9 +130,8 @@ SQZ_AVX2_TARGET inline double sparse_row_dot(const cpu_matrix_view<float>& m, st
 SQZ_AVX2_TARGET inline void sparse_row_sums(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end,
                                             const float* x, double* sums) noexcept {
     const std::uintptr_t codes_begin = reinterpret_cast<std::uintptr_t>(m.row_tiles(first));
-    const std::uintptr_t codes_end = reinterpret_cast<std::uintptr_t>(m.row_tiles(first)) +
-                                     (end - first + cpu_layout::group_rows - 1) / cpu_layout::group_rows *
-                                         cpu_layout::group_rows * m.row_bytes;
+    const std::uintptr_t codes_end =
+        codes_begin + (end - first + cpu_layout::group_rows - 1) / cpu_layout::group_rows * cpu_layout::group_rows * m.row_bytes;
     std::uintptr_t ahead = codes_begin;
     for (std::size_t i = first; i < end; ++i) {
         prefetch_sparse_rows(m, i + sparse_prefetch_rows, i + sparse_prefetch_rows + 1);

@@ -311,7 +311,10 @@ TEST_CASE("a DP layer whose lower bounds cross its upper bounds still gives ever
     }
     const auto cost = [&](std::size_t a, std::size_t b) {  // groups [a, b), directly from the points
         double sw = 0, swy = 0;
-        for (std::size_t i = a; i < b; ++i) sw += w[i], swy += w[i] * y[i];
+        for (std::size_t i = a; i < b; ++i) {
+            sw += w[i];
+            swy += w[i] * y[i];
+        }
         double c = 0;
         for (std::size_t i = a; i < b; ++i) c += w[i] * (y[i] - swy / sw) * (y[i] - swy / sw);
         return c;
@@ -321,8 +324,13 @@ TEST_CASE("a DP layer whose lower bounds cross its upper bounds still gives ever
     std::vector<std::uint32_t> lower(m + 1, 0);
     for (std::size_t j = 1; j <= m; ++j) d1[j] = cost(0, j);
     for (std::size_t j = 2; j <= m; ++j)
-        for (std::size_t a = 1; a < j; ++a)
-            if (d1[a] + cost(a, j) < d2[j]) d2[j] = d1[a] + cost(a, j), lower[j] = static_cast<std::uint32_t>(a);
+        for (std::size_t a = 1; a < j; ++a) {
+            const double through_a = d1[a] + cost(a, j);
+            if (through_a < d2[j]) {
+                d2[j] = through_a;
+                lower[j] = static_cast<std::uint32_t>(a);
+            }
+        }
     for (std::size_t j = 3; j <= m; ++j)
         for (std::size_t a = 2; a < j; ++a) d3[j] = std::min(d3[j], d2[a] + cost(a, j));
     // A minimiser is below its cell (lower[j] <= j - 1), but may pass the minimiser of a cell to its right,

@@ -502,7 +502,8 @@ struct lloyd_solver {
     /// First group in [lo, hi) with y >= c, or hi.
     std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const { return lower_bound_index(y, lo, hi, c); }
     /// First group in [lo, hi) with y >= c, or hi. Boundaries move little between calls: the eight groups
-    /// around `hint` are compared at once, and a binary search runs only when the answer lies outside them.
+    /// around `hint` are compared at once; when the answer lies outside them, steps doubling away from them
+    /// bracket it before a binary search, so the cost grows with the log of the distance moved, not of m.
     std::size_t first_at_least_near(double c, std::size_t hint, std::size_t lo, std::size_t hi) const {
 #if defined(__AVX2__)
         if (hint >= lo + 4 && hint + 4 <= hi) {
@@ -511,7 +512,20 @@ struct lloyd_solver {
                               (_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(y + hint), threshold, _CMP_LT_OQ)) << 4);
             const int count = std::popcount(static_cast<unsigned>(below));  // y is sorted: the lowest `count` groups
             if (count > 0 && count < 8) return hint - 4 + static_cast<std::size_t>(count);
-            return count == 0 ? first_at_least(c, lo, hint - 4) : first_at_least(c, hint + 4, hi);
+            if (count == 0) {  // y[end] >= c: the answer is at most end
+                std::size_t end = hint - 4;
+                for (std::size_t step = 8;; step *= 2) {
+                    if (end < lo + step) return first_at_least(c, lo, end);
+                    if (y[end - step] < c) return first_at_least(c, end - step + 1, end);
+                    end -= step;
+                }
+            }
+            std::size_t begin = hint + 4;  // every group before begin is below c
+            for (std::size_t step = 8;; step *= 2) {
+                if (begin + step >= hi) return first_at_least(c, begin, hi);
+                if (y[begin + step - 1] >= c) return first_at_least(c, begin, begin + step - 1);
+                begin += step;
+            }
         }
 #else
         (void)hint;

@@ -611,3 +611,28 @@ TEST_CASE("lloyd is deterministic, seed-dependent only through sampling, and nea
     }
     CHECK(gap / 6 < 0.1);  // a loose sanity bound; the benchmark measures the real gap
 }
+
+TEST_CASE("lloyd's hinted search finds the first value at least c from any hint, as std::lower_bound does", "[kmeans]") {
+    // first_at_least_near compares the eight values around the hint, then gallops away from them: check
+    // every kind of target (inside the window, just outside, far away, beyond either end, equal runs)
+    // from hints across the row.
+    sqz::synthetic::rng random(77);
+    std::vector<double> y(600);
+    for (std::size_t i = 0; i < y.size(); ++i) y[i] = (i == 0 ? 0.0 : y[i - 1]) + (random.uniform() < 0.2 ? 0.0 : random.uniform());
+    const std::size_t m = y.size();
+    std::vector<double> zeros(m + 1, 0.0);
+    sqz::detail::kmeans::lloyd_scratch scratch;
+    const sqz::detail::kmeans::lloyd_solver solver{y.data(), {zeros.data(), zeros.data(), zeros.data()}, m, scratch};
+    for (int trial = 0; trial < 4000; ++trial) {
+        const std::size_t hint = static_cast<std::size_t>(random.uniform() * static_cast<double>(m + 1)) % (m + 1);
+        const std::size_t lo = trial % 3 == 0 ? static_cast<std::size_t>(random.uniform() * static_cast<double>(hint + 1)) % (hint + 1) : 0;
+        const std::size_t hi = trial % 5 == 0 ? hint + static_cast<std::size_t>(random.uniform() * static_cast<double>(m - hint)) : m;
+        // Targets: an existing value (possibly in a run of equals), a value between two, or outside the range.
+        const std::size_t at = static_cast<std::size_t>(random.uniform() * static_cast<double>(m)) % m;
+        const double c = trial % 7 == 0 ? y[m - 1] + 1 : (trial % 11 == 0 ? -1.0 : (trial % 2 == 0 ? y[at] : y[at] + 0.5 * random.uniform()));
+        const auto expected = static_cast<std::size_t>(std::lower_bound(y.begin() + static_cast<std::ptrdiff_t>(lo),
+                                                                        y.begin() + static_cast<std::ptrdiff_t>(hi), c) - y.begin());
+        INFO("hint " << hint << " lo " << lo << " hi " << hi << " c " << c);
+        REQUIRE(solver.first_at_least_near(c, hint, lo, hi) == expected);
+    }
+}

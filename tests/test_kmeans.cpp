@@ -636,3 +636,63 @@ TEST_CASE("lloyd's hinted search finds the first value at least c from any hint,
         REQUIRE(solver.first_at_least_near(c, hint, lo, hi) == expected);
     }
 }
+
+TEST_CASE("lloyd's restarts that reach a state seen before skip their moves without changing the result", "[kmeans]") {
+    // Reference: every restart runs its split-and-merge moves (no skipping), with its own scratch memory.
+    // lloyd_partition must pick the same centres, and on these rows some restarts must have been skipped.
+    namespace km = sqz::detail::kmeans;
+    const auto values = sqz::synthetic::llm_like_weights(12, 700, 5);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(12, 700, 6);
+    std::size_t skipped = 0;
+    for (Eigen::Index r = 0; r < values.rows(); ++r)
+        for (const std::size_t k : {3u, 4u, 8u}) {
+            std::vector<double> y, w;
+            {
+                std::vector<std::pair<double, double>> points;
+                for (Eigen::Index c = 0; c < values.cols(); ++c) points.emplace_back(values(r, c), fisher(r, c));
+                std::sort(points.begin(), points.end());
+                for (const auto& [v, weight] : points) {  // merge equal values
+                    if (!y.empty() && y.back() == v) {
+                        w.back() += weight;
+                    } else if (weight > 0) {
+                        y.push_back(v);
+                        w.push_back(weight);
+                    }
+                }
+            }
+            const std::size_t m = y.size();
+            km::workspace<double, double> ws;
+            ws.shifted = y;
+            ws.forward.s0.assign(m + 1, 0.0);
+            ws.forward.s1.assign(m + 1, 0.0);
+            ws.forward.s2.assign(m + 1, 0.0);
+            for (std::size_t g = 0; g < m; ++g) {
+                ws.forward.s0[g + 1] = ws.forward.s0[g] + w[g];
+                ws.forward.s1[g + 1] = ws.forward.s1[g] + w[g] * y[g];
+                ws.forward.s2[g + 1] = ws.forward.s2[g] + w[g] * y[g] * y[g];
+            }
+            const sqz::kmeans_options options{.method = sqz::kmeans_method::lloyd, .restarts = 5, .seed = static_cast<std::uint64_t>(r)};
+            km::lloyd_partition(ws, m, k, options);
+
+            km::lloyd_scratch scratch;
+            km::lloyd_solver lloyd{y.data(), ws.forward.sums(), m, scratch};
+            sqz::synthetic::rng random(options.seed);
+            double best = std::numeric_limits<double>::infinity();
+            std::vector<double> best_centre;
+            for (int restart = 0; restart < options.restarts; ++restart) {
+                lloyd.seed(random, k, km::lloyd_seed_trials(k));
+                bool settled = false;
+                const double cost = lloyd.split_and_merge(km::split_merge_rounds(k), options.max_iterations,
+                                                          lloyd.iterate(options.max_iterations), settled);
+                if (cost < best) {
+                    best = cost;
+                    best_centre = scratch.centre;
+                }
+            }
+            INFO("row " << r << " k " << k);
+            CHECK(ws.best_centre == best_centre);
+            // States remembered: one per restart that ran its moves, plus one per settled run.
+            skipped += static_cast<std::size_t>(options.restarts) - std::min<std::size_t>(options.restarts, ws.lloyd.seen_centre.size() / k);
+        }
+    CHECK(skipped > 0);
+}

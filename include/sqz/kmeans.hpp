@@ -559,24 +559,36 @@ struct lloyd_solver {
         return lo;
     }
 
-    /// Change of the total cost if v (not a centre) were added at sorted position `at`.
-    double insertion_delta(double v, std::size_t at) const {
+    /// Where a new centre v (not a centre yet) goes: its sorted position among the centres and the
+    /// boundaries of its cell, which lie inside the region of the neighbouring cells.
+    struct placement {
+        std::size_t at, left_end, right_begin;
+    };
+    placement place(double v, std::size_t at) const {
         const std::size_t count = centre.size();
         const bool has_left = at > 0, has_right = at < count;
         const std::size_t region_begin = has_left ? start[at - 1] : 0;
         const std::size_t region_end = has_right ? start[at + 1] : m;
-        // The new boundaries lie inside the region of the neighbouring cells.
         const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end) : region_begin;
         const std::size_t right_begin =
             has_right ? first_at_least(0.5 * (v + centre[at]), left_end, region_end) : region_end;
-        double before = 0, after = s.cost_around(left_end, right_begin, v);
+        return {at, left_end, right_begin};
+    }
+
+    /// Change of the total cost if v were added as placed.
+    double insertion_delta(double v, const placement& p) const {
+        const std::size_t at = p.at, count = centre.size();
+        const bool has_left = at > 0, has_right = at < count;
+        const std::size_t region_begin = has_left ? start[at - 1] : 0;
+        const std::size_t region_end = has_right ? start[at + 1] : m;
+        double before = 0, after = s.cost_around(p.left_end, p.right_begin, v);
         if (has_left) {
             before += cell[at - 1];
-            after += s.cost_around(region_begin, left_end, centre[at - 1]);
+            after += s.cost_around(region_begin, p.left_end, centre[at - 1]);
         }
         if (has_right) {
             before += cell[at];
-            after += s.cost_around(right_begin, region_end, centre[at]);
+            after += s.cost_around(p.right_begin, region_end, centre[at]);
         }
         return after - before;
     }
@@ -594,19 +606,15 @@ struct lloyd_solver {
         for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
     }
 
-    /// Inserts centre v (not a centre yet) in sorted position, updating only the cells next to it.
-    void insert_centre(double v) {
-        const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
-        const std::size_t count = centre.size();
-        const std::size_t region_begin = at > 0 ? start[at - 1] : 0;
-        const std::size_t region_end = at < count ? start[at + 1] : m;
+    /// Inserts centre v as placed (by place(), with the current centres), updating only the cells next to it.
+    void insert_centre(double v, const placement& p) {
+        const std::size_t at = p.at, count = centre.size();
         centre.insert(centre.begin() + static_cast<std::ptrdiff_t>(at), v);
         start.insert(start.begin() + static_cast<std::ptrdiff_t>(at) + 1, static_cast<std::uint32_t>(at < count ? 0 : m));
         cell.insert(cell.begin() + static_cast<std::ptrdiff_t>(at), 0.0);
-        // Now centre[at] = v; boundaries at and at + 1 are new, and inside the old region.
-        if (at > 0) start[at] = static_cast<std::uint32_t>(first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end));
-        if (at < count)
-            start[at + 1] = static_cast<std::uint32_t>(first_at_least(0.5 * (v + centre[at + 1]), start[at], region_end));
+        // Now centre[at] = v; boundaries at and at + 1 are new.
+        if (at > 0) start[at] = static_cast<std::uint32_t>(p.left_end);
+        if (at < count) start[at + 1] = static_cast<std::uint32_t>(p.right_begin);
         for (std::size_t c = at > 0 ? at - 1 : 0; c <= std::min(at + 1, count); ++c)
             cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
     }
@@ -628,16 +636,19 @@ struct lloyd_solver {
             const double current = total();
             double best_delta = std::numeric_limits<double>::infinity();
             double best_value = 0;
+            placement best_place{};  // the best sample's cell, found once and reused to insert it
             for (std::size_t t = 0; t < trials; ++t) {
                 const std::size_t g = sample(random, current);
                 if (g >= m) continue;
                 const double v = y[g];
                 const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
                 if (at < centre.size() && centre[at] == v) continue;
-                const double delta = insertion_delta(v, at);
+                const placement p = place(v, at);
+                const double delta = insertion_delta(v, p);
                 if (delta < best_delta) {
                     best_delta = delta;
                     best_value = v;
+                    best_place = p;
                 }
             }
             if (!(best_delta < std::numeric_limits<double>::infinity())) {
@@ -646,11 +657,12 @@ struct lloyd_solver {
                     while (c < centre.size() && centre[c] < y[g]) ++c;
                     if (c == centre.size() || centre[c] != y[g]) {
                         best_value = y[g];
+                        best_place = place(best_value, c);
                         break;
                     }
                 }
             }
-            insert_centre(best_value);
+            insert_centre(best_value, best_place);
         }
     }
 

@@ -685,11 +685,6 @@ struct lloyd_solver {
         return total();
     }
 
-    /// Lloyd stops in local optima where one cell spans two natural clusters while two neighbouring
-    /// cells share one. A split-and-merge move fixes that: split a cell at its best 2-split point and merge
-    /// an adjacent pair of other cells, then run Lloyd again; the moves are tried in order of estimated
-    /// net saving and the first that lowers the cost is kept. `cost` is the current total; returns the
-    /// improved one.
     /// A good 2-split of groups [a, b) (b - a >= 2): 2-means by Lloyd, from a split at the weighted mean.
     std::size_t two_means_split(std::size_t a, std::size_t b) const {
         const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
@@ -705,8 +700,12 @@ struct lloyd_solver {
         return t;
     }
 
-    /// `settled` tells whether the result is a fixed point of the moves (a whole round found none that
-    /// helps, or there are too few cells for one), rather than where the rounds ran out.
+    /// Lloyd stops in local optima where one cell spans two natural clusters while two neighbouring
+    /// cells share one. A split-and-merge move fixes that: split a cell at its best 2-split point and merge
+    /// an adjacent pair of other cells, then run Lloyd again; the moves are tried in order of estimated
+    /// net saving and the first that lowers the cost is kept. `cost` is the current total; returns the
+    /// improved one. `settled` tells whether the result is a fixed point of the moves (a whole round found
+    /// none that helps, or there are too few cells for one), rather than where the rounds ran out.
     double split_and_merge(int rounds, int max_iterations, double cost, bool& settled) {
         const std::size_t k = centre.size();
         settled = true;

@@ -482,7 +482,7 @@ struct lloyd_scratch {
         double saving;
         std::size_t cell, at;
     };
-    std::vector<double> centre, cell, saved_centre;
+    std::vector<double> centre, cell, saved_centre, saved_cell;
     std::vector<std::uint32_t> start, moved_start, saved_boundaries;
     std::vector<move_record> splits, merges, pairs;
     std::vector<double> seen_centre;           // states known to end where an earlier restart ended,
@@ -715,6 +715,7 @@ struct lloyd_solver {
         auto& merges = scratch.merges;
         auto& pairs = scratch.pairs;
         auto& saved_centre = scratch.saved_centre;
+        auto& saved_cell = scratch.saved_cell;
         auto& saved_boundaries = scratch.saved_boundaries;
         auto& moved_start = scratch.moved_start;
         constexpr std::size_t candidates = 2, tries = 2;
@@ -747,8 +748,11 @@ struct lloyd_solver {
                     pairs.push_back({sp.saving + me.saving, i, j});
                 }
             std::sort(pairs.begin(), pairs.end(), larger);
+            // The state before the moves: Lloyd's result, whose cells are those of its centres, so a failed
+            // move restores it by copy (recomputing the cells would find the same ones).
             saved_centre = centre;
             saved_boundaries = start;
+            saved_cell = cell;
             bool improved = false;
             for (std::size_t p = 0; p < std::min(pairs.size(), tries); ++p) {
                 const move& pair = pairs[p];
@@ -771,7 +775,8 @@ struct lloyd_solver {
                     break;
                 }
                 centre = saved_centre;
-                recompute_cells();
+                start = saved_boundaries;
+                cell = saved_cell;
             }
             if (!improved) return cost;
         }

@@ -611,3 +611,88 @@ TEST_CASE("lloyd is deterministic, seed-dependent only through sampling, and nea
     }
     CHECK(gap / 6 < 0.1);  // a loose sanity bound; the benchmark measures the real gap
 }
+
+TEST_CASE("lloyd's hinted search finds the first value at least c from any hint, as std::lower_bound does", "[kmeans]") {
+    // first_at_least_near compares the eight values around the hint, then gallops away from them: check
+    // every kind of target (inside the window, just outside, far away, beyond either end, equal runs)
+    // from hints across the row.
+    sqz::synthetic::rng random(77);
+    std::vector<double> y(600);
+    for (std::size_t i = 0; i < y.size(); ++i) y[i] = (i == 0 ? 0.0 : y[i - 1]) + (random.uniform() < 0.2 ? 0.0 : random.uniform());
+    const std::size_t m = y.size();
+    std::vector<double> zeros(m + 1, 0.0);
+    sqz::detail::kmeans::lloyd_scratch scratch;
+    const sqz::detail::kmeans::lloyd_solver solver{y.data(), {zeros.data(), zeros.data(), zeros.data()}, m, scratch};
+    for (int trial = 0; trial < 4000; ++trial) {
+        const std::size_t hint = static_cast<std::size_t>(random.uniform() * static_cast<double>(m + 1)) % (m + 1);
+        const std::size_t lo = trial % 3 == 0 ? static_cast<std::size_t>(random.uniform() * static_cast<double>(hint + 1)) % (hint + 1) : 0;
+        const std::size_t hi = trial % 5 == 0 ? hint + static_cast<std::size_t>(random.uniform() * static_cast<double>(m - hint)) : m;
+        // Targets: an existing value (possibly in a run of equals), a value between two, or outside the range.
+        const std::size_t at = static_cast<std::size_t>(random.uniform() * static_cast<double>(m)) % m;
+        const double c = trial % 7 == 0 ? y[m - 1] + 1 : (trial % 11 == 0 ? -1.0 : (trial % 2 == 0 ? y[at] : y[at] + 0.5 * random.uniform()));
+        const auto expected = static_cast<std::size_t>(std::lower_bound(y.begin() + static_cast<std::ptrdiff_t>(lo),
+                                                                        y.begin() + static_cast<std::ptrdiff_t>(hi), c) - y.begin());
+        INFO("hint " << hint << " lo " << lo << " hi " << hi << " c " << c);
+        REQUIRE(solver.first_at_least_near(c, hint, lo, hi) == expected);
+    }
+}
+
+TEST_CASE("lloyd's restarts that reach a state seen before skip their moves without changing the result", "[kmeans]") {
+    // Reference: every restart runs its split-and-merge moves (no skipping), with its own scratch memory.
+    // lloyd_partition must pick the same centres, and on these rows some restarts must have been skipped.
+    namespace km = sqz::detail::kmeans;
+    const auto values = sqz::synthetic::llm_like_weights(12, 700, 5);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(12, 700, 6);
+    std::size_t skipped = 0;
+    for (Eigen::Index r = 0; r < values.rows(); ++r)
+        for (const std::size_t k : {3u, 4u, 8u}) {
+            std::vector<double> y, w;
+            {
+                std::vector<std::pair<double, double>> points;
+                for (Eigen::Index c = 0; c < values.cols(); ++c) points.emplace_back(values(r, c), fisher(r, c));
+                std::sort(points.begin(), points.end());
+                for (const auto& [v, weight] : points) {  // merge equal values
+                    if (!y.empty() && y.back() == v) {
+                        w.back() += weight;
+                    } else if (weight > 0) {
+                        y.push_back(v);
+                        w.push_back(weight);
+                    }
+                }
+            }
+            const std::size_t m = y.size();
+            km::workspace<double, double> ws;
+            ws.shifted = y;
+            ws.forward.s0.assign(m + 1, 0.0);
+            ws.forward.s1.assign(m + 1, 0.0);
+            ws.forward.s2.assign(m + 1, 0.0);
+            for (std::size_t g = 0; g < m; ++g) {
+                ws.forward.s0[g + 1] = ws.forward.s0[g] + w[g];
+                ws.forward.s1[g + 1] = ws.forward.s1[g] + w[g] * y[g];
+                ws.forward.s2[g + 1] = ws.forward.s2[g] + w[g] * y[g] * y[g];
+            }
+            const sqz::kmeans_options options{.method = sqz::kmeans_method::lloyd, .restarts = 5, .seed = static_cast<std::uint64_t>(r)};
+            km::lloyd_partition(ws, m, k, options);
+
+            km::lloyd_scratch scratch;
+            km::lloyd_solver lloyd{y.data(), ws.forward.sums(), m, scratch};
+            sqz::synthetic::rng random(options.seed);
+            double best = std::numeric_limits<double>::infinity();
+            std::vector<double> best_centre;
+            for (int restart = 0; restart < options.restarts; ++restart) {
+                lloyd.seed(random, k, km::lloyd_seed_trials(k));
+                bool settled = false;
+                const double cost = lloyd.split_and_merge(km::split_merge_rounds(k), options.max_iterations,
+                                                          lloyd.iterate(options.max_iterations), settled);
+                if (cost < best) {
+                    best = cost;
+                    best_centre = scratch.centre;
+                }
+            }
+            INFO("row " << r << " k " << k);
+            CHECK(ws.best_centre == best_centre);
+            // States remembered: one per restart that ran its moves, plus one per settled run.
+            skipped += static_cast<std::size_t>(options.restarts) - std::min<std::size_t>(options.restarts, ws.lloyd.seen_centre.size() / k);
+        }
+    CHECK(skipped > 0);
+}

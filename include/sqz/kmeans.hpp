@@ -482,9 +482,11 @@ struct lloyd_scratch {
         double saving;
         std::size_t cell, at;
     };
-    std::vector<double> centre, cell, saved_centre;
+    std::vector<double> centre, cell, saved_centre, saved_cell;
     std::vector<std::uint32_t> start, moved_start, saved_boundaries;
     std::vector<move_record> splits, merges, pairs;
+    std::vector<double> seen_centre;           // states known to end where an earlier restart ended,
+    std::vector<std::uint32_t> seen_start;     // k centres and k + 1 boundaries each
 };
 
 /// Greedy weighted k-means++ seeding and Lloyd iterations on sorted groups y (ascending, shifted) with
@@ -502,7 +504,8 @@ struct lloyd_solver {
     /// First group in [lo, hi) with y >= c, or hi.
     std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const { return lower_bound_index(y, lo, hi, c); }
     /// First group in [lo, hi) with y >= c, or hi. Boundaries move little between calls: the eight groups
-    /// around `hint` are compared at once, and a binary search runs only when the answer lies outside them.
+    /// around `hint` are compared at once; when the answer lies outside them, steps doubling away from them
+    /// bracket it before a binary search, so the cost grows with the log of the distance moved, not of m.
     std::size_t first_at_least_near(double c, std::size_t hint, std::size_t lo, std::size_t hi) const {
 #if defined(__AVX2__)
         if (hint >= lo + 4 && hint + 4 <= hi) {
@@ -511,7 +514,20 @@ struct lloyd_solver {
                               (_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(y + hint), threshold, _CMP_LT_OQ)) << 4);
             const int count = std::popcount(static_cast<unsigned>(below));  // y is sorted: the lowest `count` groups
             if (count > 0 && count < 8) return hint - 4 + static_cast<std::size_t>(count);
-            return count == 0 ? first_at_least(c, lo, hint - 4) : first_at_least(c, hint + 4, hi);
+            if (count == 0) {  // y[end] >= c: the answer is at most end
+                std::size_t end = hint - 4;
+                for (std::size_t step = 8;; step *= 2) {
+                    if (end < lo + step) return first_at_least(c, lo, end);
+                    if (y[end - step] < c) return first_at_least(c, end - step + 1, end);
+                    end -= step;
+                }
+            }
+            std::size_t begin = hint + 4;  // every group before begin is below c
+            for (std::size_t step = 8;; step *= 2) {
+                if (begin + step >= hi) return first_at_least(c, begin, hi);
+                if (y[begin + step - 1] >= c) return first_at_least(c, begin, begin + step - 1);
+                begin += step;
+            }
         }
 #else
         (void)hint;
@@ -543,24 +559,36 @@ struct lloyd_solver {
         return lo;
     }
 
-    /// Change of the total cost if v (not a centre) were added at sorted position `at`.
-    double insertion_delta(double v, std::size_t at) const {
+    /// Where a new centre v (not a centre yet) goes: its sorted position among the centres and the
+    /// boundaries of its cell, which lie inside the region of the neighbouring cells.
+    struct placement {
+        std::size_t at, left_end, right_begin;
+    };
+    placement place(double v, std::size_t at) const {
         const std::size_t count = centre.size();
         const bool has_left = at > 0, has_right = at < count;
         const std::size_t region_begin = has_left ? start[at - 1] : 0;
         const std::size_t region_end = has_right ? start[at + 1] : m;
-        // The new boundaries lie inside the region of the neighbouring cells.
         const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end) : region_begin;
         const std::size_t right_begin =
             has_right ? first_at_least(0.5 * (v + centre[at]), left_end, region_end) : region_end;
-        double before = 0, after = s.cost_around(left_end, right_begin, v);
+        return {at, left_end, right_begin};
+    }
+
+    /// Change of the total cost if v were added as placed.
+    double insertion_delta(double v, const placement& p) const {
+        const std::size_t at = p.at, count = centre.size();
+        const bool has_left = at > 0, has_right = at < count;
+        const std::size_t region_begin = has_left ? start[at - 1] : 0;
+        const std::size_t region_end = has_right ? start[at + 1] : m;
+        double before = 0, after = s.cost_around(p.left_end, p.right_begin, v);
         if (has_left) {
             before += cell[at - 1];
-            after += s.cost_around(region_begin, left_end, centre[at - 1]);
+            after += s.cost_around(region_begin, p.left_end, centre[at - 1]);
         }
         if (has_right) {
             before += cell[at];
-            after += s.cost_around(right_begin, region_end, centre[at]);
+            after += s.cost_around(p.right_begin, region_end, centre[at]);
         }
         return after - before;
     }
@@ -578,19 +606,15 @@ struct lloyd_solver {
         for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
     }
 
-    /// Inserts centre v (not a centre yet) in sorted position, updating only the cells next to it.
-    void insert_centre(double v) {
-        const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
-        const std::size_t count = centre.size();
-        const std::size_t region_begin = at > 0 ? start[at - 1] : 0;
-        const std::size_t region_end = at < count ? start[at + 1] : m;
+    /// Inserts centre v as placed (by place(), with the current centres), updating only the cells next to it.
+    void insert_centre(double v, const placement& p) {
+        const std::size_t at = p.at, count = centre.size();
         centre.insert(centre.begin() + static_cast<std::ptrdiff_t>(at), v);
         start.insert(start.begin() + static_cast<std::ptrdiff_t>(at) + 1, static_cast<std::uint32_t>(at < count ? 0 : m));
         cell.insert(cell.begin() + static_cast<std::ptrdiff_t>(at), 0.0);
-        // Now centre[at] = v; boundaries at and at + 1 are new, and inside the old region.
-        if (at > 0) start[at] = static_cast<std::uint32_t>(first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end));
-        if (at < count)
-            start[at + 1] = static_cast<std::uint32_t>(first_at_least(0.5 * (v + centre[at + 1]), start[at], region_end));
+        // Now centre[at] = v; boundaries at and at + 1 are new.
+        if (at > 0) start[at] = static_cast<std::uint32_t>(p.left_end);
+        if (at < count) start[at + 1] = static_cast<std::uint32_t>(p.right_begin);
         for (std::size_t c = at > 0 ? at - 1 : 0; c <= std::min(at + 1, count); ++c)
             cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
     }
@@ -612,16 +636,19 @@ struct lloyd_solver {
             const double current = total();
             double best_delta = std::numeric_limits<double>::infinity();
             double best_value = 0;
+            placement best_place{};  // the best sample's cell, found once and reused to insert it
             for (std::size_t t = 0; t < trials; ++t) {
                 const std::size_t g = sample(random, current);
                 if (g >= m) continue;
                 const double v = y[g];
                 const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
                 if (at < centre.size() && centre[at] == v) continue;
-                const double delta = insertion_delta(v, at);
+                const placement p = place(v, at);
+                const double delta = insertion_delta(v, p);
                 if (delta < best_delta) {
                     best_delta = delta;
                     best_value = v;
+                    best_place = p;
                 }
             }
             if (!(best_delta < std::numeric_limits<double>::infinity())) {
@@ -630,11 +657,12 @@ struct lloyd_solver {
                     while (c < centre.size() && centre[c] < y[g]) ++c;
                     if (c == centre.size() || centre[c] != y[g]) {
                         best_value = y[g];
+                        best_place = place(best_value, c);
                         break;
                     }
                 }
             }
-            insert_centre(best_value);
+            insert_centre(best_value, best_place);
         }
     }
 
@@ -657,11 +685,6 @@ struct lloyd_solver {
         return total();
     }
 
-    /// Lloyd stops in local optima where one cell spans two natural clusters while two neighbouring
-    /// cells share one. A split-and-merge move fixes that: split a cell at its best 2-split point and merge
-    /// an adjacent pair of other cells, then run Lloyd again; the moves are tried in order of estimated
-    /// net saving and the first that lowers the cost is kept. `cost` is the current total; returns the
-    /// improved one.
     /// A good 2-split of groups [a, b) (b - a >= 2): 2-means by Lloyd, from a split at the weighted mean.
     std::size_t two_means_split(std::size_t a, std::size_t b) const {
         const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
@@ -677,14 +700,22 @@ struct lloyd_solver {
         return t;
     }
 
-    double split_and_merge(int rounds, int max_iterations, double cost) {
+    /// Lloyd stops in local optima where one cell spans two natural clusters while two neighbouring
+    /// cells share one. A split-and-merge move fixes that: split a cell at its best 2-split point and merge
+    /// an adjacent pair of other cells, then run Lloyd again; the moves are tried in order of estimated
+    /// net saving and the first that lowers the cost is kept. `cost` is the current total; returns the
+    /// improved one. `settled` tells whether the result is a fixed point of the moves (a whole round found
+    /// none that helps, or there are too few cells for one), rather than where the rounds ran out.
+    double split_and_merge(int rounds, int max_iterations, double cost, bool& settled) {
         const std::size_t k = centre.size();
+        settled = true;
         if (k < 3) return cost;
         using move = lloyd_scratch::move_record;
         auto& splits = scratch.splits;
         auto& merges = scratch.merges;
         auto& pairs = scratch.pairs;
         auto& saved_centre = scratch.saved_centre;
+        auto& saved_cell = scratch.saved_cell;
         auto& saved_boundaries = scratch.saved_boundaries;
         auto& moved_start = scratch.moved_start;
         constexpr std::size_t candidates = 2, tries = 2;
@@ -717,8 +748,11 @@ struct lloyd_solver {
                     pairs.push_back({sp.saving + me.saving, i, j});
                 }
             std::sort(pairs.begin(), pairs.end(), larger);
+            // The state before the moves: Lloyd's result, whose cells are those of its centres, so a failed
+            // move restores it by copy (recomputing the cells would find the same ones).
             saved_centre = centre;
             saved_boundaries = start;
+            saved_cell = cell;
             bool improved = false;
             for (std::size_t p = 0; p < std::min(pairs.size(), tries); ++p) {
                 const move& pair = pairs[p];
@@ -741,10 +775,12 @@ struct lloyd_solver {
                     break;
                 }
                 centre = saved_centre;
-                recompute_cells();
+                start = saved_boundaries;
+                cell = saved_cell;
             }
-            if (!improved) break;
+            if (!improved) return cost;
         }
+        settled = false;
         return cost;
     }
 
@@ -1043,9 +1079,33 @@ void lloyd_partition(Workspace& ws, std::size_t m, std::size_t k, const kmeans_o
     lloyd_solver lloyd{ws.shifted.data(), ws.forward.sums(), m, ws.lloyd};
     synthetic::rng random(options.seed);
     double best = std::numeric_limits<double>::infinity();
+    // Restarts often converge to the same state (at k = 4, about a quarter of them on the benchmark's
+    // rows). The moves after Lloyd depend only on that state, so a state seen before (after Lloyd in an
+    // earlier restart, or where an earlier restart's moves settled) leads to a cost already compared:
+    // skipping its moves changes nothing.
+    std::vector<double>& seen_centre = ws.lloyd.seen_centre;
+    std::vector<std::uint32_t>& seen_start = ws.lloyd.seen_start;
+    seen_centre.clear();
+    seen_start.clear();
+    const auto seen = [&] {
+        for (std::size_t state = 0; state * k < seen_centre.size(); ++state)
+            if (std::equal(ws.lloyd.centre.begin(), ws.lloyd.centre.end(), seen_centre.begin() + static_cast<std::ptrdiff_t>(state * k)) &&
+                std::equal(ws.lloyd.start.begin(), ws.lloyd.start.end(), seen_start.begin() + static_cast<std::ptrdiff_t>(state * (k + 1))))
+                return true;
+        return false;
+    };
+    const auto remember = [&] {
+        seen_centre.insert(seen_centre.end(), ws.lloyd.centre.begin(), ws.lloyd.centre.end());
+        seen_start.insert(seen_start.end(), ws.lloyd.start.begin(), ws.lloyd.start.end());
+    };
     for (int restart = 0; restart < std::max(1, options.restarts); ++restart) {
         lloyd.seed(random, k, lloyd_seed_trials(k));
-        const double cost = lloyd.split_and_merge(split_merge_rounds(k), options.max_iterations, lloyd.iterate(options.max_iterations));
+        const double converged = lloyd.iterate(options.max_iterations);
+        if (seen()) continue;
+        remember();
+        bool settled = false;
+        const double cost = lloyd.split_and_merge(split_merge_rounds(k), options.max_iterations, converged, settled);
+        if (settled) remember();
         if (cost < best) {
             best = cost;
             ws.best_centre = ws.lloyd.centre;

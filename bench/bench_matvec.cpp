@@ -13,7 +13,10 @@
 //    the L3), split into row blocks over the same threads (Eigen's own GEMV is single-threaded).
 //  - Rounds interleave one bandwidth piece, one Eigen GEMV and one product per mode; every figure is
 //    the best (shortest) of its rounds, so all of them see the machine in its quietest moments.
-//  - gbps = bytes the product reads (packed codes + the mode's LUT form + sparse part) / time;
+//  - Sparse part (--sparse): uniformly random positions, values N(0, 0.1) rounded to fp16, as real
+//    fp16 checkpoints give (SqueezeLLM keeps the original weights there), so the cpu back end stores
+//    them as 16-bit values with 16-bit column indices: 4 bytes per nonzero, its common case.
+//  - gbps = bytes the product reads (packed codes + the mode's LUT form + sparse part as stored) / time;
 //    bw_fraction = gbps / measured DRAM bandwidth; speedup_vs_eigen_fp32 = Eigen time / time.
 //  - Each configuration is checked once against the reference back end (max_rel_err: the largest
 //    |y - y_ref| / sum_j |w_ij x_j| over rows), so the timed code is known to compute the product.
@@ -152,7 +155,9 @@ private:
 };
 
 /// A random dense-and-sparse matrix: sorted N(0, 0.02) codebooks, uniform codes, and a sparse part at
-/// a uniformly random `fraction` of the positions.
+/// a uniformly random `fraction` of the positions with N(0, 0.1) values rounded to fp16, as the
+/// original weights of an fp16 checkpoint that SqueezeLLM keeps in the sparse part are (the cpu back
+/// end then stores them in 16 bits, its common case).
 sqz::quantized_matrix<float> random_matrix(shape s, int bits, double fraction, std::uint64_t seed) {
     sqz::synthetic::rng random(seed);
     const Eigen::Index levels = Eigen::Index{1} << bits;
@@ -175,7 +180,7 @@ sqz::quantized_matrix<float> random_matrix(shape s, int bits, double fraction, s
         for (std::size_t e = 0; e < count; ++e)
             entries.emplace_back(static_cast<std::int32_t>(random.below(static_cast<std::uint64_t>(s.rows))),
                                  static_cast<std::int32_t>(random.below(static_cast<std::uint64_t>(s.cols))),
-                                 static_cast<float>(0.1 * random.normal()));
+                                 sqz::round_to_half(static_cast<float>(0.1 * random.normal())));
         sparse.setFromTriplets(entries.begin(), entries.end(), [](float a, float) { return a; });
     }
     return sqz::quantized_matrix<float>::from_codes(s.rows, s.cols, bits, std::move(lut), codes, std::move(sparse));

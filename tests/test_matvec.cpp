@@ -1,16 +1,20 @@
 // Matrix-vector products: the reference back end against a brute-force dense product, and the cpu
-// back end (AVX2 and portable kernels, both numeric modes) against the reference.
+// back end (AVX2 and portable kernels, both numeric modes, every storage of the sparse part) against
+// the reference.
 #include <sqz/sqz.hpp>
 
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -571,4 +575,230 @@ TEST_CASE("empty matrices and empty sparse parts", "[matvec][cpu]") {
             for (const float v : y) REQUIRE(v == 0.0f);
         }
     }
+}
+
+namespace {
+
+using sqz::detail::sparse_value_type;
+
+#if SQZ_HAVE_X86_SIMD
+/// The AVX2 kernel's decode of sparse values k..k+7, stored to out.
+template <sparse_value_type V>
+SQZ_AVX2_TARGET void store_avx2_values(const void* values, std::int32_t k, float* out) {
+    _mm256_storeu_ps(out, sqz::detail::avx2::sparse_values8<V>(values, k));
+}
+#endif
+
+/// How a test draws the sparse values so that the cpu back end picks each of its value storages:
+/// any float, fp16 values that bf16 cannot hold (lowest fp16 mantissa bit set), bf16 values.
+enum class value_form { any, fp16, bf16 };
+
+float draw_sparse_value(sqz::synthetic::rng& random, value_form form) {
+    const auto v = static_cast<float>(random.normal());
+    if (form == value_form::bf16) return sqz::round_to_bfloat16(v);
+    if (form == value_form::fp16) return sqz::half_bits_to_float(static_cast<std::uint16_t>(sqz::float_to_half_bits(v) | 1u));
+    return v;
+}
+
+sparse_value_type expected_storage(value_form form) {
+    return form == value_form::fp16 ? sparse_value_type::fp16
+           : form == value_form::bf16 ? sparse_value_type::bf16
+                                      : sparse_value_type::scalar;
+}
+
+const char* name(value_form form) {
+    return form == value_form::fp16 ? "fp16" : form == value_form::bf16 ? "bf16" : "float";
+}
+
+/// m with its sparse values redrawn in `form` (same positions).
+template <class T = float>
+void redraw_sparse_values(test_matrix<T>& m, value_form form, std::uint64_t seed) {
+    sqz::synthetic::rng random(seed);
+    sqz::csr_matrix<T> sparse = m.q.sparse();
+    for (Index k = 0; k < sparse.nonZeros(); ++k) sparse.valuePtr()[k] = static_cast<T>(draw_sparse_value(random, form));
+    m.q = sqz::quantized_matrix<T>::from_codes(m.q.rows(), m.q.cols(), m.q.bits(), m.lut, m.codes, sparse);
+}
+
+/// y from the cpu back end (and the reference) for x, in both modes, both thread counts and every
+/// kernel: exact mode within 1e-5 relative of the reference, int8 mode within 1e-5 of the reference's
+/// int8 specification, NaN and infinities in the same rows as the reference, 1 and 2 threads identical.
+void check_against_reference(const test_matrix<float>& m, const sqz::cpu_matrix<float>& p, const std::vector<float>& x,
+                             const std::string& what) {
+    const auto rows = static_cast<std::size_t>(m.q.rows());
+    const auto scale = magnitudes(m, x);
+    for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+        std::vector<float> reference(rows);
+        sqz::matvec<sqz::backend::reference>(m.q, x, reference, {.mode = mode});
+        const bool finite = std::all_of(x.begin(), x.end(), [](float v) { return std::isfinite(v); });
+        for (const auto kernel : cpu_kernels) {
+            if (kernel == sqz::cpu_kernel::avx2 && m.q.bits() > 4) continue;
+            const std::string label = what + (mode == numeric_mode::int8 ? " int8 " : " exact ") + name(kernel);
+            std::vector<float> one(rows), two(rows);
+            sqz::matvec<sqz::backend::cpu>(p, x, one, {.mode = mode, .threads = 1, .kernel = kernel});
+            sqz::matvec<sqz::backend::cpu>(p, x, two, {.mode = mode, .threads = 2, .kernel = kernel});
+            INFO(label);
+            REQUIRE(std::equal(one.begin(), one.end(), two.begin(), two.end(),
+                               [](float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }));
+            if (finite) {
+                require_close(one, reference, scale, 1e-5, label);
+                continue;
+            }
+            for (std::size_t i = 0; i < rows; ++i) {
+                INFO("row " << i << " y = " << one[i] << " reference = " << reference[i]);
+                REQUIRE(std::isnan(one[i]) == std::isnan(reference[i]));
+                if (std::isinf(reference[i])) REQUIRE(one[i] == reference[i]);
+                if (std::isfinite(reference[i])) REQUIRE(std::isfinite(one[i]));
+            }
+        }
+    }
+}
+
+/// x as drawn, then with a NaN, then with +Inf and -Inf, at columns the sparse part uses when it can.
+std::vector<std::vector<float>> test_vectors(const test_matrix<float>& m, std::uint64_t seed) {
+    const Index cols = m.q.cols();
+    std::vector<std::vector<float>> out(3, random_vector(cols, seed));
+    const auto* sparse_cols = m.q.sparse().innerIndexPtr();
+    const Index nnz = m.q.sparse().nonZeros();
+    const auto column = [&](Index k, Index fallback) {
+        return static_cast<std::size_t>(nnz > 0 ? sparse_cols[k % nnz] : fallback % cols);
+    };
+    out[1][column(0, 0)] = std::numeric_limits<float>::quiet_NaN();
+    out[2][column(nnz / 2, 1)] = std::numeric_limits<float>::infinity();
+    out[2][column(nnz - 1, cols - 1)] = -std::numeric_limits<float>::infinity();
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("cpu sparse storage: every value form on odd shapes agrees with the reference", "[matvec][cpu][sparse]") {
+    for (const auto form : {value_form::any, value_form::fp16, value_form::bf16})
+        for (std::size_t k = 0; k < odd_shapes.size(); ++k) {
+            const shape s = odd_shapes[k];
+            const int bits = std::array{1, 2, 3, 4, 6}[k % 5];
+            const auto kind = k % 2 == 0 ? sparse_kind::scattered : sparse_kind::full_rows;
+            auto m = make_matrix(s.rows, s.cols, bits, 2000 + k, kind, 0.1);
+            redraw_sparse_values(m, form, 2100 + k);
+            const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+            REQUIRE(p.sparse_columns_16bit());
+            if (m.q.sparse_nonzeros() > 0) REQUIRE(p.sparse_value_storage() == expected_storage(form));
+            const auto vectors = test_vectors(m, 2200 + k);
+            for (std::size_t v = 0; v < vectors.size(); ++v)
+                check_against_reference(m, p, vectors[v],
+                                        std::string(name(form)) + " values, bits " + std::to_string(bits) + " shape " +
+                                            std::to_string(s.rows) + "x" + std::to_string(s.cols) + " x #" + std::to_string(v));
+        }
+}
+
+TEST_CASE("cpu sparse storage: more than 65536 columns keep int32 indices, 65536 fit 16 bits", "[matvec][cpu][sparse]") {
+    // Few rows, so that the test stays fast under the sanitizers; 6 rows are a group of four and two
+    // single rows. The last column carries a nonzero in every row, so the widest index is used.
+    for (const Index cols : {Index{65536}, Index{65537}, Index{70001}})
+        for (const auto form : {value_form::any, value_form::fp16, value_form::bf16}) {
+            auto m = make_matrix(6, cols, 3, 3000 + static_cast<std::uint64_t>(cols));
+            sqz::synthetic::rng random(3100 + static_cast<std::uint64_t>(cols));
+            std::vector<Eigen::Triplet<float, std::int32_t>> entries;
+            for (Index i = 0; i < 6; ++i) {
+                for (Index e = 0; e < 3 + 7 * i; ++e)  // 3..38 nonzeros: every remainder mod 8 but one
+                    entries.emplace_back(static_cast<std::int32_t>(i), static_cast<std::int32_t>(random.below(cols - 1)),
+                                         draw_sparse_value(random, form));
+                entries.emplace_back(static_cast<std::int32_t>(i), static_cast<std::int32_t>(cols - 1),
+                                     draw_sparse_value(random, form));
+            }
+            sqz::csr_matrix<float> sparse(6, cols);
+            sparse.setFromTriplets(entries.begin(), entries.end(), [](float a, float) { return a; });
+            m.q = sqz::quantized_matrix<float>::from_codes(6, cols, 3, m.lut, m.codes, sparse);
+            const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+            REQUIRE(p.sparse_columns_16bit() == (cols <= 65536));
+            REQUIRE(p.sparse_value_storage() == expected_storage(form));
+            const auto vectors = test_vectors(m, 3200 + static_cast<std::uint64_t>(cols));
+            for (std::size_t v = 0; v < vectors.size(); ++v)
+                check_against_reference(m, p, vectors[v],
+                                        std::string(name(form)) + " values, " + std::to_string(cols) + " columns, x #" +
+                                            std::to_string(v));
+        }
+}
+
+TEST_CASE("cpu sparse storage: decoded values are bit-identical to the originals", "[matvec][cpu][sparse]") {
+    for (const auto form : {value_form::any, value_form::fp16, value_form::bf16}) {
+        auto m = make_matrix(37, 301, 4, 4000, sparse_kind::scattered, 0.1);
+        redraw_sparse_values(m, form, 4001);
+        // Values that stress the conversions: signed zeros, fp16 subnormals, the largest fp16.
+        sqz::csr_matrix<float> sparse = m.q.sparse();
+        if (form != value_form::any) {
+            const std::array<float, 5> special{0.0f, -0.0f, sqz::half_bits_to_float(0x0003), sqz::half_bits_to_float(0x83ff), 65504.0f};
+            for (std::size_t k = 0; k < special.size(); ++k)
+                sparse.valuePtr()[3 * k] = form == value_form::bf16 ? sqz::round_to_bfloat16(special[k]) : special[k];
+            m.q = sqz::quantized_matrix<float>::from_codes(37, 301, 4, m.lut, m.codes, sparse);
+        }
+        const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+        REQUIRE(p.sparse_value_storage() == expected_storage(form));
+        const auto view = p.view();
+        const auto nnz = static_cast<std::int32_t>(sparse.nonZeros());
+        REQUIRE(p.sparse_nonzeros() == nnz);
+        const auto bits_of = [](float v) { return std::bit_cast<std::uint32_t>(v); };
+        sqz::detail::with_sparse_storage(view, [&]<class Col, sparse_value_type V>() {
+            REQUIRE(std::is_same_v<Col, std::uint16_t>);
+            REQUIRE(V == expected_storage(form));
+            const auto* col = static_cast<const Col*>(view.col);
+            for (std::int32_t k = 0; k < nnz; ++k) {
+                REQUIRE(static_cast<std::int32_t>(col[k]) == sparse.innerIndexPtr()[k]);
+                REQUIRE(bits_of(sqz::detail::sparse_value<float, V>(view.val, k)) == bits_of(sparse.valuePtr()[k]));
+            }
+#if SQZ_HAVE_X86_SIMD
+            if (sqz::detail::cpu_has_avx2_fma())
+                for (std::int32_t k = 0; k + 8 <= nnz; k += 8) {
+                    std::array<float, 8> decoded{};
+                    store_avx2_values<V>(view.val, k, decoded.data());
+                    for (std::int32_t u = 0; u < 8; ++u) REQUIRE(bits_of(decoded[static_cast<std::size_t>(u)]) == bits_of(sparse.valuePtr()[k + u]));
+                }
+#endif
+        });
+        // bytes_read counts what is stored: 2 + 2 bytes per nonzero (and per padding entry) for 16-bit
+        // values, 2 + 4 otherwise, and the row offsets.
+        const auto dense_only = sqz::prepare<sqz::backend::cpu>(
+            sqz::quantized_matrix<float>::from_codes(37, 301, 4, m.lut, m.codes, sqz::csr_matrix<float>(37, 301)));
+        const std::size_t per_nonzero = form == value_form::any ? 6 : 4;
+        for (const auto mode : {numeric_mode::exact, numeric_mode::int8})
+            REQUIRE(p.bytes_read(mode) - dense_only.bytes_read(mode) ==
+                    (static_cast<std::size_t>(nnz) + sqz::detail::sparse_padding) * per_nonzero + 38 * 4);
+    }
+}
+
+TEST_CASE("cpu sparse storage: one value that fp16 cannot hold keeps every value in float", "[matvec][cpu][sparse]") {
+    auto m = make_matrix(70, 97, 4, 5000, sparse_kind::scattered, 0.1);
+    redraw_sparse_values(m, value_form::fp16, 5001);
+    REQUIRE(sqz::prepare<sqz::backend::cpu>(m.q).sparse_value_storage() == sparse_value_type::fp16);
+    sqz::csr_matrix<float> sparse = m.q.sparse();
+    float& odd_one = sparse.valuePtr()[sparse.nonZeros() / 2];
+    odd_one = std::nextafter(odd_one, 10.0f);  // one float ulp off an fp16 value: neither fp16 nor bf16
+    m.q = sqz::quantized_matrix<float>::from_codes(70, 97, 4, m.lut, m.codes, sparse);
+    const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+    REQUIRE(p.sparse_value_storage() == sparse_value_type::scalar);
+    const auto x = random_vector(97, 5002);
+    check_against_reference(m, p, x, "one inexact value");
+    for (const auto kernel : cpu_kernels) {
+        std::vector<float> y(70);
+        sqz::matvec<sqz::backend::cpu>(p, x, y, {.kernel = kernel});
+        require_close(y, brute_force(m, x), magnitudes(m, x), 1e-5, std::string("one inexact value, brute force ") + name(kernel));
+    }
+}
+
+TEST_CASE("cpu sparse storage in double precision", "[matvec][cpu][sparse]") {
+    // 16-bit storage applies to double matrices too when exact; values beyond float's range stay double.
+    for (const auto form : {value_form::any, value_form::fp16, value_form::bf16}) {
+        auto m = make_matrix<double>(19, 300, 3, 6000, sparse_kind::scattered);
+        redraw_sparse_values(m, form, 6001);
+        const auto x = random_vector<double>(300, 6002);
+        const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+        REQUIRE(p.sparse_value_storage() == expected_storage(form));
+        std::vector<double> y(19);
+        sqz::matvec<sqz::backend::cpu>(p, x, y);
+        require_close(y, brute_force(m, x), magnitudes(m, x), 1e-12, std::string("double ") + name(form));
+    }
+    auto m = make_matrix<double>(5, 40, 3, 6003, sparse_kind::scattered, 0.2);
+    sqz::csr_matrix<double> sparse = m.q.sparse();
+    for (Index k = 0; k < sparse.nonZeros(); ++k) sparse.valuePtr()[k] = 0.5;  // bf16-exact...
+    sparse.valuePtr()[0] = 1e300;                                                // ...but this one
+    m.q = sqz::quantized_matrix<double>::from_codes(5, 40, 3, m.lut, m.codes, sparse);
+    REQUIRE(sqz::prepare<sqz::backend::cpu>(m.q).sparse_value_storage() == sparse_value_type::scalar);
 }

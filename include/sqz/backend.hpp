@@ -42,7 +42,7 @@ inline constexpr std::string_view to_string(numeric_mode mode) noexcept {
 }
 
 /// Which CPU kernels the cpu back end runs: the best one the processor supports (automatic), the AVX2+FMA
-/// kernels (an error on a processor without them), or the portable C++ kernels that run anywhere.
+/// (+F16C) kernels (an error on a processor without them), or the portable C++ kernels that run anywhere.
 enum class cpu_kernel { automatic, avx2, portable };
 
 struct matvec_options {

@@ -7,7 +7,9 @@
 // cpu_matrix repacks 1..4-bit codes into 256-column tiles (detail/cpu_layout.hpp) and keeps each row's
 // LUT in the form its width's exact decoder reads (cpu_layout::fill_exact_table) and as 7-bit integers
 // with a scale and an offset (int8 mode);
-// 5..8-bit codes stay in the canonical packing and use the portable kernels. The AVX2+FMA kernels
+// 5..8-bit codes stay in the canonical packing and use the portable kernels. The sparse part is kept
+// as CSR in its narrowest exact form: 16-bit column indices when cols <= 65536, 16-bit values (bf16 or
+// fp16) when every value converts exactly (copy_sparse). The AVX2+FMA(+F16C) kernels
 // (float, 1..4 bits) are picked at run time when the processor has them; matvec_options::kernel can
 // force the portable ones. Every row is computed by one thread in a fixed order: the result is the same
 // for any number of threads.
@@ -20,6 +22,7 @@
 #include <sqz/detail/cpu_kernels_avx2.hpp>
 #include <sqz/detail/cpu_layout.hpp>
 #include <sqz/error.hpp>
+#include <sqz/half.hpp>
 #include <sqz/quantized_matrix.hpp>
 
 #include <algorithm>
@@ -29,6 +32,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -99,28 +103,29 @@ public:
             }
         }
 
-        const auto& s = q.sparse();
-        if (s.nonZeros() > 0) {
-            row_ptr_.assign(s.outerIndexPtr(), s.outerIndexPtr() + rows_ + 1);
-            col_.assign(s.innerIndexPtr(), s.innerIndexPtr() + s.nonZeros());
-            val_.assign(s.valuePtr(), s.valuePtr() + s.nonZeros());
-        }
+        copy_sparse(q.sparse());
     }
 
     index rows() const noexcept { return static_cast<index>(rows_); }
     index cols() const noexcept { return static_cast<index>(cols_); }
     int bits() const noexcept { return bits_; }
-    index sparse_nonzeros() const noexcept { return static_cast<index>(val_.size()); }
+    index sparse_nonzeros() const noexcept { return static_cast<index>(nonzeros_); }
+    /// How the sparse part's values are stored: in 16 bits (fp16 or bf16) when that is exact for
+    /// every value, otherwise as T (`scalar`).
+    detail::sparse_value_type sparse_value_storage() const noexcept { return val_type_; }
+    /// True when the sparse part's column indices are stored in 16 bits (at most 65536 columns).
+    bool sparse_columns_16bit() const noexcept { return cols_ <= max_16bit_columns; }
     /// True for 1..4 bits: the tiled layout that the SIMD kernels read.
     bool tiled() const noexcept { return tiled_; }
 
-    /// Bytes a product reads from this layout: codes, the LUT form of the mode, and the sparse part.
+    /// Bytes a product reads from this layout: codes, the LUT form of the mode, and the sparse part as
+    /// stored (16- or 32-bit columns and values, with their padding, and the row offsets).
     std::size_t bytes_read(numeric_mode mode) const noexcept {
         const std::size_t lut = mode == numeric_mode::int8 ? rows_ * (lut_stride_ + 2 * sizeof(T))
                                 : exact_tables_.empty()    ? lut_.size() * sizeof(T)
                                                            : exact_tables_.size();
-        return codes_.size() + lut + val_.size() * (sizeof(T) + sizeof(std::int32_t)) +
-               row_ptr_.size() * sizeof(std::int32_t);
+        return codes_.size() + lut + col16_.size() * sizeof(std::uint16_t) + col32_.size() * sizeof(std::int32_t) +
+               val16_.size() * sizeof(std::uint16_t) + val_.size() * sizeof(T) + row_ptr_.size() * sizeof(std::int32_t);
     }
 
     /// The raw view the kernels use.
@@ -140,15 +145,65 @@ public:
         v.u7 = u7_.data();
         v.int8_lo = int8_lo_.data();
         v.int8_scale = int8_scale_.data();
-        if (!val_.empty()) {
+        if (nonzeros_ > 0) {
             v.row_ptr = row_ptr_.data();
-            v.col = col_.data();
-            v.val = val_.data();
+            v.col16 = !col16_.empty();
+            v.col = v.col16 ? static_cast<const void*>(col16_.data()) : static_cast<const void*>(col32_.data());
+            v.val_type = val_type_;
+            v.val = val_type_ == detail::sparse_value_type::scalar ? static_cast<const void*>(val_.data())
+                                                                   : static_cast<const void*>(val16_.data());
         }
         return v;
     }
 
 private:
+    static constexpr std::size_t max_16bit_columns = std::size_t{1} << 16;
+
+    // The sparse part in its narrowest exact form: columns in 16 bits when they fit, values in 16 bits
+    // when every one of them converts to fp16 (or bf16) and back unchanged. Decided once per matrix,
+    // so the kernels pick their storage types once per call and no result changes.
+    void copy_sparse(const csr_matrix<T>& s) {
+        nonzeros_ = static_cast<std::size_t>(s.nonZeros());
+        if (nonzeros_ == 0) return;
+        row_ptr_.assign(s.outerIndexPtr(), s.outerIndexPtr() + rows_ + 1);
+        const std::int32_t* columns = s.innerIndexPtr();
+        if (cols_ <= max_16bit_columns) {
+            col16_.resize(nonzeros_);  // each index < cols <= 65536
+            std::transform(columns, columns + nonzeros_, col16_.begin(),
+                           [](std::int32_t c) { return static_cast<std::uint16_t>(c); });
+        } else {
+            col32_.assign(columns, columns + nonzeros_);
+        }
+        const std::span<const T> values(s.valuePtr(), nonzeros_);
+        // A value fits a 16-bit form when T -> float -> 16 bits -> float -> T gives back its bits.
+        const auto same_bits = [](T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; };
+        const auto fits = [&](auto to_bits, auto from_bits) {
+            return std::all_of(values.begin(), values.end(), [&](T v) {
+                if (!(std::abs(v) <= static_cast<T>(std::numeric_limits<float>::max()))) return false;  // keeps NaN, Inf as T
+                return same_bits(static_cast<T>(from_bits(to_bits(static_cast<float>(v)))), v);
+            });
+        };
+        if (fits(float_to_bfloat16_bits, bfloat16_bits_to_float)) {  // the cheaper decode when both fit
+            val_type_ = detail::sparse_value_type::bf16;
+            val16_.resize(nonzeros_);
+            std::transform(values.begin(), values.end(), val16_.begin(),
+                           [](T v) { return float_to_bfloat16_bits(static_cast<float>(v)); });
+        } else if (fits(float_to_half_bits, half_bits_to_float)) {
+            val_type_ = detail::sparse_value_type::fp16;
+            val16_.resize(nonzeros_);
+            std::transform(values.begin(), values.end(), val16_.begin(),
+                           [](T v) { return float_to_half_bits(static_cast<float>(v)); });
+        } else {
+            val_.assign(values.begin(), values.end());
+        }
+        // Zero entries past the end, so that the AVX2 kernel's last vector of a row stays inside the
+        // arrays (its lanes past the row are masked off); column 0 is a valid index.
+        for (auto* stored : {&col16_, &val16_})
+            if (!stored->empty()) stored->resize(nonzeros_ + detail::sparse_padding, 0);
+        if (!col32_.empty()) col32_.resize(nonzeros_ + detail::sparse_padding, 0);
+        if (!val_.empty()) val_.resize(nonzeros_ + detail::sparse_padding, T(0));
+    }
+
     // The int8 specification's LUT: lo + scale * u with u in 0..127 (reference_backend.hpp).
     void fill_int8_lut(std::size_t row, std::span<const T> lut) {
         const auto [lo_it, hi_it] = std::minmax_element(lut.begin(), lut.end());
@@ -175,9 +230,13 @@ private:
     detail::aligned_vector<std::uint8_t> u7_;
     std::vector<T> int8_lo_;
     std::vector<T> int8_scale_;
+    std::size_t nonzeros_ = 0;
     std::vector<std::int32_t> row_ptr_;
-    std::vector<std::int32_t> col_;
-    std::vector<T> val_;
+    std::vector<std::uint16_t> col16_;  // when cols <= 65536
+    std::vector<std::int32_t> col32_;   // otherwise
+    detail::sparse_value_type val_type_ = detail::sparse_value_type::scalar;
+    std::vector<std::uint16_t> val16_;  // fp16 or bf16 patterns
+    std::vector<T> val_;                // T, when a value fits neither
 };
 
 namespace detail::cpu {
@@ -210,7 +269,7 @@ bool use_avx2(const cpu_matrix_view<T>& m, const matvec_options& options) {
     const bool eligible = std::is_same_v<T, float> && m.tiled;
     if (options.kernel == cpu_kernel::portable) return false;
     if (options.kernel == cpu_kernel::avx2) {
-        require(cpu_has_avx2_fma(), "sqz::matvec<cpu>: kernel = avx2 but this processor (or compiler) has no AVX2+FMA");
+        require(cpu_has_avx2_fma(), "sqz::matvec<cpu>: kernel = avx2 but this processor (or compiler) has no AVX2+FMA+F16C");
         require(eligible, "sqz::matvec<cpu>: kernel = avx2 covers float matrices of 1..4 bits, not ",
                 std::is_same_v<T, float> ? "float" : "double", " with ", m.bits, " bits");
         return true;

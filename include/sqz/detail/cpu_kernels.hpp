@@ -9,6 +9,7 @@
 
 #include <sqz/detail/aligned_buffer.hpp>
 #include <sqz/detail/cpu_layout.hpp>
+#include <sqz/half.hpp>
 #include <sqz/pack.hpp>
 
 #include <algorithm>
@@ -27,6 +28,22 @@
 #endif
 
 namespace sqz::detail {
+
+/// How cpu_matrix stores the sparse part's values, chosen once per matrix: in 16 bits when that is
+/// exact for every value (fp16: converts to binary16 and back unchanged; bf16: the low 16 bits of the
+/// float are zero), otherwise as T. Decoding a 16-bit value gives back the original bits.
+enum class sparse_value_type : std::uint8_t { scalar, fp16, bf16 };
+
+/// Sparse value k (stored as V) as T, exactly.
+template <class T, sparse_value_type V>
+T sparse_value(const void* values, std::int32_t k) noexcept {
+    if constexpr (V == sparse_value_type::scalar) {
+        return static_cast<const T*>(values)[k];
+    } else {
+        const std::uint16_t bits = static_cast<const std::uint16_t*>(values)[k];
+        return static_cast<T>(V == sparse_value_type::fp16 ? half_bits_to_float(bits) : bfloat16_bits_to_float(bits));
+    }
+}
 
 template <class T>
 struct cpu_matrix_view {
@@ -50,10 +67,39 @@ struct cpu_matrix_view {
     const std::uint8_t* u7 = nullptr;      ///< int8 mode LUT, rows x lut_stride
     const T* int8_lo = nullptr;
     const T* int8_scale = nullptr;
-    const std::int32_t* row_ptr = nullptr;  ///< CSR of the sparse part; null when it is empty
-    const std::int32_t* col = nullptr;
-    const T* val = nullptr;
+    /// CSR of the sparse part; null when it is empty. Column indices are uint16 when the matrix has
+    /// at most 65536 columns (col16), int32 otherwise; values as val_type says (T or uint16 patterns).
+    const std::int32_t* row_ptr = nullptr;
+    const void* col = nullptr;
+    bool col16 = false;
+    const void* val = nullptr;
+    sparse_value_type val_type = sparse_value_type::scalar;
+
+    std::size_t sparse_column_bytes() const noexcept { return col16 ? sizeof(std::uint16_t) : sizeof(std::int32_t); }
+    std::size_t sparse_value_bytes() const noexcept {
+        return val_type == sparse_value_type::scalar ? sizeof(T) : sizeof(std::uint16_t);
+    }
 };
+
+/// Zero entries that cpu_matrix stores after the sparse part's columns and values: the AVX2 kernel
+/// reads a row's last (nnz mod 8) entries as one vector of eight.
+inline constexpr std::size_t sparse_padding = 7;
+
+/// Calls f.template operator()<Col, V>() with the sparse part's storage types (Col = std::uint16_t or
+/// std::int32_t, V its sparse_value_type) as constants, so that a kernel picks its storage once per
+/// call and its inner loops do not branch on it.
+template <class T, class F>
+decltype(auto) with_sparse_storage(const cpu_matrix_view<T>& m, F&& f) {
+    const auto values = [&]<class Col>() -> decltype(auto) {
+        switch (m.val_type) {
+            case sparse_value_type::fp16: return f.template operator()<Col, sparse_value_type::fp16>();
+            case sparse_value_type::bf16: return f.template operator()<Col, sparse_value_type::bf16>();
+            default: return f.template operator()<Col, sparse_value_type::scalar>();
+        }
+    };
+    if (m.col16) return values.template operator()<std::uint16_t>();
+    return values.template operator()<std::int32_t>();
+}
 
 /// How far ahead of the bytes being decoded the kernels ask for codes (software prefetch).
 inline constexpr std::size_t code_prefetch_distance = SQZ_CODE_PREFETCH;
@@ -63,16 +109,24 @@ inline constexpr std::size_t sparse_prefetch_rows = SQZ_SPARSE_PREFETCH_ROWS;
 /// The sparse part of one row against x. Four independent sums in T, so that a row's few dozen
 /// products do not form one chain of dependent additions (which would cost ~10% of the time of a
 /// 0.45%-sparse product); a row's sparse part is small, so T's precision is ample.
-template <class T>
+template <class T, class Col, sparse_value_type V>
 double sparse_row_dot(const cpu_matrix_view<T>& m, std::size_t row, const T* x) noexcept {
-    if (m.row_ptr == nullptr) return 0.0;
+    const auto* col = static_cast<const Col*>(m.col);
     T sum[4] = {T(0), T(0), T(0), T(0)};
     std::int32_t k = m.row_ptr[row];
     const std::int32_t end = m.row_ptr[row + 1];
     for (; k + 4 <= end; k += 4)
-        for (int u = 0; u < 4; ++u) sum[u] += m.val[k + u] * x[m.col[k + u]];
-    for (; k < end; ++k) sum[0] += m.val[k] * x[m.col[k]];
+        for (int u = 0; u < 4; ++u) sum[u] += sparse_value<T, V>(m.val, k + u) * x[col[k + u]];
+    for (; k < end; ++k) sum[0] += sparse_value<T, V>(m.val, k) * x[col[k]];
     return static_cast<double>((sum[0] + sum[1]) + (sum[2] + sum[3]));
+}
+
+/// The same for one row of any storage (the storage is picked per row: these callers spend far more
+/// time on the row's dense part).
+template <class T>
+double sparse_row_dot(const cpu_matrix_view<T>& m, std::size_t row, const T* x) noexcept {
+    if (m.row_ptr == nullptr) return 0.0;
+    return with_sparse_storage(m, [&]<class Col, sparse_value_type V>() { return sparse_row_dot<T, Col, V>(m, row, x); });
 }
 
 /// Asks for the sparse part (column indices and values) of rows [first, end) to be brought into the
@@ -84,12 +138,15 @@ void prefetch_sparse_rows(const cpu_matrix_view<T>& m, std::size_t first, std::s
     if (m.row_ptr == nullptr || first >= end) return;
     end = std::min(end, m.rows);
     if (first >= end) return;
-    const std::int32_t begin = m.row_ptr[first];
-    const std::int32_t stop = m.row_ptr[end];
-    constexpr std::int32_t line = 64;
-    for (std::int32_t k = begin; k < stop; k += line / static_cast<std::int32_t>(sizeof(std::int32_t)))
-        __builtin_prefetch(m.col + k);
-    for (std::int32_t k = begin; k < stop; k += line / static_cast<std::int32_t>(sizeof(T))) __builtin_prefetch(m.val + k);
+    const auto begin = static_cast<std::size_t>(m.row_ptr[first]);
+    const auto stop = static_cast<std::size_t>(m.row_ptr[end]);
+    constexpr std::size_t line = 64;
+    const auto* col = static_cast<const char*>(m.col);
+    const auto* val = static_cast<const char*>(m.val);
+    for (std::size_t b = begin * m.sparse_column_bytes(); b < stop * m.sparse_column_bytes(); b += line)
+        __builtin_prefetch(col + b);
+    for (std::size_t b = begin * m.sparse_value_bytes(); b < stop * m.sparse_value_bytes(); b += line)
+        __builtin_prefetch(val + b);
 }
 
 /// Activations quantized per the int8 specification (docs/design.md, reference_backend.hpp), padded

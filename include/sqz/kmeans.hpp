@@ -941,7 +941,19 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
             total += c;
         }
         const int digit_shift = low_bits + p * digit_bits;
-        for (std::size_t i = 0; i < n; ++i) items[offset[(scratch[i].key >> digit_shift) & digit_mask]++] = scratch[i];
+        // The scatter reads eight items and claims their slots before it stores any of them. One item at a
+        // time, the pass ran 5-10% faster or slower with where the heap put its buffers (likely reads held
+        // up by earlier stores whose low 12 address bits match); batched, it is faster in every layout tried.
+        std::size_t i = 0;
+        constexpr std::size_t batch = 8;
+        for (; i + batch <= n; i += batch) {
+            sort_item<T> loaded[batch];
+            std::uint32_t at[batch];
+            for (std::size_t j = 0; j < batch; ++j) loaded[j] = scratch[i + j];
+            for (std::size_t j = 0; j < batch; ++j) at[j] = offset[(loaded[j].key >> digit_shift) & digit_mask]++;
+            for (std::size_t j = 0; j < batch; ++j) items[at[j]] = loaded[j];
+        }
+        for (; i < n; ++i) items[offset[(scratch[i].key >> digit_shift) & digit_mask]++] = scratch[i];
         std::swap(items, scratch);
     }
     std::swap(items, scratch);  // the sorted order is in `items`

@@ -562,7 +562,8 @@ struct lloyd_solver {
     /// Where a new centre v (not a centre yet) goes: its sorted position among the centres and the
     /// boundaries of its cell, which lie inside the region of the neighbouring cells.
     struct placement {
-        std::size_t at, left_end, right_begin;
+        std::size_t at, region_begin, region_end;  // the neighbouring cells' region
+        std::size_t left_end, right_begin;         // the new cell
     };
     placement place(double v, std::size_t at) const {
         const std::size_t count = centre.size();
@@ -572,23 +573,20 @@ struct lloyd_solver {
         const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end) : region_begin;
         const std::size_t right_begin =
             has_right ? first_at_least(0.5 * (v + centre[at]), left_end, region_end) : region_end;
-        return {at, left_end, right_begin};
+        return {at, region_begin, region_end, left_end, right_begin};
     }
 
     /// Change of the total cost if v were added as placed.
     double insertion_delta(double v, const placement& p) const {
-        const std::size_t at = p.at, count = centre.size();
-        const bool has_left = at > 0, has_right = at < count;
-        const std::size_t region_begin = has_left ? start[at - 1] : 0;
-        const std::size_t region_end = has_right ? start[at + 1] : m;
+        const std::size_t at = p.at;
         double before = 0, after = s.cost_around(p.left_end, p.right_begin, v);
-        if (has_left) {
+        if (at > 0) {
             before += cell[at - 1];
-            after += s.cost_around(region_begin, p.left_end, centre[at - 1]);
+            after += s.cost_around(p.region_begin, p.left_end, centre[at - 1]);
         }
-        if (has_right) {
+        if (at < centre.size()) {
             before += cell[at];
-            after += s.cost_around(p.right_begin, region_end, centre[at]);
+            after += s.cost_around(p.right_begin, p.region_end, centre[at]);
         }
         return after - before;
     }

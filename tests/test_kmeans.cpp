@@ -335,6 +335,7 @@ TEST_CASE("a DP layer whose lower bounds cross its upper bounds still gives ever
         for (std::size_t a = 2; a < j; ++a) d3[j] = std::min(d3[j], d2[a] + cost(a, j));
     // A minimiser is below its cell (lower[j] <= j - 1), but may pass the minimiser of a cell to its right,
     // which is the last candidate the divide and conquer gives j.
+    const std::vector<std::uint32_t> true_lower = lower;
     for (std::size_t j = 5; j <= m; j += 7) lower[j] = static_cast<std::uint32_t>(j - 1);
 
     std::vector<double> reduced(m + 1, 0.0), value(m + 1, -1.0);
@@ -342,16 +343,34 @@ TEST_CASE("a DP layer whose lower bounds cross its upper bounds still gives ever
     for (std::size_t a = 2; a <= m; ++a) reduced[a] = d2[a] - s2[a];
     sqz::detail::kmeans::layer_solver solver{{s0.data(), s1.data(), s2.data()}, reduced.data(), value.data(),
                                              choice.data(), lower.data(), infinity, m + 1};
-    solver.solve(3, m + 1, 2, m);
+    std::vector<sqz::detail::kmeans::layer_solver::task> level, next_level;
+    solver.solve(3, m + 1, 2, m, level, next_level);
     CHECK(solver.first_pruned == m + 1);
-    for (std::size_t j = 3; j <= m; ++j) {
-        INFO("cell " << j);
-        REQUIRE(std::isfinite(value[j]));
-        REQUIRE(choice[j] >= 2);
-        REQUIRE(choice[j] <= j - 1);
-        const double from_choice = d2[choice[j]] + cost(choice[j], j);
-        CHECK(value[j] == Approx(from_choice).epsilon(1e-9).margin(1e-9));
-        CHECK(value[j] >= d3[j] - 1e-9 * (1 + d3[j]));
+    const auto check_cells = [&](std::size_t end) {
+        for (std::size_t j = 3; j < end; ++j) {
+            INFO("cell " << j);
+            REQUIRE(std::isfinite(value[j]));
+            REQUIRE(choice[j] >= 2);
+            REQUIRE(choice[j] <= j - 1);
+            const double from_choice = d2[choice[j]] + cost(choice[j], j);
+            CHECK(value[j] == Approx(from_choice).epsilon(1e-9).margin(1e-9));
+            CHECK(value[j] >= d3[j] - 1e-9 * (1 + d3[j]));
+        }
+    };
+    check_cells(m + 1);
+
+    // With a bound (and the true lower bounds, so that D grows with j), the layer ends at the first cell
+    // beyond it, however the divide and conquer reaches it; the cells left of it are filled as without it.
+    solver.lower = true_lower.data();
+    for (const std::size_t cut : {4u, 77u, 150u, 299u}) {
+        INFO("bound between cells " << cut - 1 << " and " << cut);
+        REQUIRE(d3[cut - 1] < d3[cut]);
+        std::fill(value.begin(), value.end(), -1.0);
+        solver.bound = 0.5 * (d3[cut - 1] + d3[cut]);
+        solver.first_pruned = m + 1;
+        solver.solve(3, m + 1, 2, m, level, next_level);
+        CHECK(solver.first_pruned == cut);
+        check_cells(cut);
     }
 }
 

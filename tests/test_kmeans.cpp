@@ -715,3 +715,62 @@ TEST_CASE("lloyd's restarts that reach a state seen before skip their moves with
         }
     CHECK(skipped > 0);
 }
+
+TEST_CASE("lloyd's cache of best 2-splits does not carry over from one row to the next", "[kmeans]") {
+    // lloyd_partition twice on the same row with the same workspace, the cache poisoned in between (every
+    // entry kept but pointing at another split): the second run must start afresh and equal the first.
+    // Then the same through the public entry: the rows of one thread give what a fresh thread gives.
+    namespace km = sqz::detail::kmeans;
+    const auto values = sqz::synthetic::llm_like_weights(4, 600, 11);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(4, 600, 12);
+    for (const std::size_t k : {4u, 8u, 16u}) {
+        std::vector<double> y, w;
+        {
+            std::vector<std::pair<double, double>> points;
+            for (Eigen::Index c = 0; c < values.cols(); ++c) points.emplace_back(values(0, c), fisher(0, c));
+            std::sort(points.begin(), points.end());
+            for (const auto& [v, weight] : points) {
+                if (!y.empty() && y.back() == v) {
+                    w.back() += weight;
+                } else if (weight > 0) {
+                    y.push_back(v);
+                    w.push_back(weight);
+                }
+            }
+        }
+        const std::size_t m = y.size();
+        km::workspace<double, double> ws;
+        ws.shifted = y;
+        ws.forward.s0.assign(m + 1, 0.0);
+        ws.forward.s1.assign(m + 1, 0.0);
+        ws.forward.s2.assign(m + 1, 0.0);
+        for (std::size_t g = 0; g < m; ++g) {
+            ws.forward.s0[g + 1] = ws.forward.s0[g] + w[g];
+            ws.forward.s1[g + 1] = ws.forward.s1[g] + w[g] * y[g];
+            ws.forward.s2[g + 1] = ws.forward.s2[g] + w[g] * y[g] * y[g];
+        }
+        const sqz::kmeans_options options{.method = sqz::kmeans_method::lloyd, .seed = 5};
+        km::lloyd_partition(ws, m, k, options);
+        const std::vector<double> first = ws.best_centre;
+        std::size_t poisoned = 0;
+        for (auto& entry : ws.lloyd.split_cache)
+            if (entry.generation == ws.lloyd.split_generation && entry.b - entry.a >= 3) {
+                entry.at = entry.at == entry.a + 1 ? entry.b - 1 : entry.a + 1;
+                ++poisoned;
+            }
+        INFO("k " << k);
+        REQUIRE(poisoned > 0);
+        km::lloyd_partition(ws, m, k, options);
+        CHECK(ws.best_centre == first);
+
+        std::vector<sqz::kmeans_result<float>> fresh(4);
+        for (Eigen::Index r = 0; r < 4; ++r)
+            std::thread([&] { fresh[static_cast<std::size_t>(r)] = sqz::weighted_kmeans(values.row(r), fisher.row(r), static_cast<int>(k), options); }).join();
+        for (const Eigen::Index r : {0, 1, 2, 3, 0, 2, 1, 3}) {
+            INFO("row " << r);
+            const auto again = sqz::weighted_kmeans(values.row(r), fisher.row(r), static_cast<int>(k), options);
+            CHECK(again.centroids == fresh[static_cast<std::size_t>(r)].centroids);
+            CHECK(again.objective == fresh[static_cast<std::size_t>(r)].objective);
+        }
+    }
+}

@@ -3,7 +3,7 @@
 // downloads llama.cpp's sources (in the llama-cpp-python sdist), builds ggml's CPU back end and this file.
 //
 //   compare_ggml [--json] [--threads N] [--rounds N] [--shapes 4096x14336,...] [--types Q4_0,Q4_K,...]
-//                [--bits 2,3,4] [--no-repack] [--smoke]
+//                [--bits 2,3,4] [--l3-mib 32] [--no-repack] [--smoke]
 //
 // How it measures (the same method as bench_matvec.cpp, docs/benchmarks.md "Against ggml (llama.cpp)"):
 //  - ggml: a random N(0, 0.02) matrix is quantized by ggml's own ggml_quantize_chunk (no importance
@@ -20,6 +20,10 @@
 //    repetition multiplies the next copy, so the matrix comes from DRAM. Rounds interleave one DRAM
 //    bandwidth piece (bench_common.hpp's probe), one product per ggml type and one per sqz width and
 //    mode; every figure is the best (shortest) of its rounds.
+//  - --l3-mib N (default 32) sets the cache the copies must exceed 4x; a small N with a small shape
+//    (e.g. --l3-mib 1 --shapes 1024x4096: 2 copies of 1-2 MB) keeps the matrices in the 32 MiB L3,
+//    which gives each kernel's speed when DRAM is not the limit (the "DRAM" column is then a cache
+//    figure too).
 //  - gbps = bytes of the weight as stored / time (ggml: ggml_nbytes of the quantized tensor; sqz: the
 //    cpu back end's bytes_read for the mode); bits_per_weight = those bytes * 8 / (rows * cols).
 //  - Correctness, checked once per configuration: ggml's y against a double-precision product of its
@@ -298,7 +302,7 @@ std::vector<std::string> comparable_types(int bits) {
 void usage() {
     std::puts(
         "compare_ggml [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--types Q4_0,Q4_K,Q3_K,Q2_K,Q8_0]\n"
-        "             [--bits 2,3,4] [--no-repack] [--smoke]");
+        "             [--bits 2,3,4] [--l3-mib 32] [--no-repack] [--smoke]");
 }
 
 }  // namespace
@@ -323,6 +327,8 @@ int main(int argc, char** argv) {
             cfg.types = parse_list<ggml_type>(argv[++a], parse_type);
         } else if (arg == "--bits" && has_value) {
             cfg.bits = parse_list<int>(argv[++a], [](const std::string& item) { return std::atoi(item.c_str()); });
+        } else if (arg == "--l3-mib" && has_value) {  // the cache to defeat; small values: a from-cache test
+            cfg.cache_bytes = static_cast<std::size_t>(std::max(1, std::atoi(argv[++a]))) << 20;
         } else if (arg == "--no-repack") {
             cfg.repack = false;
         } else if (arg == "--smoke") {  // seconds: small shapes, few rounds

@@ -21,11 +21,13 @@
 //    bandwidth piece (bench_common.hpp's probe), one product per ggml type and one per sqz width and
 //    mode; every figure is the best (shortest) of its rounds.
 //  - --l3-mib N (default 32) sets the cache the copies must exceed 4x; a small N with a small shape
-//    (e.g. --l3-mib 1 --shapes 1024x4096: 2 copies of 1-2 MB) keeps the matrices in the 32 MiB L3,
-//    which gives each kernel's speed when DRAM is not the limit (the "DRAM" column is then a cache
-//    figure too).
+//    (e.g. --l3-mib 1 --shapes 1024x4096: 2-4 copies of 1-4.5 MB) keeps the matrices in the 32 MiB L3,
+//    which gives each kernel's speed when DRAM is not the limit (the probe then streams 1 MiB pieces
+//    of a 64 MiB buffer, still mostly from DRAM).
 //  - gbps = bytes of the weight as stored / time (ggml: ggml_nbytes of the quantized tensor; sqz: the
 //    cpu back end's bytes_read for the mode); bits_per_weight = those bytes * 8 / (rows * cols).
+//  - speed_vs_ggml (sqz lines; text: "speed sqz/ggml") = ggml's time / sqz's time for the comparable
+//    ggml types of the run: 4 bits with Q4_0 and Q4_K, 3 with Q3_K, 2 with Q2_K ("-r": repacked).
 //  - Correctness, checked once per configuration: ggml's y against a double-precision product of its
 //    own dequantized weights (the type's to_float) with x; sqz's y against the reference back end.
 //    max_rel_err = max_i |y_i - ref_i| / sum_j |w_ij x_j|; the run fails above 5% (or 1e-5 for exact).

@@ -67,9 +67,6 @@ int thread_count(const settings& s) {
 #endif
 }
 
-
-
-
 void usage() {
     std::puts(
         "sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--bits 2,3,4]\n"

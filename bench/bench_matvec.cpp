@@ -38,24 +38,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.hpp"
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+using namespace sqz_bench;
 
 namespace {
-
-using clock_type = std::chrono::steady_clock;
-
-double seconds_since(clock_type::time_point start) {
-    return std::chrono::duration<double>(clock_type::now() - start).count();
-}
-
-struct shape {
-    Eigen::Index rows, cols;
-};
 
 struct settings {
     bool json = false;
@@ -68,21 +58,6 @@ struct settings {
     std::size_t cache_bytes = std::size_t{32} << 20;  // last-level cache to defeat
 };
 
-template <class T, class Parse>
-std::vector<T> parse_list(const char* text, Parse parse) {
-    std::vector<T> out;
-    std::string s(text);
-    std::size_t start = 0;
-    while (start <= s.size()) {
-        const std::size_t comma = s.find(',', start);
-        const std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-        if (!item.empty()) out.push_back(parse(item));
-        if (comma == std::string::npos) break;
-        start = comma + 1;
-    }
-    return out;
-}
-
 int thread_count(const settings& s) {
 #if defined(_OPENMP)
     return s.threads > 0 ? s.threads : omp_get_max_threads();
@@ -90,119 +65,6 @@ int thread_count(const settings& s) {
     (void)s;
     return 1;
 #endif
-}
-
-/// Streams through 32 MiB pieces of a 512 MiB buffer with all threads; returns GB/s of one piece.
-class dram_probe {
-public:
-    explicit dram_probe(std::size_t total = std::size_t{512} << 20, std::size_t piece = std::size_t{32} << 20)
-        : buffer_(total / sizeof(long long), 1), piece_(piece) {}
-
-    double measure(int threads) {
-        const std::size_t pieces = buffer_.size() * sizeof(long long) / piece_;
-        const char* base = reinterpret_cast<const char*>(buffer_.data()) + (next_++ % pieces) * piece_;
-        const auto start = clock_type::now();
-        long long checksum = 0;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads) reduction(+ : checksum)
-#endif
-        {
-#if defined(_OPENMP)
-            const int t = omp_get_thread_num();
-            const int nt = omp_get_num_threads();
-#else
-            const int t = 0;
-            const int nt = 1;
-            (void)threads;
-#endif
-            const std::size_t chunk = piece_ / static_cast<std::size_t>(nt) / 128 * 128;
-            checksum += stream(base + static_cast<std::size_t>(t) * chunk, chunk);
-        }
-        const double s = seconds_since(start);
-        sink_ += checksum;
-        return static_cast<double>(piece_) / s / 1e9;
-    }
-
-    long long sink() const { return sink_; }
-
-private:
-#if defined(__x86_64__)
-    __attribute__((target("avx2"))) static long long stream(const char* p, std::size_t bytes) {
-        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-        for (std::size_t i = 0; i < bytes; i += 128) {
-            a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
-            a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
-            a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
-            a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
-        }
-        const __m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
-        return _mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) + _mm256_extract_epi64(s, 2) +
-               _mm256_extract_epi64(s, 3);
-    }
-#else
-    static long long stream(const char* p, std::size_t bytes) {
-        long long s = 0;
-        const auto* q = reinterpret_cast<const long long*>(p);
-        for (std::size_t i = 0; i < bytes / sizeof(long long); ++i) s += q[i];
-        return s;
-    }
-#endif
-
-    std::vector<long long, sqz::detail::aligned_allocator<long long>> buffer_;
-    std::size_t piece_;
-    std::size_t next_ = 0;
-    long long sink_ = 0;
-};
-
-/// A random dense-and-sparse matrix: sorted N(0, 0.02) codebooks, uniform codes, and a sparse part at
-/// a uniformly random `fraction` of the positions with N(0, 0.1) values rounded to fp16, as the
-/// original weights of an fp16 checkpoint that SqueezeLLM keeps in the sparse part are (the cpu back
-/// end then stores them in 16 bits, its common case).
-sqz::quantized_matrix<float> random_matrix(shape s, int bits, double fraction, std::uint64_t seed) {
-    sqz::synthetic::rng random(seed);
-    const Eigen::Index levels = Eigen::Index{1} << bits;
-    sqz::row_matrix<float> lut(s.rows, levels);
-    for (Eigen::Index i = 0; i < s.rows; ++i) {
-        for (Eigen::Index k = 0; k < levels; ++k) lut(i, k) = static_cast<float>(0.02 * random.normal());
-        std::sort(lut.row(i).data(), lut.row(i).data() + levels);
-    }
-    std::vector<std::uint8_t> codes(static_cast<std::size_t>(s.rows * s.cols));
-    for (std::size_t k = 0; k < codes.size(); k += 8) {
-        std::uint64_t r = random.next();
-        for (std::size_t b = k; b < std::min(codes.size(), k + 8); ++b, r >>= 8)
-            codes[b] = static_cast<std::uint8_t>(r & static_cast<std::uint64_t>(levels - 1));
-    }
-    sqz::csr_matrix<float> sparse(s.rows, s.cols);
-    if (fraction > 0) {
-        std::vector<Eigen::Triplet<float, std::int32_t>> entries;
-        const auto count = static_cast<std::size_t>(fraction * static_cast<double>(s.rows) * static_cast<double>(s.cols));
-        entries.reserve(count);
-        for (std::size_t e = 0; e < count; ++e)
-            entries.emplace_back(static_cast<std::int32_t>(random.below(static_cast<std::uint64_t>(s.rows))),
-                                 static_cast<std::int32_t>(random.below(static_cast<std::uint64_t>(s.cols))),
-                                 sqz::round_to_half(static_cast<float>(0.1 * random.normal())));
-        sparse.setFromTriplets(entries.begin(), entries.end(), [](float a, float) { return a; });
-    }
-    return sqz::quantized_matrix<float>::from_codes(s.rows, s.cols, bits, std::move(lut), codes, std::move(sparse));
-}
-
-/// max_i |y_i - ref_i| / sum_j |w_ij x_j| (the dense part's magnitude plus the sparse part's).
-double max_relative_error(const sqz::quantized_matrix<float>& q, const std::vector<float>& x,
-                          const std::vector<float>& y, const std::vector<float>& ref) {
-    double worst = 0;
-    std::vector<std::uint8_t> codes(static_cast<std::size_t>(q.cols()));
-    for (Eigen::Index i = 0; i < q.rows(); ++i) {
-        sqz::unpack(q.row_codes(i), q.bits(), codes.size(), codes);
-        double magnitude = 0;
-        const auto lut = q.lut_row(i);
-        for (Eigen::Index j = 0; j < q.cols(); ++j)
-            magnitude += std::abs(static_cast<double>(lut[codes[static_cast<std::size_t>(j)]]) * x[static_cast<std::size_t>(j)]);
-        for (sqz::csr_matrix<float>::InnerIterator it(q.sparse(), i); it; ++it)
-            magnitude += std::abs(static_cast<double>(it.value()) * x[static_cast<std::size_t>(it.col())]);
-        const double err = std::abs(static_cast<double>(y[static_cast<std::size_t>(i)]) - ref[static_cast<std::size_t>(i)]);
-        worst = std::max(worst, magnitude > 0 ? err / magnitude : err);
-    }
-    return worst;
 }
 
 void usage() {

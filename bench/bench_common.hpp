@@ -47,6 +47,18 @@ std::vector<T> parse_list(const char* text, Parse parse) {
     return out;
 }
 
+/// "4096x14336,14336x4096": rows x columns.
+inline std::vector<shape> parse_shapes(const char* text) {
+    return parse_list<shape>(text, [](const std::string& item) {
+        const auto x = item.find('x');
+        return shape{std::atol(item.substr(0, x).c_str()), std::atol(item.substr(x + 1).c_str())};
+    });
+}
+
+inline std::vector<int> parse_ints(const char* text) {
+    return parse_list<int>(text, [](const std::string& item) { return std::atoi(item.c_str()); });
+}
+
 /// Streams through 32 MiB pieces of a 512 MiB buffer with all threads; returns GB/s of one piece.
 class dram_probe {
 public:

@@ -321,14 +321,11 @@ int main(int argc, char** argv) {
         } else if (arg == "--rounds" && has_value) {
             cfg.rounds = std::max(1, std::atoi(argv[++a]));
         } else if (arg == "--shapes" && has_value) {
-            cfg.shapes = parse_list<shape>(argv[++a], [](const std::string& item) {
-                const auto x = item.find('x');
-                return shape{std::atol(item.substr(0, x).c_str()), std::atol(item.substr(x + 1).c_str())};
-            });
+            cfg.shapes = parse_shapes(argv[++a]);
         } else if (arg == "--types" && has_value) {
             cfg.types = parse_list<ggml_type>(argv[++a], parse_type);
         } else if (arg == "--bits" && has_value) {
-            cfg.bits = parse_list<int>(argv[++a], [](const std::string& item) { return std::atoi(item.c_str()); });
+            cfg.bits = parse_ints(argv[++a]);
         } else if (arg == "--l3-mib" && has_value) {  // the cache to defeat; small values: a from-cache test
             cfg.cache_bytes = static_cast<std::size_t>(std::max(1, std::atoi(argv[++a]))) << 20;
         } else if (arg == "--no-repack") {

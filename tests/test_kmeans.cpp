@@ -656,6 +656,40 @@ TEST_CASE("lloyd's hinted search finds the first value at least c from any hint,
     }
 }
 
+namespace {
+
+/// Row r's positive-weight distinct values (equal values merged, weights summed), ascending, with their
+/// prefix sums, in a workspace as cluster() leaves it for lloyd_partition (the values are not shifted).
+template <class Matrix>
+sqz::detail::kmeans::workspace<double, double> lloyd_workspace(const Matrix& values, const Matrix& fisher, Eigen::Index r) {
+    std::vector<double> y, w;
+    std::vector<std::pair<double, double>> points;
+    for (Eigen::Index c = 0; c < values.cols(); ++c) points.emplace_back(values(r, c), fisher(r, c));
+    std::sort(points.begin(), points.end());
+    for (const auto& [v, weight] : points) {
+        if (!y.empty() && y.back() == v) {
+            w.back() += weight;
+        } else if (weight > 0) {
+            y.push_back(v);
+            w.push_back(weight);
+        }
+    }
+    const std::size_t m = y.size();
+    sqz::detail::kmeans::workspace<double, double> ws;
+    ws.shifted = y;
+    ws.forward.s0.assign(m + 1, 0.0);
+    ws.forward.s1.assign(m + 1, 0.0);
+    ws.forward.s2.assign(m + 1, 0.0);
+    for (std::size_t g = 0; g < m; ++g) {
+        ws.forward.s0[g + 1] = ws.forward.s0[g] + w[g];
+        ws.forward.s1[g + 1] = ws.forward.s1[g] + w[g] * y[g];
+        ws.forward.s2[g + 1] = ws.forward.s2[g] + w[g] * y[g] * y[g];
+    }
+    return ws;
+}
+
+}  // namespace
+
 TEST_CASE("lloyd's restarts that reach a state seen before skip their moves without changing the result", "[kmeans]") {
     // Reference: every restart runs its split-and-merge moves (no skipping), with its own scratch memory.
     // lloyd_partition must pick the same centres, and on these rows some restarts must have been skipped.
@@ -665,31 +699,9 @@ TEST_CASE("lloyd's restarts that reach a state seen before skip their moves with
     std::size_t skipped = 0;
     for (Eigen::Index r = 0; r < values.rows(); ++r)
         for (const std::size_t k : {3u, 4u, 8u}) {
-            std::vector<double> y, w;
-            {
-                std::vector<std::pair<double, double>> points;
-                for (Eigen::Index c = 0; c < values.cols(); ++c) points.emplace_back(values(r, c), fisher(r, c));
-                std::sort(points.begin(), points.end());
-                for (const auto& [v, weight] : points) {  // merge equal values
-                    if (!y.empty() && y.back() == v) {
-                        w.back() += weight;
-                    } else if (weight > 0) {
-                        y.push_back(v);
-                        w.push_back(weight);
-                    }
-                }
-            }
+            km::workspace<double, double> ws = lloyd_workspace(values, fisher, r);
+            const std::vector<double>& y = ws.shifted;
             const std::size_t m = y.size();
-            km::workspace<double, double> ws;
-            ws.shifted = y;
-            ws.forward.s0.assign(m + 1, 0.0);
-            ws.forward.s1.assign(m + 1, 0.0);
-            ws.forward.s2.assign(m + 1, 0.0);
-            for (std::size_t g = 0; g < m; ++g) {
-                ws.forward.s0[g + 1] = ws.forward.s0[g] + w[g];
-                ws.forward.s1[g + 1] = ws.forward.s1[g] + w[g] * y[g];
-                ws.forward.s2[g + 1] = ws.forward.s2[g] + w[g] * y[g] * y[g];
-            }
             const sqz::kmeans_options options{.method = sqz::kmeans_method::lloyd, .restarts = 5, .seed = static_cast<std::uint64_t>(r)};
             km::lloyd_partition(ws, m, k, options);
 
@@ -724,31 +736,8 @@ TEST_CASE("lloyd's cache of best 2-splits does not carry over from one row to th
     const auto values = sqz::synthetic::llm_like_weights(4, 600, 11);
     const auto fisher = sqz::synthetic::fisher_like_sensitivity(4, 600, 12);
     for (const std::size_t k : {4u, 8u, 16u}) {
-        std::vector<double> y, w;
-        {
-            std::vector<std::pair<double, double>> points;
-            for (Eigen::Index c = 0; c < values.cols(); ++c) points.emplace_back(values(0, c), fisher(0, c));
-            std::sort(points.begin(), points.end());
-            for (const auto& [v, weight] : points) {
-                if (!y.empty() && y.back() == v) {
-                    w.back() += weight;
-                } else if (weight > 0) {
-                    y.push_back(v);
-                    w.push_back(weight);
-                }
-            }
-        }
-        const std::size_t m = y.size();
-        km::workspace<double, double> ws;
-        ws.shifted = y;
-        ws.forward.s0.assign(m + 1, 0.0);
-        ws.forward.s1.assign(m + 1, 0.0);
-        ws.forward.s2.assign(m + 1, 0.0);
-        for (std::size_t g = 0; g < m; ++g) {
-            ws.forward.s0[g + 1] = ws.forward.s0[g] + w[g];
-            ws.forward.s1[g + 1] = ws.forward.s1[g] + w[g] * y[g];
-            ws.forward.s2[g + 1] = ws.forward.s2[g] + w[g] * y[g] * y[g];
-        }
+        km::workspace<double, double> ws = lloyd_workspace(values, fisher, 0);
+        const std::size_t m = ws.shifted.size();
         const sqz::kmeans_options options{.method = sqz::kmeans_method::lloyd, .seed = 5};
         km::lloyd_partition(ws, m, k, options);
         const std::vector<double> first = ws.best_centre;

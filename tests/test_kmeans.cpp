@@ -763,3 +763,53 @@ TEST_CASE("lloyd's cache of best 2-splits does not carry over from one row to th
         }
     }
 }
+
+TEST_CASE("exact k-means stays optimal when the weights span more than double's precision", "[kmeans]") {
+    // Weights from 2^-45 to 9e6 in one row: in the prefix sums of the weights a light group that comes
+    // after heavy ones adds nothing, so an interval of light groups has weight 0 there (0 / 0 in its cost).
+    // That once gave optima 12 times too large and, on other rows, a retry loop that never ended. Every
+    // row must now match the slow DP (long double, interval weights of 0 costing 0) to rounding of the
+    // total, return finite centroids, and lloyd must return finite ones too.
+    sqz::synthetic::rng random(61);
+    int light_rows = 0;
+    for (int t = 0; t < 300; ++t) {
+        const std::size_t n = 2 + random.below(60);
+        std::vector<double> x(n), w(n);
+        const bool few_values = random.below(3) == 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            x[i] = few_values ? static_cast<double>(random.below(7))
+                              : std::ldexp(static_cast<double>(random.below(2001)) - 1000.0, -static_cast<int>(random.below(20)));
+            const auto style = random.below(5);
+            w[i] = style == 0 ? 0.0
+                 : style == 1 ? std::ldexp(1.0, -static_cast<int>(random.below(46)))
+                 : style == 2 ? 1e6 * static_cast<double>(1 + random.below(9))
+                              : static_cast<double>(random.below(1000)) / 7.0;
+        }
+        double total = 0, lightest = std::numeric_limits<double>::infinity();
+        for (double v : w)
+            if (v > 0) {
+                total += v;
+                lightest = std::min(lightest, v);
+            }
+        if (!(total > 0)) continue;
+        light_rows += lightest < 0x1p-51 * total;
+        const int k = 1 + static_cast<int>(random.below(std::min<std::size_t>(n, 20)));
+        INFO("row " << t << ", n = " << n << ", k = " << k);
+        const auto exact = sqz::weighted_kmeans(x, w, k);
+        const double objective = check_result(exact, x, w, k);
+        for (double c : exact.centroids) REQUIRE(std::isfinite(c));
+        // The one-cluster cost bounds what rounding of the prefix sums can move.
+        double mean = 0;
+        for (std::size_t i = 0; i < n; ++i) mean += w[i] * x[i];
+        mean /= total;
+        double spread = 0;
+        for (std::size_t i = 0; i < n; ++i) spread += w[i] * (x[i] - mean) * (x[i] - mean);
+        const double optimum = slow_dp_optimum(x, w, k);
+        CHECK(objective <= optimum * (1 + 1e-9) + 1e-12 * spread);
+        const auto lloyd = sqz::weighted_kmeans(x, w, k, {.method = sqz::kmeans_method::lloyd, .seed = 1});
+        check_result(lloyd, x, w, k);
+        for (double c : lloyd.centroids) REQUIRE(std::isfinite(c));
+        CHECK(objective <= lloyd.objective * (1 + 1e-9) + 1e-12 * spread);
+    }
+    CHECK(light_rows > 50);  // most rows exercise the guarded programme
+}

@@ -204,11 +204,16 @@ struct prefix_sums {
     const double* s1;
     const double* s2;
 
-    /// Within-cluster cost of groups [a, b) around their weighted mean (a < b).
+    /// Within-cluster cost of groups [a, b) around their weighted mean (a < b), never negative. The
+    /// subtracted term is at most the first, which also covers a weight that vanished in the prefix sums
+    /// (weights 2^53 times smaller than the ones before them add nothing to s0; then 0 / 0 or x / 0 here):
+    /// such an interval weighs nothing next to the others and costs 0, not NaN.
     double interval_cost(std::size_t a, std::size_t b) const {
         const double w = s0[b] - s0[a];
         const double wy = s1[b] - s1[a];
-        return (s2[b] - s2[a]) - wy * wy / w;
+        const double wyy = s2[b] - s2[a];
+        const double explained = wy * wy / w;
+        return explained < wyy ? wyy - explained : 0.0;
     }
     /// Cost of groups [a, b) around the centre c (a <= b), never negative.
     double cost_around(std::size_t a, std::size_t b, double c) const {
@@ -235,6 +240,10 @@ struct layer_solver {
     const std::uint32_t* lower;         // previous layer's minimisers, indexed by j; null for layer 2
     double bound;
     mutable std::size_t first_pruned;   // leftmost cell found beyond the bound; every cell left of it is set
+    /// Whether some group weighs so little against the total that an interval's weight can vanish in (or
+    /// be mostly rounding noise of) a difference of prefix sums; then every cost is clamped at 0 (see g),
+    /// which costs about 5% at k = 16. Other rows skip the clamp (see exact_partition).
+    bool guarded = true;
 
     /// The first candidate for cell j: a_begin, or the previous layer's minimiser at j when larger. In exact
     /// arithmetic that never exceeds the last candidate (the minimiser of a cell to the right), but rounding
@@ -245,22 +254,38 @@ struct layer_solver {
         return lower != nullptr ? std::max(a_begin, std::size_t{lower[j]}) : a_begin;
     }
 
+    /// Guarded (see `guarded`), as interval_cost: the subtracted term is at most s2[j] - s2[a], so a cost
+    /// is never negative, and a weight that vanished in the prefix sums (0 / 0) or kept only rounding noise
+    /// gives 0, not NaN or a large negative number. vminpd returns its second operand when the first is
+    /// NaN, so the vector forms below compute the same as this one.
+    template <bool Guarded>
     double g(std::size_t a, std::size_t j) const {
         const double w = s.s0[j] - s.s0[a];
         const double wy = s.s1[j] - s.s1[a];
-        return reduced[a] - wy * wy / w;
+        const double explained = wy * wy / w;
+        if constexpr (Guarded) {
+            const double wyy = s.s2[j] - s.s2[a];
+            return reduced[a] - (explained < wyy ? explained : wyy);
+        } else {
+            return reduced[a] - explained;
+        }
     }
 
     /// min_a g(a, j) over a in [lo, hi] (lo <= hi < j) and its smallest minimiser.
+    template <bool Guarded>
     std::pair<double, std::size_t> scan(std::size_t j, std::size_t lo, std::size_t hi) const {
 #if defined(__AVX2__)
         if (hi - lo >= 4) {
             const __m256d w_j = _mm256_set1_pd(s.s0[j]);
             const __m256d wy_j = _mm256_set1_pd(s.s1[j]);
+            [[maybe_unused]] const __m256d wyy_j = _mm256_set1_pd(s.s2[j]);
             const auto evaluate = [&](std::size_t a) {
                 const __m256d w = _mm256_sub_pd(w_j, _mm256_loadu_pd(s.s0 + a));
                 const __m256d wy = _mm256_sub_pd(wy_j, _mm256_loadu_pd(s.s1 + a));
-                return _mm256_sub_pd(_mm256_loadu_pd(reduced + a), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
+                __m256d explained = _mm256_div_pd(_mm256_mul_pd(wy, wy), w);
+                if constexpr (Guarded)
+                    explained = _mm256_min_pd(explained, _mm256_sub_pd(wyy_j, _mm256_loadu_pd(s.s2 + a)));
+                return _mm256_sub_pd(_mm256_loadu_pd(reduced + a), explained);
             };
             const __m256d lanes = _mm256_setr_pd(0, 1, 2, 3);
             const __m256d four = _mm256_set1_pd(4);
@@ -307,10 +332,10 @@ struct layer_solver {
             return {_mm256_cvtsd_f64(best0), static_cast<std::size_t>(_mm256_cvtsd_f64(at0))};
         }
 #endif
-        double best = g(lo, j);
+        double best = g<Guarded>(lo, j);
         std::size_t best_a = lo;
         for (std::size_t a = lo + 1; a <= hi; ++a) {
-            const double v = g(a, j);
+            const double v = g<Guarded>(a, j);
             if (v < best) {
                 best = v;
                 best_a = a;
@@ -323,6 +348,7 @@ struct layer_solver {
     /// are few, this beats halving further. Vectorised over four consecutive cells, which share the
     /// candidates from the first cell's lower bound (a wider range than the others' own bounds, so the
     /// same minimum) up to j - 1; the last three candidates are masked per cell (a < j).
+    template <bool Guarded>
     void sweep(std::size_t j_begin, std::size_t j_end, std::size_t a_begin, std::size_t a_end) const {
 #if defined(__AVX2__)
         if (j_end - j_begin >= 4) {
@@ -334,6 +360,7 @@ struct layer_solver {
                 const std::size_t first = std::min(last, lower_bound(j, a_begin));
                 const __m256d w_j = _mm256_loadu_pd(s.s0 + j);
                 const __m256d wy_j = _mm256_loadu_pd(s.s1 + j);
+                [[maybe_unused]] const __m256d wyy_j = _mm256_loadu_pd(s.s2 + j);
                 __m256d best = _mm256_set1_pd(std::numeric_limits<double>::infinity());
                 __m256d at = _mm256_setzero_pd();
                 __m256d index = _mm256_set1_pd(static_cast<double>(first));
@@ -341,7 +368,10 @@ struct layer_solver {
                 const auto candidate = [&](std::size_t c) {
                     const __m256d w = _mm256_sub_pd(w_j, _mm256_broadcast_sd(s.s0 + c));
                     const __m256d wy = _mm256_sub_pd(wy_j, _mm256_broadcast_sd(s.s1 + c));
-                    return _mm256_sub_pd(_mm256_broadcast_sd(reduced + c), _mm256_div_pd(_mm256_mul_pd(wy, wy), w));
+                    __m256d explained = _mm256_div_pd(_mm256_mul_pd(wy, wy), w);
+                    if constexpr (Guarded)
+                        explained = _mm256_min_pd(explained, _mm256_sub_pd(wyy_j, _mm256_broadcast_sd(s.s2 + c)));
+                    return _mm256_sub_pd(_mm256_broadcast_sd(reduced + c), explained);
                 };
                 for (const std::size_t shared = std::min(last, j - 1); a <= shared; ++a) {
                     const __m256d v = candidate(a);
@@ -373,10 +403,10 @@ struct layer_solver {
         for (std::size_t j = j_begin; j < j_end; ++j) {
             const std::size_t last = std::min(a_end, j - 1);
             const std::size_t first = std::min(last, lower_bound(j, a_begin));
-            double best = g(first, j);
+            double best = g<Guarded>(first, j);
             std::size_t best_a = first;
             for (std::size_t a = first + 1; a <= last; ++a) {
-                const double v = g(a, j);
+                const double v = g<Guarded>(a, j);
                 if (v < best) {
                     best = v;
                     best_a = a;
@@ -414,12 +444,16 @@ struct layer_solver {
             for (const task& t : level) {
                 if (t.j_begin >= first_pruned) break;  // tasks are in order of j: the rest are beyond too
                 if (t.a_end - t.a_begin < sweep_candidates) {
-                    sweep(t.j_begin, t.j_end, t.a_begin, t.a_end);
+                    if (guarded)
+                        sweep<true>(t.j_begin, t.j_end, t.a_begin, t.a_end);
+                    else
+                        sweep<false>(t.j_begin, t.j_end, t.a_begin, t.a_end);
                     continue;
                 }
                 const std::uint32_t j = t.j_begin + (t.j_end - t.j_begin) / 2;
                 const std::size_t hi = std::min<std::size_t>(t.a_end, j - 1);
-                const auto [best, best_a] = scan(j, std::min(hi, lower_bound(j, t.a_begin)), hi);
+                const std::size_t lo = std::min(hi, lower_bound(j, t.a_begin));
+                const auto [best, best_a] = guarded ? scan<true>(j, lo, hi) : scan<false>(j, lo, hi);
                 value[j] = s.s2[j] + best;
                 choice[j] = static_cast<std::uint32_t>(best_a);
                 const auto a = static_cast<std::uint32_t>(best_a);
@@ -450,7 +484,7 @@ struct dp_direction {
 
     /// Runs the layers; false when the bound left no feasible prefix (then retry without a bound). The last
     /// layer is only needed from j = last_from on (when the other direction already bounds the meeting).
-    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound, std::size_t last_from = 0) {
+    bool run(std::size_t m, std::size_t k, std::size_t layers, double bound, bool guarded, std::size_t last_from = 0) {
         const prefix_sums s = sums();
         const std::size_t stride = m + 1;
         value.resize(stride);
@@ -473,8 +507,8 @@ struct dp_direction {
             std::uint32_t* lower = l >= 3 ? choice.data() + (l - 3) * stride : nullptr;
             if (lower != nullptr)  // beyond its reach, the previous layer's last minimiser is still a lower bound
                 std::fill(lower + previous_reach + 1, lower + j_last + 1, lower[previous_reach]);
-            layer_solver solver{s, reduced.data(), next_value.data(), choice.data() + (l - 2) * stride, lower, bound,
-                                j_last + 1};
+            layer_solver solver{s,     reduced.data(), next_value.data(), choice.data() + (l - 2) * stride,
+                                lower, bound,          j_last + 1,        guarded};
             // Minimisers never exceed the previous layer's reach: a cell within the bound has its
             // (l - 1)-cluster prefix within the bound too.
             const std::size_t j_first = l == layers ? std::max(l, last_from) : l;
@@ -569,6 +603,13 @@ struct lloyd_solver {
         (void)hint;
 #endif
         return first_at_least(c, lo, hi);
+    }
+    /// The weighted mean of groups [a, b) (a < b), kept inside their range; their middle when their weight
+    /// vanished in the prefix sums (0 / 0 there; see prefix_sums::interval_cost).
+    double cell_mean(std::size_t a, std::size_t b) const {
+        const double w = s.s0[b] - s.s0[a];
+        if (!(w > 0)) return 0.5 * (y[a] + y[b - 1]);
+        return std::clamp((s.s1[b] - s.s1[a]) / w, y[a], y[b - 1]);
     }
     std::size_t split(std::size_t c, std::size_t hint) const {
         return first_at_least_near(0.5 * (centre[c] + centre[c + 1]), hint, 0, m);
@@ -705,7 +746,7 @@ struct lloyd_solver {
         for (int iteration = 0; iteration < max_iterations; ++iteration) {
             for (std::size_t c = 0; c < centre.size(); ++c) {
                 const std::size_t a = start[c], b = start[c + 1];
-                if (a < b) centre[c] = std::clamp((s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]), y[a], y[b - 1]);
+                if (a < b) centre[c] = cell_mean(a, b);
             }
             bool moved = false;
             for (std::size_t c = 0; c + 1 < centre.size(); ++c) {
@@ -723,10 +764,10 @@ struct lloyd_solver {
     std::size_t two_means_split(std::size_t a, std::size_t b) const {
         const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
         std::size_t t = clamp_split(static_cast<std::size_t>(
-            lower_bound_index(y, a, b, (s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]))));
+            lower_bound_index(y, a, b, cell_mean(a, b))));
         for (int iteration = 0; iteration < 16; ++iteration) {
-            const double left = (s.s1[t] - s.s1[a]) / (s.s0[t] - s.s0[a]);
-            const double right = (s.s1[b] - s.s1[t]) / (s.s0[b] - s.s0[t]);
+            const double left = cell_mean(a, t);
+            const double right = cell_mean(t, b);
             const std::size_t next = clamp_split(first_at_least_near(0.5 * (left + right), t, a, b));  // t moves little
             if (next == t) break;
             t = next;
@@ -804,7 +845,7 @@ struct lloyd_solver {
                                    static_cast<std::uint32_t>(sp.at));
                 for (std::size_t c = 0; c < k; ++c) {
                     const std::size_t a = c == 0 ? 0 : moved_start[c - 1], b = c + 1 == k ? m : moved_start[c];
-                    centre[c] = std::clamp((s.s1[b] - s.s1[a]) / (s.s0[b] - s.s0[a]), y[a], y[b - 1]);
+                    centre[c] = cell_mean(a, b);
                 }
                 recompute_cells();
                 const double moved_cost = iterate(max_iterations);
@@ -879,6 +920,7 @@ struct workspace {
     std::vector<std::uint8_t> distinct_label;             // label of each distinct value
     std::vector<double> value, weight, shifted;  // positive-weight groups ascending; shifted = value - pivot
     dp_direction forward, backward;          // forward.s0..s2 are the prefix sums of the groups
+    double min_weight = 0;                   // of the positive-weight groups
     std::vector<std::uint32_t> cluster_end;  // cluster c is groups [cluster_end[c - 1], cluster_end[c])
     lloyd_scratch lloyd;
     std::vector<double> best_centre;
@@ -1069,6 +1111,14 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     mirror(s.s1, backward.s1.data(), -1.0);
     mirror(s.s2, backward.s2.data(), 1.0);
     const std::size_t left_layers = k / 2, right_layers = k - left_layers;
+    // Each addition to the prefix sum of w rounds by at most 2^-53 of the total weight, so the weight of
+    // groups [a, b), a difference of two prefix sums, is off by at most (b - a) 2^-53 of the total, while
+    // it is at least (b - a) times the lightest group's. When the lightest group outweighs 2^-51 of the
+    // total, every interval's weight is therefore right to within a quarter, and costs stay within
+    // rounding. Otherwise the layers clamp every cost at 0 (layer_solver::guarded), so that a weight lost
+    // in the prefix sums cannot make a cost NaN or hugely negative (which gave wrong optima, and endless
+    // retries, before). Fisher-like rows reach that: 3 of the benchmark's 64 fp16 rows of 4096.
+    const bool guarded = !(ws.min_weight > s.s0[m] * 0x1p-51);
     double bound = std::numeric_limits<double>::infinity();
     if (k >= 4) {
         lloyd_solver lloyd{ws.shifted.data(), s, m, ws.lloyd};
@@ -1078,11 +1128,11 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
         bound = lloyd.iterate(bound_iterations) * (1 + 1e-7) + 1e-12 * s.interval_cost(0, m);
     }
     std::size_t cut = 0;
-    for (;;) {
+    for (bool bounded = true;; bounded = false) {
         double best = std::numeric_limits<double>::infinity();
         // Backward first: its reach tells where forward's last layer can meet it.
-        if (backward.run(m, k, right_layers, bound) &&
-            forward.run(m, k, left_layers, bound, m - backward.reach[right_layers])) {
+        if (backward.run(m, k, right_layers, bound, guarded) &&
+            forward.run(m, k, left_layers, bound, guarded, m - backward.reach[right_layers])) {
             const std::size_t first = std::max(left_layers, m - backward.reach[right_layers]);
             const std::size_t last = std::min(forward.reach[left_layers], m - right_layers);
             for (std::size_t j = first; j <= last; ++j) {
@@ -1094,7 +1144,12 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
             }
         }
         if (best < std::numeric_limits<double>::infinity()) break;
-        bound = std::numeric_limits<double>::infinity();  // safety net: rounding pruned every path, run in full
+        // Safety net: rounding pruned every path, so run in full. Without a bound every cell is finite (cell
+        // costs are never NaN or negative) and some path always exists; failing twice would be a bug, and
+        // is reported rather than retried forever.
+        require(bounded, "sqz::weighted_kmeans: internal error: no partition of ", m, " groups into ", k,
+                " clusters found");
+        bound = std::numeric_limits<double>::infinity();
     }
     const std::size_t stride = m + 1;
     ws.cluster_end.resize(k);
@@ -1424,11 +1479,12 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         double* p0 = s0.data();
         double* p1 = s1.data();
         double* p2 = s2.data();
-        double sum0 = 0, sum1 = 0, sum2 = 0;
+        double sum0 = 0, sum1 = 0, sum2 = 0, lightest = std::numeric_limits<double>::infinity();
         p0[0] = p1[0] = p2[0] = 0;
         for (std::size_t g = 0; g < d; ++g) {
             const double w = distinct_weight[g];
             if (!(w > 0)) continue;
+            lightest = std::min(lightest, w);
             const double v = distinct_value[g];
             const double y = v - pivot;
             value[m] = v;
@@ -1442,6 +1498,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
             p1[m] = sum1;
             p2[m] = sum2;
         }
+        ws.min_weight = lightest;
     }
     require(std::isfinite(s2[m]), where, ": sum of weights * values^2 = ", s2[m], " overflows double");
     // 3. Centroids.
@@ -1451,7 +1508,18 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     } else {
         const auto centroid_of = [&](std::size_t a, std::size_t b) {
             // The weighted mean, rounded to T and kept inside the cluster's range so centroids stay sorted.
-            const T c = static_cast<T>(pivot + (s1[b] - s1[a]) / (s0[b] - s0[a]));
+            // A cluster whose weight vanished in the prefix sums (2^53 times lighter than the groups before
+            // it) is summed directly.
+            double mean = (s1[b] - s1[a]) / (s0[b] - s0[a]);
+            if (!(s0[b] - s0[a] > 0)) {
+                double weight = 0, weighted = 0;
+                for (std::size_t g = a; g < b; ++g) {
+                    weight += ws.weight[g];
+                    weighted += ws.weight[g] * ws.shifted[g];
+                }
+                mean = weighted / weight;
+            }
+            const T c = static_cast<T>(pivot + mean);
             return std::clamp(c, static_cast<T>(ws.value[a]), static_cast<T>(ws.value[b - 1]));
         };
         if (k == 1) {

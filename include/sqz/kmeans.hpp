@@ -1510,8 +1510,11 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
             // The weighted mean, rounded to T and kept inside the cluster's range so centroids stay sorted.
             // A cluster whose weight vanished in the prefix sums (2^53 times lighter than the groups before
             // it) is summed directly.
-            double mean = (s1[b] - s1[a]) / (s0[b] - s0[a]);
-            if (!(s0[b] - s0[a] > 0)) {
+            const double cluster_weight = s0[b] - s0[a];
+            double mean = 0;
+            if (cluster_weight > 0) {
+                mean = (s1[b] - s1[a]) / cluster_weight;
+            } else {
                 double weight = 0, weighted = 0;
                 for (std::size_t g = a; g < b; ++g) {
                     weight += ws.weight[g];

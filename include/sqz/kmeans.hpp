@@ -867,12 +867,12 @@ struct lloyd_solver {
 };
 
 /// Ranks, among the values that occur, of small integers (below 2^16) given for n entries: a byte map marks
-/// those that occur, and per block of 32 a bit mask and the rank of its first value make any rank a
-/// popcount (tables of a few KB, which stay in L1 while entries look them up in random order).
+/// those that occur, and per block of 32 a bit mask and the rank of its first value (one 64-bit entry) make
+/// any rank a popcount (tables of a few KB, which stay in L1 while entries look them up in random order).
 struct occurrence_ranks {
     static constexpr std::size_t block = 32;
     std::vector<std::uint8_t> present;
-    std::vector<std::uint32_t> mask, first;
+    std::vector<std::uint64_t> blocks_info;  // per block: rank of its first value << 32 | mask of those that occur
 
     /// Marks value(i) for i < n (all below `range`); returns how many distinct values occur.
     template <class Value>
@@ -881,8 +881,7 @@ struct occurrence_ranks {
         present.assign(blocks * block, 0);
         std::uint8_t* marks = present.data();
         for (std::size_t i = 0; i < n; ++i) marks[value(i)] = 1;
-        mask.resize(blocks);
-        first.resize(blocks);
+        blocks_info.resize(blocks);
         std::uint32_t count = 0;
         for (std::size_t b = 0; b < blocks; ++b) {
             std::uint32_t bits = 0;
@@ -892,16 +891,22 @@ struct occurrence_ranks {
 #else
             for (std::size_t j = 0; j < block; ++j) bits |= static_cast<std::uint32_t>(marks[b * block + j]) << j;
 #endif
-            mask[b] = bits;
-            first[b] = count;
+            blocks_info[b] = std::uint64_t{count} << 32 | bits;
             count += static_cast<std::uint32_t>(std::popcount(bits));
         }
         return count;
     }
-    /// The rank of v, a value that occurs.
+    /// The rank of v, a value that occurs: its block's first rank plus the values below v in its block.
     std::uint32_t rank(std::size_t v) const {
-        const std::uint32_t upto = mask[v / block] & ((std::uint32_t{2} << (v % block)) - 1);  // values <= v
-        return first[v / block] + static_cast<std::uint32_t>(std::popcount(upto)) - 1;
+        const std::uint64_t info = blocks_info[v / block];
+        const auto bits = static_cast<std::uint32_t>(info);
+        const auto offset = static_cast<std::uint32_t>(v % block);
+#if defined(__BMI2__)
+        const std::uint32_t below = _bzhi_u32(bits, offset);
+#else
+        const std::uint32_t below = bits & ((std::uint32_t{1} << offset) - 1);
+#endif
+        return static_cast<std::uint32_t>(info >> 32) + static_cast<std::uint32_t>(std::popcount(below));
     }
 };
 
@@ -918,7 +923,12 @@ struct workspace {
     std::vector<sort_item<T>> items, items_scratch;  // grouping by sort: (reduced key, index)
     std::vector<double> distinct_value, distinct_weight;  // distinct values ascending, summed weights
     std::vector<std::uint8_t> distinct_label;             // label of each distinct value
-    std::vector<double> value, weight, shifted;  // positive-weight groups ascending; shifted = value - pivot
+    std::vector<double> value, weight;       // positive-weight groups ascending, when some distinct value weighs 0
+    std::vector<double> shifted;             // of the positive-weight groups: value - pivot
+    // The positive-weight groups' values and weights: distinct_value and distinct_weight themselves when
+    // no distinct value has zero weight (the common case, which then copies nothing), else value and weight.
+    const double* group_value = nullptr;
+    const double* group_weight = nullptr;
     dp_direction forward, backward;          // forward.s0..s2 are the prefix sums of the groups
     double min_weight = 0;                   // of the positive-weight groups
     std::vector<std::uint32_t> cluster_end;  // cluster c is groups [cluster_end[c - 1], cluster_end[c])
@@ -959,7 +969,7 @@ void decode_keys(const std::uint16_t* reduced, std::size_t count, K low, int shi
 /// value's summed weight, added in entry order; every weight counts 1 when `weights` is null) and
 /// ws.group_of (each entry's distinct value); returns the number of distinct values. `key` holds sort keys
 /// (16-bit keys: half_sort_keys of fp16 values), from low to high, reduced first to the bits that vary,
-/// (key - low) >> (trailing zeros common to all keys, from `ones`).
+/// (key - low) >> (trailing zeros common to all keys, from `ones`; 0 for 16-bit keys).
 /// - When the reduced keys span fewer than 2^16 values (fp16 data, bfloat16 data in a float) and not many
 ///   more than there are entries, their occurrence ranks are the distinct values' indices: no sorting.
 /// - Otherwise an LSD radix sort orders (key, index) pairs by their top 22 or fewer key bits, and the few
@@ -968,9 +978,18 @@ template <class T, class W, class K>
 std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const W* weights, K low, K high, K ones) {
     static_assert(sizeof(K) <= sizeof(key_t<T>));
     using wide = key_t<T>;
-    const int shift = std::countr_zero(ones);  // ones != 0: no finite value has the zero key
+    // 16-bit keys are fp16 keys, which are not reduced further (they span at most 2^16 values, and the
+    // shift known at compile time keeps it out of the per-entry loops). ones != 0: no finite value has the
+    // zero key.
+    constexpr bool half_keys = std::is_same_v<K, std::uint16_t>;
+    const int shift = half_keys ? 0 : std::countr_zero(ones);
     const K span = static_cast<K>((high - low) >> shift);  // reduced keys lie in [0, span]
-    const auto reduced = [&](std::size_t i) { return static_cast<K>((key[i] - low) >> shift); };
+    const auto reduced = [&](std::size_t i) {
+        if constexpr (half_keys)
+            return static_cast<K>(key[i] - low);
+        else
+            return static_cast<K>((key[i] - low) >> shift);
+    };
     ws.group_of.resize(n);
     std::uint32_t* group_of = ws.group_of.data();
     const auto weight = [&](std::size_t i) { return weights != nullptr ? static_cast<double>(weights[i]) : 1.0; };
@@ -1262,7 +1281,7 @@ template <class T, class W>
 double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t d, std::size_t m) {
     ws.distinct_label.resize(d);
     const double* distinct = ws.distinct_value.data();
-    const double* value = ws.value.data();
+    const double* value = ws.group_value;
     std::uint8_t* label = ws.distinct_label.data();
     const std::size_t k = centroids.size();
     double partial[4] = {};
@@ -1279,7 +1298,7 @@ double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::s
             group_end = static_cast<std::size_t>(std::partition_point(value + group_begin, value + m, nearer_u) - value);
         }
         std::fill(label + begin, label + end, static_cast<std::uint8_t>(c));
-        add_squares(value, ws.weight.data(), group_begin, group_end, u, partial);
+        add_squares(value, ws.group_weight, group_begin, group_end, u, partial);
         begin = end;
         group_begin = group_end;
         c = next;
@@ -1458,8 +1477,6 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     } else {
         d = group_values(ws, n, keys, weight_of, low, high, ones);
     }
-    ws.value.resize(d);
-    ws.weight.resize(d);
     ws.shifted.resize(d);
     auto& s0 = ws.forward.s0;
     auto& s1 = ws.forward.s1;
@@ -1473,22 +1490,15 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         // next iteration's loads, which then wait on the stores.
         const double* distinct_weight = ws.distinct_weight.data();
         const double* distinct_value = ws.distinct_value.data();
-        double* value = ws.value.data();
-        double* weight = ws.weight.data();
         double* shifted = ws.shifted.data();
         double* p0 = s0.data();
         double* p1 = s1.data();
         double* p2 = s2.data();
         double sum0 = 0, sum1 = 0, sum2 = 0, lightest = std::numeric_limits<double>::infinity();
         p0[0] = p1[0] = p2[0] = 0;
-        for (std::size_t g = 0; g < d; ++g) {
-            const double w = distinct_weight[g];
-            if (!(w > 0)) continue;
+        const auto add_group = [&](double v, double w) {
             lightest = std::min(lightest, w);
-            const double v = distinct_value[g];
             const double y = v - pivot;
-            value[m] = v;
-            weight[m] = w;
             shifted[m] = y;
             sum0 = sum0 + w;
             sum1 = sum1 + w * y;
@@ -1497,6 +1507,30 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
             p0[m] = sum0;
             p1[m] = sum1;
             p2[m] = sum2;
+        };
+        // Groups are the distinct values themselves up to the first one of zero weight (usually all of
+        // them): copying their values and weights took a third of this loop's time.
+        std::size_t g = 0;
+        for (; g < d && distinct_weight[g] > 0; ++g) add_group(distinct_value[g], distinct_weight[g]);
+        if (g == d) {
+            ws.group_value = distinct_value;
+            ws.group_weight = distinct_weight;
+        } else {
+            ws.value.resize(d);
+            ws.weight.resize(d);
+            double* value = ws.value.data();
+            double* weight = ws.weight.data();
+            std::copy(distinct_value, distinct_value + m, value);
+            std::copy(distinct_weight, distinct_weight + m, weight);
+            for (; g < d; ++g) {
+                const double w = distinct_weight[g];
+                if (!(w > 0)) continue;
+                value[m] = distinct_value[g];
+                weight[m] = w;
+                add_group(distinct_value[g], w);
+            }
+            ws.group_value = value;
+            ws.group_weight = weight;
         }
         ws.min_weight = lightest;
     }
@@ -1504,7 +1538,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     // 3. Centroids.
     result.centroids.assign(k, T(0));
     if (m <= k) {  // every distinct value is a centroid, the last one repeated
-        for (std::size_t c = 0; c < k; ++c) result.centroids[c] = static_cast<T>(ws.value[std::min(c, m - 1)]);
+        for (std::size_t c = 0; c < k; ++c) result.centroids[c] = static_cast<T>(ws.group_value[std::min(c, m - 1)]);
     } else {
         const auto centroid_of = [&](std::size_t a, std::size_t b) {
             // The weighted mean, rounded to T and kept inside the cluster's range so centroids stay sorted.
@@ -1517,13 +1551,13 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
             } else {
                 double weight = 0, weighted = 0;
                 for (std::size_t g = a; g < b; ++g) {
-                    weight += ws.weight[g];
-                    weighted += ws.weight[g] * ws.shifted[g];
+                    weight += ws.group_weight[g];
+                    weighted += ws.group_weight[g] * ws.shifted[g];
                 }
                 mean = weighted / weight;
             }
             const T c = static_cast<T>(pivot + mean);
-            return std::clamp(c, static_cast<T>(ws.value[a]), static_cast<T>(ws.value[b - 1]));
+            return std::clamp(c, static_cast<T>(ws.group_value[a]), static_cast<T>(ws.group_value[b - 1]));
         };
         if (k == 1) {
             result.centroids[0] = centroid_of(0, m);

@@ -972,8 +972,8 @@ void decode_keys(const std::uint16_t* reduced, std::size_t count, K low, int shi
 /// (key - low) >> (trailing zeros common to all keys, from `ones`; 0 for 16-bit keys).
 /// - When the reduced keys span fewer than 2^16 values (fp16 data, bfloat16 data in a float) and not many
 ///   more than there are entries, their occurrence ranks are the distinct values' indices: no sorting.
-/// - Otherwise an LSD radix sort orders (key, index) pairs by their top 22 or fewer key bits, and the few
-///   runs that share those bits are sorted by full key.
+/// - Otherwise an LSD radix sort orders (key, index) pairs by their top 33 or fewer key bits (all of a
+///   float's), and the few runs that share those bits (double keys) are sorted by full key.
 template <class T, class W, class K>
 std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const W* weights, K low, K high, K ones) {
     static_assert(sizeof(K) <= sizeof(key_t<T>));
@@ -1011,16 +1011,17 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
         decode_keys<T>(distinct_key, d, low, shift, ws.distinct_value.data());
         return d;
     }
-    // LSD radix sort by the top 22 or fewer bits, in two passes of at most 11-bit digits (their counters
-    // stay in L1); entries that share those bits, rare beyond fp16 data, are then sorted by full key.
+    // LSD radix sort by the top 33 or fewer bits (all of a float key's), in up to three passes of at most
+    // 11-bit digits (their counters stay in L1); entries that share those bits (double keys only) are then
+    // sorted by full key. A third pass costs less than sorting the runs that share the top 22 bits did.
     const int width = static_cast<int>(std::bit_width(span));
-    const int sort_bits = std::min(width, 22);
+    const int sort_bits = std::min(width, 33);
     const int low_bits = width - sort_bits;
-    const int passes = sort_bits > 11 ? 2 : 1;
+    const int passes = (sort_bits + 10) / 11;
     const int digit_bits = (sort_bits + passes - 1) / passes;
     const std::size_t radix = std::size_t{1} << digit_bits;
     const wide digit_mask = static_cast<wide>(radix - 1);
-    ws.histogram.assign(2 * radix, 0);
+    ws.histogram.assign(static_cast<std::size_t>(passes) * radix, 0);
     std::uint32_t* count = ws.histogram.data();
     ws.items.resize(n);
     ws.items_scratch.resize(n);
@@ -1029,8 +1030,7 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
     for (std::size_t i = 0; i < n; ++i) {
         const wide r = reduced(i);
         scratch[i] = {r, static_cast<std::uint32_t>(i)};
-        ++count[(r >> low_bits) & digit_mask];
-        ++count[radix + ((r >> (low_bits + digit_bits)) & digit_mask)];
+        for (int p = 0; p < passes; ++p) ++count[static_cast<std::size_t>(p) * radix + ((r >> (low_bits + p * digit_bits)) & digit_mask)];
     }
     for (int p = 0; p < passes; ++p) {
         std::uint32_t* offset = count + static_cast<std::size_t>(p) * radix;

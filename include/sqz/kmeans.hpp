@@ -531,6 +531,7 @@ struct lloyd_scratch {
     };
     std::vector<double> centre, cell, saved_centre, saved_cell;
     std::vector<std::uint32_t> start, moved_start, saved_boundaries;
+    std::vector<std::uint8_t> stale, centre_moved;  // per cell, for the iterations
     std::vector<move_record> splits, merges, pairs;
     std::vector<double> seen_centre;           // states known to end where an earlier restart ended,
     std::vector<std::uint32_t> seen_start;     // k centres and k + 1 boundaries each
@@ -743,20 +744,27 @@ struct lloyd_solver {
 
     /// Lloyd iterations until no cell boundary moves; returns the final cost.
     double iterate(int max_iterations) {
+        if (max_iterations <= 0) {
+            recompute_cells();
+            return total();
+        }
+        const std::size_t count = centre.size();
         for (int iteration = 0; iteration < max_iterations; ++iteration) {
-            for (std::size_t c = 0; c < centre.size(); ++c) {
+            for (std::size_t c = 0; c < count; ++c) {
                 const std::size_t a = start[c], b = start[c + 1];
                 if (a < b) centre[c] = cell_mean(a, b);
             }
             bool moved = false;
-            for (std::size_t c = 0; c + 1 < centre.size(); ++c) {
+            for (std::size_t c = 0; c + 1 < count; ++c) {
                 const auto b = static_cast<std::uint32_t>(split(c, start[c + 1]));
                 moved |= b != start[c + 1];
                 start[c + 1] = b;
             }
             if (!moved) break;
         }
-        recompute_cells();
+        // The boundaries are those of the centres (every iteration ends by placing them).
+        cell.resize(count);
+        for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
         return total();
     }
 
@@ -847,7 +855,9 @@ struct lloyd_solver {
                     const std::size_t a = c == 0 ? 0 : moved_start[c - 1], b = c + 1 == k ? m : moved_start[c];
                     centre[c] = cell_mean(a, b);
                 }
-                recompute_cells();
+                // The cells of these centres (their costs are left to iterate); each boundary lies near the
+                // moved one it came from.
+                for (std::size_t c = 0; c + 1 < k; ++c) start[c + 1] = static_cast<std::uint32_t>(split(c, moved_start[c]));
                 const double moved_cost = iterate(max_iterations);
                 if (moved_cost < cost) {
                     cost = moved_cost;

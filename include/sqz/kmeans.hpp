@@ -637,20 +637,27 @@ struct lloyd_solver {
         return lo;
     }
 
-    /// Where a new centre v (not a centre yet) goes: its sorted position among the centres and the
-    /// boundaries of its cell, which lie inside the region of the neighbouring cells.
+    /// Where a new centre v = y[g] (not a centre yet) goes: its sorted position `at` among the centres and
+    /// the boundaries of its cell, which lie inside the region of the neighbouring cells.
     struct placement {
         std::size_t at, region_begin, region_end;  // the neighbouring cells' region
         std::size_t left_end, right_begin;         // the new cell
     };
-    placement place(double v, std::size_t at) const {
+    placement place(double v, std::size_t g, std::size_t at) const {
         const std::size_t count = centre.size();
         const bool has_left = at > 0, has_right = at < count;
         const std::size_t region_begin = has_left ? start[at - 1] : 0;
         const std::size_t region_end = has_right ? start[at + 1] : m;
-        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end) : region_begin;
-        const std::size_t right_begin =
-            has_right ? first_at_least(0.5 * (v + centre[at]), left_end, region_end) : region_end;
+        // The midpoints of v with its neighbours lie on either side of v and of the neighbours' midpoint,
+        // whose boundary is start[at]: the new cell's left end is at most g and start[at], its right
+        // begin at least both, so each search covers about one cell instead of two.
+        std::size_t left_limit = g, right_limit = g;
+        if (has_left && has_right) {
+            left_limit = std::min<std::size_t>(g, start[at]);
+            right_limit = std::max<std::size_t>(g, start[at]);
+        }
+        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, left_limit) : region_begin;
+        const std::size_t right_begin = has_right ? first_at_least(0.5 * (v + centre[at]), right_limit, region_end) : region_end;
         return {at, region_begin, region_end, left_end, right_begin};
     }
 
@@ -719,7 +726,7 @@ struct lloyd_solver {
                 const double v = y[g];
                 const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
                 if (at < centre.size() && centre[at] == v) continue;
-                const placement p = place(v, at);
+                const placement p = place(v, g, at);
                 const double delta = insertion_delta(v, p);
                 if (delta < best_delta) {
                     best_delta = delta;
@@ -733,7 +740,7 @@ struct lloyd_solver {
                     while (c < centre.size() && centre[c] < y[g]) ++c;
                     if (c == centre.size() || centre[c] != y[g]) {
                         best_value = y[g];
-                        best_place = place(best_value, c);
+                        best_place = place(best_value, g, c);
                         break;
                     }
                 }

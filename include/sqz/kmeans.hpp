@@ -573,10 +573,29 @@ struct lloyd_solver {
     std::vector<double>& cell = scratch.cell;           // cell costs
 
     /// First group in [lo, hi) with y >= c, or hi.
-    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const { return lower_bound_index(y, lo, hi, c); }
+    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const {
+#if defined(__AVX2__)
+        // Halve without branches down to a short range, then count its groups below c four at a time.
+        if (lo >= hi) return lo;
+        const double* base = y + lo;
+        std::size_t length = hi - lo;
+        while (length > 16) {
+            const std::size_t half = length / 2;
+            base += static_cast<std::size_t>(base[half - 1] < c) * half;
+            length -= half;
+        }
+        const auto from = static_cast<std::size_t>(base - y);  // the answer is in [from, from + length]
+        const std::size_t rounded = (length + 3) & ~std::size_t{3};
+        if (from + rounded <= m) return from + std::min(count_below(c, from, rounded), length);
+        return lower_bound_index(y, from, from + length, c);
+#else
+        return lower_bound_index(y, lo, hi, c);
+#endif
+    }
     /// First group in [lo, hi) with y >= c, or hi. Boundaries move little between calls: the eight groups
     /// around `hint` are compared at once; when the answer lies outside them, steps doubling away from them
-    /// bracket it before a binary search, so the cost grows with the log of the distance moved, not of m.
+    /// bracket it before a search of the bracket, so the cost grows with the log of the distance moved, not
+    /// of m.
     std::size_t first_at_least_near(double c, std::size_t hint, std::size_t lo, std::size_t hi) const {
 #if defined(__AVX2__)
         if (hint >= lo + 4 && hint + 4 <= hi) {
@@ -585,18 +604,22 @@ struct lloyd_solver {
                               (_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(y + hint), threshold, _CMP_LT_OQ)) << 4);
             const int count = std::popcount(static_cast<unsigned>(below));  // y is sorted: the lowest `count` groups
             if (count > 0 && count < 8) return hint - 4 + static_cast<std::size_t>(count);
+            // Once bracketed between a group below c and one not below it, a short bracket's groups are
+            // counted four at a time (independent loads) rather than halved (each load waiting for the last).
             if (count == 0) {  // y[end] >= c: the answer is at most end
                 std::size_t end = hint - 4;
                 for (std::size_t step = 8;; step *= 2) {
                     if (end < lo + step) return first_at_least(c, lo, end);
-                    if (y[end - step] < c) return first_at_least(c, end - step + 1, end);
+                    if (y[end - step] < c)
+                        return step <= scan_limit ? end - step + count_below(c, end - step, step) : first_at_least(c, end - step + 1, end);
                     end -= step;
                 }
             }
             std::size_t begin = hint + 4;  // every group before begin is below c
             for (std::size_t step = 8;; step *= 2) {
                 if (begin + step >= hi) return first_at_least(c, begin, hi);
-                if (y[begin + step - 1] >= c) return first_at_least(c, begin, begin + step - 1);
+                if (y[begin + step - 1] >= c)
+                    return step <= scan_limit ? begin + count_below(c, begin, step) : first_at_least(c, begin, begin + step - 1);
                 begin += step;
             }
         }
@@ -605,6 +628,18 @@ struct lloyd_solver {
 #endif
         return first_at_least(c, lo, hi);
     }
+#if defined(__AVX2__)
+    static constexpr std::size_t scan_limit = 32;
+    /// How many of the groups [from, from + count) are below c (count a multiple of 4).
+    std::size_t count_below(double c, std::size_t from, std::size_t count) const {
+        const __m256d threshold = _mm256_set1_pd(c);
+        std::size_t below = 0;
+        for (std::size_t g = from; g < from + count; g += 4)
+            below += static_cast<std::size_t>(std::popcount(static_cast<unsigned>(
+                _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(y + g), threshold, _CMP_LT_OQ)))));
+        return below;
+    }
+#endif
     /// The weighted mean of groups [a, b) (a < b), kept inside their range; their middle when their weight
     /// vanished in the prefix sums (0 / 0 there; see prefix_sums::interval_cost).
     double cell_mean(std::size_t a, std::size_t b) const {
@@ -779,7 +814,7 @@ struct lloyd_solver {
     std::size_t two_means_split(std::size_t a, std::size_t b) const {
         const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
         std::size_t t = clamp_split(static_cast<std::size_t>(
-            lower_bound_index(y, a, b, cell_mean(a, b))));
+            first_at_least(cell_mean(a, b), a, b)));
         for (int iteration = 0; iteration < 16; ++iteration) {
             const double left = cell_mean(a, t);
             const double right = cell_mean(t, b);

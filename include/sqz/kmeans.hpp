@@ -531,7 +531,6 @@ struct lloyd_scratch {
     };
     std::vector<double> centre, cell, saved_centre, saved_cell;
     std::vector<std::uint32_t> start, moved_start, saved_boundaries;
-    std::vector<std::uint8_t> stale, centre_moved;  // per cell, for the iterations
     std::vector<move_record> splits, merges, pairs;
     std::vector<double> seen_centre;           // states known to end where an earlier restart ended,
     std::vector<std::uint32_t> seen_start;     // k centres and k + 1 boundaries each

@@ -531,7 +531,7 @@ struct lloyd_scratch {
     };
     std::vector<double> centre, cell, saved_centre, saved_cell;
     std::vector<std::uint32_t> start, moved_start, saved_boundaries;
-    std::vector<move_record> splits, merges, pairs;
+    std::vector<move_record> splits, merges, pairs, by_cost;
     std::vector<double> seen_centre;           // states known to end where an earlier restart ended,
     std::vector<std::uint32_t> seen_start;     // k centres and k + 1 boundaries each
 
@@ -845,18 +845,49 @@ struct lloyd_solver {
         auto& moved_start = scratch.moved_start;
         constexpr std::size_t candidates = 2, tries = 2;
         for (int round = 0; round < rounds; ++round) {
-            splits.clear();
-            merges.clear();
-            for (std::size_t c = 0; c < k; ++c) {
+            // Only the best `candidates` splits are used, and a split saves at most its cell's cost. So the
+            // cells are taken from the costliest down, until one costs less than the second best saving
+            // found: the cheaper ones' 2-splits are never computed. The best two and their order are the
+            // same as from all cells unless savings tie; then all are computed in cell order.
+            static_assert(candidates == 2);
+            const auto split_of = [&](std::size_t c, double whole) {
                 const std::size_t a = start[c], b = start[c + 1];
-                if (b - a < 2) continue;
                 auto& known = scratch.split_slot(static_cast<std::uint32_t>(a), static_cast<std::uint32_t>(b));
                 if (known.generation != scratch.split_generation || known.a != a || known.b != b)
                     known = {static_cast<std::uint32_t>(a), static_cast<std::uint32_t>(b),
                              static_cast<std::uint32_t>(two_means_split(a, b)), scratch.split_generation};
                 const std::size_t t = known.at;
-                splits.push_back({s.interval_cost(a, b) - (s.interval_cost(a, t) + s.interval_cost(t, b)), c, t});
+                splits.push_back({whole - (s.interval_cost(a, t) + s.interval_cost(t, b)), c, t});
+                return splits.back().saving;
+            };
+            auto& by_cost = scratch.by_cost;
+            by_cost.clear();
+            for (std::size_t c = 0; c < k; ++c)
+                if (start[c + 1] - start[c] >= 2) by_cost.push_back({s.interval_cost(start[c], start[c + 1]), c, 0});
+            const auto cheaper = [](const move& x, const move& y) { return x.saving < y.saving; };
+            std::make_heap(by_cost.begin(), by_cost.end(), cheaper);  // a few are taken: no full sort
+            splits.clear();
+            double first = -std::numeric_limits<double>::infinity(), second = first;
+            for (auto end = by_cost.end(); end != by_cost.begin(); --end) {
+                std::pop_heap(by_cost.begin(), end, cheaper);
+                const move& cell_cost = end[-1];
+                if (cell_cost.saving < second) break;
+                const double saving = split_of(cell_cost.cell, cell_cost.saving);
+                if (saving > first) {
+                    second = first;
+                    first = saving;
+                } else if (saving > second) {
+                    second = saving;
+                }
             }
+            std::size_t at_least_second = 0;
+            for (const move& x : splits) at_least_second += x.saving >= second;
+            if (splits.size() >= 2 && !(first > second && at_least_second == 2)) {  // a tie: as from all cells
+                splits.clear();
+                for (std::size_t c = 0; c < k; ++c)
+                    if (start[c + 1] - start[c] >= 2) split_of(c, s.interval_cost(start[c], start[c + 1]));
+            }
+            merges.clear();
             for (std::size_t c = 0; c + 1 < k; ++c)
                 merges.push_back({-(s.interval_cost(start[c], start[c + 2]) - s.interval_cost(start[c], start[c + 1]) -
                                     s.interval_cost(start[c + 1], start[c + 2])),

@@ -39,6 +39,7 @@
 #include <sqz/types.hpp>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <concepts>
@@ -531,7 +532,7 @@ struct lloyd_scratch {
     };
     std::vector<double> centre, cell, saved_centre, saved_cell;
     std::vector<std::uint32_t> start, moved_start, saved_boundaries;
-    std::vector<move_record> splits, merges, pairs;
+    std::vector<move_record> splits, merges, pairs, by_cost;
     std::vector<double> seen_centre;           // states known to end where an earlier restart ended,
     std::vector<std::uint32_t> seen_start;     // k centres and k + 1 boundaries each
 
@@ -572,10 +573,29 @@ struct lloyd_solver {
     std::vector<double>& cell = scratch.cell;           // cell costs
 
     /// First group in [lo, hi) with y >= c, or hi.
-    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const { return lower_bound_index(y, lo, hi, c); }
+    std::size_t first_at_least(double c, std::size_t lo, std::size_t hi) const {
+#if defined(__AVX2__)
+        // Halve without branches down to a short range, then count its groups below c four at a time.
+        if (lo >= hi) return lo;
+        const double* base = y + lo;
+        std::size_t length = hi - lo;
+        while (length > 16) {
+            const std::size_t half = length / 2;
+            base += static_cast<std::size_t>(base[half - 1] < c) * half;
+            length -= half;
+        }
+        const auto from = static_cast<std::size_t>(base - y);  // the answer is in [from, from + length]
+        const std::size_t rounded = (length + 3) & ~std::size_t{3};
+        if (from + rounded <= m) return from + std::min(count_below(c, from, rounded), length);
+        return lower_bound_index(y, from, from + length, c);
+#else
+        return lower_bound_index(y, lo, hi, c);
+#endif
+    }
     /// First group in [lo, hi) with y >= c, or hi. Boundaries move little between calls: the eight groups
     /// around `hint` are compared at once; when the answer lies outside them, steps doubling away from them
-    /// bracket it before a binary search, so the cost grows with the log of the distance moved, not of m.
+    /// bracket it before a search of the bracket, so the cost grows with the log of the distance moved, not
+    /// of m.
     std::size_t first_at_least_near(double c, std::size_t hint, std::size_t lo, std::size_t hi) const {
 #if defined(__AVX2__)
         if (hint >= lo + 4 && hint + 4 <= hi) {
@@ -584,18 +604,22 @@ struct lloyd_solver {
                               (_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(y + hint), threshold, _CMP_LT_OQ)) << 4);
             const int count = std::popcount(static_cast<unsigned>(below));  // y is sorted: the lowest `count` groups
             if (count > 0 && count < 8) return hint - 4 + static_cast<std::size_t>(count);
+            // Once bracketed between a group below c and one not below it, a short bracket's groups are
+            // counted four at a time (independent loads) rather than halved (each load waiting for the last).
             if (count == 0) {  // y[end] >= c: the answer is at most end
                 std::size_t end = hint - 4;
                 for (std::size_t step = 8;; step *= 2) {
                     if (end < lo + step) return first_at_least(c, lo, end);
-                    if (y[end - step] < c) return first_at_least(c, end - step + 1, end);
+                    if (y[end - step] < c)
+                        return step <= scan_limit ? end - step + count_below(c, end - step, step) : first_at_least(c, end - step + 1, end);
                     end -= step;
                 }
             }
             std::size_t begin = hint + 4;  // every group before begin is below c
             for (std::size_t step = 8;; step *= 2) {
                 if (begin + step >= hi) return first_at_least(c, begin, hi);
-                if (y[begin + step - 1] >= c) return first_at_least(c, begin, begin + step - 1);
+                if (y[begin + step - 1] >= c)
+                    return step <= scan_limit ? begin + count_below(c, begin, step) : first_at_least(c, begin, begin + step - 1);
                 begin += step;
             }
         }
@@ -604,6 +628,18 @@ struct lloyd_solver {
 #endif
         return first_at_least(c, lo, hi);
     }
+#if defined(__AVX2__)
+    static constexpr std::size_t scan_limit = 32;
+    /// How many of the groups [from, from + count) are below c (count a multiple of 4).
+    std::size_t count_below(double c, std::size_t from, std::size_t count) const {
+        const __m256d threshold = _mm256_set1_pd(c);
+        std::size_t below = 0;
+        for (std::size_t g = from; g < from + count; g += 4)
+            below += static_cast<std::size_t>(std::popcount(static_cast<unsigned>(
+                _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(y + g), threshold, _CMP_LT_OQ)))));
+        return below;
+    }
+#endif
     /// The weighted mean of groups [a, b) (a < b), kept inside their range; their middle when their weight
     /// vanished in the prefix sums (0 / 0 there; see prefix_sums::interval_cost).
     double cell_mean(std::size_t a, std::size_t b) const {
@@ -636,20 +672,60 @@ struct lloyd_solver {
         return lo;
     }
 
-    /// Where a new centre v (not a centre yet) goes: its sorted position among the centres and the
-    /// boundaries of its cell, which lie inside the region of the neighbouring cells.
+    /// Two draws as by sample(), in the same order and with the same probes, side by side: each is a
+    /// bisection whose probes wait on each other, so two at once keep the processor busier.
+    [[gnu::noinline]] std::array<std::size_t, 2> sample_pair(synthetic::rng& random, double total) const {
+        std::array<std::size_t, 2> from{}, lo{}, hi{};
+        std::array<double, 2> target{}, at{};
+        for (std::size_t i = 0; i < 2; ++i) {
+            double left = random.uniform() * total;
+            std::size_t c = 0;
+            while (c + 1 < centre.size() && left >= cell[c]) {
+                left -= cell[c];
+                ++c;
+            }
+            target[i] = left;
+            from[i] = lo[i] = start[c];
+            hi[i] = start[c + 1];
+            at[i] = centre[c];
+        }
+        const auto step = [&](std::size_t i) {
+            const std::size_t mid = lo[i] + (hi[i] - lo[i]) / 2;
+            if (s.cost_around(from[i], mid, at[i]) > target[i])
+                hi[i] = mid;
+            else
+                lo[i] = mid;
+        };
+        while (hi[0] > lo[0] + 1 && hi[1] > lo[1] + 1) {
+            step(0);
+            step(1);
+        }
+        for (std::size_t i = 0; i < 2; ++i)
+            while (hi[i] > lo[i] + 1) step(i);
+        return {lo[0] < hi[0] ? lo[0] : m, lo[1] < hi[1] ? lo[1] : m};
+    }
+
+    /// Where a new centre v = y[g] (not a centre yet) goes: its sorted position `at` among the centres and
+    /// the boundaries of its cell, which lie inside the region of the neighbouring cells.
     struct placement {
         std::size_t at, region_begin, region_end;  // the neighbouring cells' region
         std::size_t left_end, right_begin;         // the new cell
     };
-    placement place(double v, std::size_t at) const {
+    placement place(double v, std::size_t g, std::size_t at) const {
         const std::size_t count = centre.size();
         const bool has_left = at > 0, has_right = at < count;
         const std::size_t region_begin = has_left ? start[at - 1] : 0;
         const std::size_t region_end = has_right ? start[at + 1] : m;
-        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, region_end) : region_begin;
-        const std::size_t right_begin =
-            has_right ? first_at_least(0.5 * (v + centre[at]), left_end, region_end) : region_end;
+        // The midpoints of v with its neighbours lie on either side of v and of the neighbours' midpoint,
+        // whose boundary is start[at]: the new cell's left end is at most g and start[at], its right
+        // begin at least both, so each search covers about one cell instead of two.
+        std::size_t left_limit = g, right_limit = g;
+        if (has_left && has_right) {
+            left_limit = std::min<std::size_t>(g, start[at]);
+            right_limit = std::max<std::size_t>(g, start[at]);
+        }
+        const std::size_t left_end = has_left ? first_at_least(0.5 * (centre[at - 1] + v), region_begin, left_limit) : region_begin;
+        const std::size_t right_begin = has_right ? first_at_least(0.5 * (v + centre[at]), right_limit, region_end) : region_end;
         return {at, region_begin, region_end, left_end, right_begin};
     }
 
@@ -703,6 +779,15 @@ struct lloyd_solver {
     /// Greedy weighted k-means++: each new centre is the best of `trials` weighted D^2 samples (the one that
     /// lowers the cost most).
     void seed(synthetic::rng& random, std::size_t k, std::size_t trials) {
+        if (trials == 2)
+            seed_with<true>(random, k, 2);
+        else
+            seed_with<false>(random, k, trials);
+    }
+    /// Two draws per centre are made side by side (Paired); more (k > 16) each in turn: pairs of them
+    /// measured 4% slower at k = 33 and 256, and so did a choice between the two inside one loop.
+    template <bool Paired>
+    void seed_with(synthetic::rng& random, std::size_t k, std::size_t trials) {
         const std::size_t first = std::min<std::size_t>(
             m - 1, static_cast<std::size_t>(std::upper_bound(s.s0 + 1, s.s0 + m + 1, random.uniform() * s.s0[m]) - (s.s0 + 1)));
         centre.assign(1, y[first]);
@@ -712,13 +797,19 @@ struct lloyd_solver {
             double best_delta = std::numeric_limits<double>::infinity();
             double best_value = 0;
             placement best_place{};  // the best sample's cell, found once and reused to insert it
+            [[maybe_unused]] std::array<std::size_t, 2> pair{};
+            if constexpr (Paired) pair = sample_pair(random, current);
             for (std::size_t t = 0; t < trials; ++t) {
-                const std::size_t g = sample(random, current);
+                std::size_t g = 0;
+                if constexpr (Paired)
+                    g = pair[t];
+                else
+                    g = sample(random, current);
                 if (g >= m) continue;
                 const double v = y[g];
                 const auto at = static_cast<std::size_t>(std::lower_bound(centre.begin(), centre.end(), v) - centre.begin());
                 if (at < centre.size() && centre[at] == v) continue;
-                const placement p = place(v, at);
+                const placement p = place(v, g, at);
                 const double delta = insertion_delta(v, p);
                 if (delta < best_delta) {
                     best_delta = delta;
@@ -732,7 +823,7 @@ struct lloyd_solver {
                     while (c < centre.size() && centre[c] < y[g]) ++c;
                     if (c == centre.size() || centre[c] != y[g]) {
                         best_value = y[g];
-                        best_place = place(best_value, c);
+                        best_place = place(best_value, g, c);
                         break;
                     }
                 }
@@ -743,20 +834,27 @@ struct lloyd_solver {
 
     /// Lloyd iterations until no cell boundary moves; returns the final cost.
     double iterate(int max_iterations) {
+        if (max_iterations <= 0) {
+            recompute_cells();
+            return total();
+        }
+        const std::size_t count = centre.size();
         for (int iteration = 0; iteration < max_iterations; ++iteration) {
-            for (std::size_t c = 0; c < centre.size(); ++c) {
+            for (std::size_t c = 0; c < count; ++c) {
                 const std::size_t a = start[c], b = start[c + 1];
                 if (a < b) centre[c] = cell_mean(a, b);
             }
             bool moved = false;
-            for (std::size_t c = 0; c + 1 < centre.size(); ++c) {
+            for (std::size_t c = 0; c + 1 < count; ++c) {
                 const auto b = static_cast<std::uint32_t>(split(c, start[c + 1]));
                 moved |= b != start[c + 1];
                 start[c + 1] = b;
             }
             if (!moved) break;
         }
-        recompute_cells();
+        // The boundaries are those of the centres (every iteration ends by placing them).
+        cell.resize(count);
+        for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
         return total();
     }
 
@@ -764,7 +862,7 @@ struct lloyd_solver {
     std::size_t two_means_split(std::size_t a, std::size_t b) const {
         const auto clamp_split = [&](std::size_t t) { return std::clamp<std::size_t>(t, a + 1, b - 1); };
         std::size_t t = clamp_split(static_cast<std::size_t>(
-            lower_bound_index(y, a, b, cell_mean(a, b))));
+            first_at_least(cell_mean(a, b), a, b)));
         for (int iteration = 0; iteration < 16; ++iteration) {
             const double left = cell_mean(a, t);
             const double right = cell_mean(t, b);
@@ -796,18 +894,49 @@ struct lloyd_solver {
         auto& moved_start = scratch.moved_start;
         constexpr std::size_t candidates = 2, tries = 2;
         for (int round = 0; round < rounds; ++round) {
-            splits.clear();
-            merges.clear();
-            for (std::size_t c = 0; c < k; ++c) {
+            // Only the best `candidates` splits are used, and a split saves at most its cell's cost. So the
+            // cells are taken from the costliest down, until one costs less than the second best saving
+            // found: the cheaper ones' 2-splits are never computed. The best two and their order are the
+            // same as from all cells unless savings tie; then all are computed in cell order.
+            static_assert(candidates == 2);
+            const auto split_of = [&](std::size_t c, double whole) {
                 const std::size_t a = start[c], b = start[c + 1];
-                if (b - a < 2) continue;
                 auto& known = scratch.split_slot(static_cast<std::uint32_t>(a), static_cast<std::uint32_t>(b));
                 if (known.generation != scratch.split_generation || known.a != a || known.b != b)
                     known = {static_cast<std::uint32_t>(a), static_cast<std::uint32_t>(b),
                              static_cast<std::uint32_t>(two_means_split(a, b)), scratch.split_generation};
                 const std::size_t t = known.at;
-                splits.push_back({s.interval_cost(a, b) - (s.interval_cost(a, t) + s.interval_cost(t, b)), c, t});
+                splits.push_back({whole - (s.interval_cost(a, t) + s.interval_cost(t, b)), c, t});
+                return splits.back().saving;
+            };
+            auto& by_cost = scratch.by_cost;
+            by_cost.clear();
+            for (std::size_t c = 0; c < k; ++c)
+                if (start[c + 1] - start[c] >= 2) by_cost.push_back({s.interval_cost(start[c], start[c + 1]), c, 0});
+            const auto cheaper = [](const move& x, const move& y) { return x.saving < y.saving; };
+            std::make_heap(by_cost.begin(), by_cost.end(), cheaper);  // a few are taken: no full sort
+            splits.clear();
+            double first = -std::numeric_limits<double>::infinity(), second = first;
+            for (auto end = by_cost.end(); end != by_cost.begin(); --end) {
+                std::pop_heap(by_cost.begin(), end, cheaper);
+                const move& cell_cost = end[-1];
+                if (cell_cost.saving < second) break;
+                const double saving = split_of(cell_cost.cell, cell_cost.saving);
+                if (saving > first) {
+                    second = first;
+                    first = saving;
+                } else if (saving > second) {
+                    second = saving;
+                }
             }
+            std::size_t at_least_second = 0;
+            for (const move& x : splits) at_least_second += x.saving >= second;
+            if (splits.size() >= 2 && !(first > second && at_least_second == 2)) {  // a tie: as from all cells
+                splits.clear();
+                for (std::size_t c = 0; c < k; ++c)
+                    if (start[c + 1] - start[c] >= 2) split_of(c, s.interval_cost(start[c], start[c + 1]));
+            }
+            merges.clear();
             for (std::size_t c = 0; c + 1 < k; ++c)
                 merges.push_back({-(s.interval_cost(start[c], start[c + 2]) - s.interval_cost(start[c], start[c + 1]) -
                                     s.interval_cost(start[c + 1], start[c + 2])),
@@ -847,7 +976,9 @@ struct lloyd_solver {
                     const std::size_t a = c == 0 ? 0 : moved_start[c - 1], b = c + 1 == k ? m : moved_start[c];
                     centre[c] = cell_mean(a, b);
                 }
-                recompute_cells();
+                // The cells of these centres (their costs are left to iterate); each boundary lies near the
+                // moved one it came from.
+                for (std::size_t c = 0; c + 1 < k; ++c) start[c + 1] = static_cast<std::uint32_t>(split(c, moved_start[c]));
                 const double moved_cost = iterate(max_iterations);
                 if (moved_cost < cost) {
                     cost = moved_cost;

@@ -503,6 +503,29 @@ TEST_CASE("k-means edge cases: few distinct values, zero weights, ties, signed z
             CHECK(b.labels[300] == 0);
             CHECK(b.labels[303] == 7);
         }
+        // Appended zero-weight entries move the last entries into other blocks of the eight-lane sums (and,
+        // for float rows, of the eight-at-a-time reader); results must stay bit for bit the same. Rows of
+        // 297..304 entries, 1..11 appended.
+        const auto same_with_appended_zeros = [&]<class T>(std::size_t n, std::size_t extra) {
+            std::vector<T> xs(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(n)), ws(w.begin(), w.begin() + static_cast<std::ptrdiff_t>(n));
+            auto xs2 = xs, ws2 = ws;
+            for (std::size_t e = 0; e < extra; ++e) {
+                xs2.push_back(static_cast<T>(random.normal()));
+                ws2.push_back(T(0));
+            }
+            for (auto method : {sqz::kmeans_method::exact, sqz::kmeans_method::lloyd}) {
+                const auto a = sqz::weighted_kmeans(xs, ws, 8, {.method = method});
+                const auto b = sqz::weighted_kmeans(xs2, ws2, 8, {.method = method});
+                CHECK(a.centroids == b.centroids);
+                CHECK(a.objective == b.objective);
+                CHECK(std::equal(a.labels.begin(), a.labels.end(), b.labels.begin()));
+            }
+        };
+        for (std::size_t n = 297; n <= 300; ++n)
+            for (std::size_t extra = 1; extra <= 11; ++extra) {
+                same_with_appended_zeros.template operator()<double>(n, extra);
+                same_with_appended_zeros.template operator()<float>(n, extra);
+            }
     }
     SECTION("a value exactly between two centroids goes with its equals, to the lower centroid") {
         const std::vector<double> x{0, 0, 1, 1, 2, 2};

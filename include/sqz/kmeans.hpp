@@ -1438,12 +1438,13 @@ double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::s
 }
 
 /// Step 1 for contiguous float values and weights, eight at a time: the same keys, key range and sums as
-/// the generic loop, whose sums use the same eight lanes and order, so that results never depend on how
-/// the row is stored. Returns the number of entries done; `suspect` is set if some value or weight may be
-/// invalid (the caller then checks them one by one, which also accepts -0.0 weights).
+/// the generic loop, whose sums use the same eight lanes (entry i in lane i % 8, `weight_lane` and
+/// `sum_lane`, which start at 0), so that results never depend on how the row is stored. Returns the number
+/// of entries done; `suspect` is set if some value or weight may be invalid (the caller then checks them
+/// one by one, which also accepts -0.0 weights).
 inline std::size_t read_floats(const float* values, const float* weights, std::size_t n, std::uint32_t* keys,
                                std::uint16_t* half_keys, bool& half_exact, std::uint32_t& low, std::uint32_t& high,
-                               std::uint32_t& ones, double& weight_total, double& weighted_sum, bool& suspect) {
+                               std::uint32_t& ones, double* weight_lane, double* sum_lane, bool& suspect) {
     std::size_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
     if (n >= 8) {
@@ -1499,15 +1500,14 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
 #if defined(__F16C__)
         half_exact = _mm256_testz_si256(inexact, inexact) != 0;
 #endif
-        alignas(32) double totals[4];
-        _mm256_store_pd(totals, _mm256_add_pd(weight0, weight1));
-        weight_total += (totals[0] + totals[1]) + (totals[2] + totals[3]);
-        _mm256_store_pd(totals, _mm256_add_pd(sum0, sum1));
-        weighted_sum += (totals[0] + totals[1]) + (totals[2] + totals[3]);
+        _mm256_storeu_pd(weight_lane, weight0);
+        _mm256_storeu_pd(weight_lane + 4, weight1);
+        _mm256_storeu_pd(sum_lane, sum0);
+        _mm256_storeu_pd(sum_lane + 4, sum1);
     }
 #else
-    (void)values, (void)weights, (void)n, (void)keys, (void)half_keys, (void)half_exact, (void)low, (void)high, (void)ones, (void)weight_total,
-        (void)weighted_sum, (void)suspect;
+    (void)values, (void)weights, (void)n, (void)keys, (void)half_keys, (void)half_exact, (void)low, (void)high, (void)ones, (void)weight_lane,
+        (void)sum_lane, (void)suspect;
 #endif
     return i;
 }
@@ -1525,15 +1525,17 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     K* keys = ws.key.data();
     if (weights == nullptr) ws.weight_in.resize(n);
     K low = std::numeric_limits<K>::max(), high = 0, ones = 0;
-    double weight_total = 0, weighted_sum = 0;
+    // Sums of w and w x in eight lanes, entry i in lane i % 8, folded in a fixed order at the end: entries
+    // appended with zero weight then add exact zeros and change no result.
+    double weight_lane[8] = {}, sum_lane[8] = {};
     std::size_t i = 0;
     bool half_exact = false;  // every value is an fp16 value, and ws.half_key holds their fp16 keys
     if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
         if (values != nullptr && weights != nullptr) {
             bool suspect = false;
             ws.half_key.resize(n);
-            i = read_floats(values, weights, n, keys, ws.half_key.data(), half_exact, low, high, ones, weight_total,
-                            weighted_sum, suspect);
+            i = read_floats(values, weights, n, keys, ws.half_key.data(), half_exact, low, high, ones, weight_lane,
+                            sum_lane, suspect);
             if (Check && suspect)
                 for (std::size_t j = 0; j < i; ++j)
                     if (!(std::isfinite(values[j]) && std::isfinite(weights[j]) && weights[j] >= 0)) {
@@ -1543,10 +1545,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
                     }
         }
     }
-    // The rest one by one; the sums over whole blocks of eight in eight lanes, as read_floats does.
-    const std::size_t blocks_end = n / 8 * 8;
-    double weight_lane[8] = {}, sum_lane[8] = {};
-    const std::size_t first_generic = i;
+    // The rest one by one, into the same lanes.
     for (; i < n; ++i) {
         const T v = value_at(i);
         const W w = weight_at(i);
@@ -1570,26 +1569,13 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         low = std::min(low, key);
         high = std::max(high, key);
         ones |= key;
-        if (i < blocks_end) {
-            weight_lane[i % 8] += static_cast<double>(w);
-            sum_lane[i % 8] = multiply_add(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
-        } else {
-            if (i == blocks_end && first_generic < blocks_end) {
-                weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
-                                ((weight_lane[2] + weight_lane[6]) + (weight_lane[3] + weight_lane[7]));
-                weighted_sum += ((sum_lane[0] + sum_lane[4]) + (sum_lane[1] + sum_lane[5])) +
-                                ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
-            }
-            weight_total += static_cast<double>(w);
-            weighted_sum = multiply_add(static_cast<double>(w), static_cast<double>(v), weighted_sum);
-        }
+        weight_lane[i % 8] += static_cast<double>(w);
+        sum_lane[i % 8] = multiply_add(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
     }
-    if (blocks_end == n && first_generic < blocks_end) {
-        weight_total += ((weight_lane[0] + weight_lane[4]) + (weight_lane[1] + weight_lane[5])) +
-                        ((weight_lane[2] + weight_lane[6]) + (weight_lane[3] + weight_lane[7]));
-        weighted_sum += ((sum_lane[0] + sum_lane[4]) + (sum_lane[1] + sum_lane[5])) +
-                        ((sum_lane[2] + sum_lane[6]) + (sum_lane[3] + sum_lane[7]));
-    }
+    const auto fold = [](const double (&lane)[8]) {
+        return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+    };
+    double weight_total = fold(weight_lane), weighted_sum = fold(sum_lane);
     const bool equal_weights = weight_total == 0;  // every weight zero: count every entry once
     if (equal_weights) {
         weight_total = static_cast<double>(n);

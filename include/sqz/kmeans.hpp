@@ -1050,7 +1050,7 @@ struct workspace {
     std::vector<std::uint32_t> group_of;     // every entry's distinct value (index into distinct_value)
     occurrence_ranks ranks;                   // of the reduced keys, or of their top bits (buckets)
     std::vector<std::uint16_t> distinct_key;  // reduced key of each distinct value (keys below 2^16)
-    std::vector<std::uint32_t> histogram;     // grouping by sort: digit counts of the two passes
+    std::vector<std::uint32_t> histogram;     // grouping by sort: digit counts of the (up to three) passes
     std::vector<sort_item<T>> items, items_scratch;  // grouping by sort: (reduced key, index)
     std::vector<double> distinct_value, distinct_weight;  // distinct values ascending, summed weights
     std::vector<std::uint8_t> distinct_label;             // label of each distinct value

@@ -651,58 +651,51 @@ struct lloyd_solver {
         return first_at_least_near(0.5 * (centre[c] + centre[c + 1]), hint, 0, m);
     }
 
-    /// A group drawn with probability proportional to w (y - nearest centre)^2; m if none can be drawn.
-    std::size_t sample(synthetic::rng& random, double total) const {
+    /// One weighted D^2 draw in progress: a bisection for the smallest t whose cumulative cost over
+    /// [from, t + 1) around the cell's centre `at` exceeds `target`, within [lo, hi).
+    struct draw {
+        std::size_t from, lo, hi;
+        double target, at;
+    };
+    /// Starts a draw: picks the cell the uniform number falls in, proportionally to the cell costs.
+    draw start_draw(synthetic::rng& random, double total) const {
         double target = random.uniform() * total;
         std::size_t c = 0;
         while (c + 1 < centre.size() && target >= cell[c]) {
             target -= cell[c];
             ++c;
         }
-        std::size_t lo = start[c], hi = start[c + 1];
-        if (lo >= hi) return m;
-        // Smallest t whose cumulative cost over [start[c], t + 1) exceeds the target.
-        while (hi - lo > 1) {
-            const std::size_t mid = lo + (hi - lo) / 2;
-            if (s.cost_around(start[c], mid, centre[c]) > target)
-                hi = mid;
-            else
-                lo = mid;
-        }
-        return lo;
+        return {start[c], start[c], start[c + 1], target, centre[c]};
+    }
+    /// Halves a draw's range (call while d.hi > d.lo + 1).
+    void probe(draw& d) const {
+        const std::size_t mid = d.lo + (d.hi - d.lo) / 2;
+        if (s.cost_around(d.from, mid, d.at) > d.target)
+            d.hi = mid;
+        else
+            d.lo = mid;
+    }
+    /// A finished draw's group; m when its cell was empty.
+    std::size_t drawn(const draw& d) const { return d.lo < d.hi ? d.lo : m; }
+
+    /// A group drawn with probability proportional to w (y - nearest centre)^2; m if none can be drawn.
+    std::size_t sample(synthetic::rng& random, double total) const {
+        draw d = start_draw(random, total);
+        while (d.hi > d.lo + 1) probe(d);
+        return drawn(d);
     }
 
     /// Two draws as by sample(), in the same order and with the same probes, side by side: each is a
     /// bisection whose probes wait on each other, so two at once keep the processor busier.
     [[gnu::noinline]] std::array<std::size_t, 2> sample_pair(synthetic::rng& random, double total) const {
-        std::array<std::size_t, 2> from{}, lo{}, hi{};
-        std::array<double, 2> target{}, at{};
-        for (std::size_t i = 0; i < 2; ++i) {
-            double left = random.uniform() * total;
-            std::size_t c = 0;
-            while (c + 1 < centre.size() && left >= cell[c]) {
-                left -= cell[c];
-                ++c;
-            }
-            target[i] = left;
-            from[i] = lo[i] = start[c];
-            hi[i] = start[c + 1];
-            at[i] = centre[c];
+        std::array<draw, 2> d{start_draw(random, total), start_draw(random, total)};  // in this order
+        while (d[0].hi > d[0].lo + 1 && d[1].hi > d[1].lo + 1) {
+            probe(d[0]);
+            probe(d[1]);
         }
-        const auto step = [&](std::size_t i) {
-            const std::size_t mid = lo[i] + (hi[i] - lo[i]) / 2;
-            if (s.cost_around(from[i], mid, at[i]) > target[i])
-                hi[i] = mid;
-            else
-                lo[i] = mid;
-        };
-        while (hi[0] > lo[0] + 1 && hi[1] > lo[1] + 1) {
-            step(0);
-            step(1);
-        }
-        for (std::size_t i = 0; i < 2; ++i)
-            while (hi[i] > lo[i] + 1) step(i);
-        return {lo[0] < hi[0] ? lo[0] : m, lo[1] < hi[1] ? lo[1] : m};
+        for (draw& x : d)
+            while (x.hi > x.lo + 1) probe(x);
+        return {drawn(d[0]), drawn(d[1])};
     }
 
     /// Where a new centre v = y[g] (not a centre yet) goes: its sorted position `at` among the centres and
@@ -753,8 +746,12 @@ struct lloyd_solver {
         start[count] = static_cast<std::uint32_t>(m);
         for (std::size_t c = 0; c + 1 < count; ++c)
             start[c + 1] = static_cast<std::uint32_t>(split(c, hinted ? start[c + 1] : m * (c + 1) / count));
-        cell.resize(count);
-        for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
+        recompute_costs();
+    }
+    /// The cell costs of the current centres and boundaries.
+    void recompute_costs() {
+        cell.resize(centre.size());
+        for (std::size_t c = 0; c < centre.size(); ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
     }
 
     /// Inserts centre v as placed (by place(), with the current centres), updating only the cells next to it.
@@ -852,9 +849,7 @@ struct lloyd_solver {
             }
             if (!moved) break;
         }
-        // The boundaries are those of the centres (every iteration ends by placing them).
-        cell.resize(count);
-        for (std::size_t c = 0; c < count; ++c) cell[c] = s.cost_around(start[c], start[c + 1], centre[c]);
+        recompute_costs();  // the boundaries are those of the centres (every iteration ends by placing them)
         return total();
     }
 

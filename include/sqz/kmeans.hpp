@@ -1049,6 +1049,8 @@ struct workspace {
     std::vector<sort_item<T>> items, items_scratch;  // grouping by sort: (reduced key, index)
     std::vector<double> distinct_value, distinct_weight;  // distinct values ascending, summed weights
     std::vector<std::uint8_t> distinct_label;             // label of each distinct value
+    std::vector<double> run_first;                         // first distinct value of each centroid's run
+    std::vector<std::uint8_t> run_label;                   // and that centroid's index
     std::vector<double> value, weight;       // positive-weight groups ascending, when some distinct value weighs 0
     std::vector<double> shifted;             // of the positive-weight groups: value - pivot
     // The positive-weight groups' values and weights: distinct_value and distinct_weight themselves when
@@ -1093,14 +1095,14 @@ void decode_keys(const std::uint16_t* reduced, std::size_t count, K low, int shi
 
 /// Groups the n entries by value: fills ws.distinct_value (ascending, as double), ws.distinct_weight (each
 /// value's summed weight, added in entry order; every weight counts 1 when `weights` is null) and
-/// ws.group_of (each entry's distinct value); returns the number of distinct values. `key` holds sort keys
+/// ws.group_of (each entry's distinct value, only with EntryGroups); returns the number of distinct values. `key` holds sort keys
 /// (16-bit keys: half_sort_keys of fp16 values), from low to high, reduced first to the bits that vary,
 /// (key - low) >> (trailing zeros common to all keys, from `ones`; 0 for 16-bit keys).
 /// - When the reduced keys span fewer than 2^16 values (fp16 data, bfloat16 data in a float) and not many
 ///   more than there are entries, their occurrence ranks are the distinct values' indices: no sorting.
 /// - Otherwise an LSD radix sort orders (key, index) pairs by their top 33 or fewer key bits (all of a
 ///   float's), and the few runs that share those bits (double keys) are sorted by full key.
-template <class T, class W, class K>
+template <bool EntryGroups, class T, class W, class K>
 std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const W* weights, K low, K high, K ones) {
     static_assert(sizeof(K) <= sizeof(key_t<T>));
     using wide = key_t<T>;
@@ -1116,7 +1118,7 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
         else
             return static_cast<K>((key[i] - low) >> shift);
     };
-    ws.group_of.resize(n);
+    if constexpr (EntryGroups) ws.group_of.resize(n);
     std::uint32_t* group_of = ws.group_of.data();
     const auto weight = [&](std::size_t i) { return weights != nullptr ? static_cast<double>(weights[i]) : 1.0; };
     occurrence_ranks& ranks = ws.ranks;
@@ -1129,7 +1131,7 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
         for (std::size_t i = 0; i < n; ++i) {
             const std::size_t r = reduced(i);
             const std::uint32_t rank = ranks.rank(r);
-            group_of[i] = rank;
+            if constexpr (EntryGroups) group_of[i] = rank;
             distinct_key[rank] = static_cast<std::uint16_t>(r);
             distinct_weight[rank] += weight(i);
         }
@@ -1215,7 +1217,7 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
         double w = 0;
         for (; i < n && items[i].key == r; ++i) {
             w += weight(items[i].index);
-            group_of[items[i].index] = static_cast<std::uint32_t>(d);
+            if constexpr (EntryGroups) group_of[items[i].index] = static_cast<std::uint32_t>(d);
         }
         distinct_value[d] = key_value<T>(static_cast<K>((static_cast<K>(r) << shift) + low));
         distinct_weight[d] = w;
@@ -1402,10 +1404,13 @@ inline void add_squares(const double* v, const double* w, std::size_t begin, std
 /// distinct centroids u_0 < u_1 < ..., a value v goes past u_p when u_(p+1) - v < v - u_p in double, a test
 /// that is monotone in v (and in p), so the values of each centroid form one run of the sorted values,
 /// found by binary search (in the distinct values for the labels, in the groups for the objective, whose
-/// sum then does not depend on zero-weight entries).
+/// sum then does not depend on zero-weight entries). The runs' first values and labels go to ws.run_first
+/// and ws.run_label (ascending; the first run starts at the lowest value).
 template <class T, class W>
 double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t d, std::size_t m) {
     ws.distinct_label.resize(d);
+    ws.run_first.clear();
+    ws.run_label.clear();
     const double* distinct = ws.distinct_value.data();
     const double* value = ws.group_value;
     std::uint8_t* label = ws.distinct_label.data();
@@ -1424,12 +1429,58 @@ double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::s
             group_end = static_cast<std::size_t>(std::partition_point(value + group_begin, value + m, nearer_u) - value);
         }
         std::fill(label + begin, label + end, static_cast<std::uint8_t>(c));
+        if (begin < end) {
+            ws.run_first.push_back(distinct[begin]);
+            ws.run_label.push_back(static_cast<std::uint8_t>(c));
+        }
         add_squares(value, ws.group_weight, group_begin, group_end, u, partial);
         begin = end;
         group_begin = group_end;
         c = next;
     }
     return (partial[0] + partial[1]) + (partial[2] + partial[3]);
+}
+
+/// Most centroid runs (ws.run_first / ws.run_label) that label_by_runs takes; with more, comparing every
+/// value with every run's first value costs more than looking each entry's label up through its group.
+inline constexpr std::size_t max_label_runs = 8;
+
+/// labels[j] = run_label[r] for the last run r whose first value is at most values[j] (runs <=
+/// max_label_runs, run_first ascending and at most every value). The values are the distinct values
+/// themselves, so this gives every entry its distinct value's label without a per-entry group index.
+inline void label_by_runs(const float* values, std::size_t n, const double* run_first, const std::uint8_t* run_label,
+                          std::size_t runs, std::uint8_t* labels) {
+    float first[max_label_runs];  // each is a float value of the row, so exact as float
+    for (std::size_t r = 0; r < runs; ++r) first[r] = static_cast<float>(run_first[r]);
+    std::size_t j = 0;
+#if defined(__AVX2__)
+    alignas(16) std::uint8_t table[16] = {};
+    std::copy(run_label, run_label + runs, table);
+    const __m256i lookup = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+    for (; j + 32 <= n; j += 32) {
+        // Runs below (or at) each value, as 32-bit counts of four vectors of eight values.
+        const __m256 v0 = _mm256_loadu_ps(values + j), v1 = _mm256_loadu_ps(values + j + 8);
+        const __m256 v2 = _mm256_loadu_ps(values + j + 16), v3 = _mm256_loadu_ps(values + j + 24);
+        __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+        for (std::size_t r = 1; r < runs; ++r) {
+            const __m256 bound = _mm256_broadcast_ss(first + r);
+            c0 = _mm256_sub_epi32(c0, _mm256_castps_si256(_mm256_cmp_ps(v0, bound, _CMP_GE_OQ)));
+            c1 = _mm256_sub_epi32(c1, _mm256_castps_si256(_mm256_cmp_ps(v1, bound, _CMP_GE_OQ)));
+            c2 = _mm256_sub_epi32(c2, _mm256_castps_si256(_mm256_cmp_ps(v2, bound, _CMP_GE_OQ)));
+            c3 = _mm256_sub_epi32(c3, _mm256_castps_si256(_mm256_cmp_ps(v3, bound, _CMP_GE_OQ)));
+        }
+        // Packing works within 128-bit halves: bytes end up as c0[0-3] c1[0-3] c2[0-3] c3[0-3] | c0[4-7] ...,
+        // and the dword permutation restores entry order.
+        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(c0, c1), _mm256_packs_epi32(c2, c3));
+        const __m256i ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(labels + j), _mm256_shuffle_epi8(lookup, ordered));
+    }
+#endif
+    for (; j < n; ++j) {
+        std::size_t r = 0;
+        while (r + 1 < runs && first[r + 1] <= values[j]) ++r;
+        labels[j] = run_label[r];
+    }
 }
 
 /// Step 1 for contiguous float values and weights, eight at a time: the same keys, key range and sums as
@@ -1583,12 +1634,23 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     //    w y^2 (y = value - pivot), are the groups the methods cluster (the others are only labelled).
     const W* weight_of = equal_weights ? nullptr : (weights != nullptr ? weights : ws.weight_in.data());
     std::size_t d = 0;
-    if (half_exact) {  // fp16 data: fp16 keys span at most 2^16 values, with no gap below the subnormals
-        const auto half_key = [](K key) { return half_sort_key(float_to_half_bits(value_of_key<T>(key))); };
-        d = group_values(ws, n, ws.half_key.data(), weight_of, half_key(low), half_key(high), std::uint16_t{1});
-    } else {
-        d = group_values(ws, n, keys, weight_of, low, high, ones);
-    }
+    // Contiguous float values with few clusters are labelled from their runs' first values (step 4), so the
+    // grouping need not record every entry's group.
+    bool label_by_value = false;
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>) label_by_value = values != nullptr && k <= max_label_runs;
+#endif
+    const auto group = [&]<bool EntryGroups>() {
+        if (half_exact) {  // fp16 data: fp16 keys span at most 2^16 values, with no gap below the subnormals
+            const auto half_key = [](K key) { return half_sort_key(float_to_half_bits(value_of_key<T>(key))); };
+            return group_values<EntryGroups>(ws, n, ws.half_key.data(), weight_of, half_key(low), half_key(high), std::uint16_t{1});
+        }
+        return group_values<EntryGroups>(ws, n, keys, weight_of, low, high, ones);
+    };
+    if (label_by_value)
+        d = group.template operator()<false>();
+    else
+        d = group.template operator()<true>();
     ws.shifted.resize(d);
     auto& s0 = ws.forward.s0;
     auto& s1 = ws.forward.s1;
@@ -1690,6 +1752,12 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     // 4. Labels and the objective, once per distinct value; then every entry takes its value's label.
     result.objective = label_groups(ws, result.centroids, d, m);
     result.labels.resize(n);
+    if constexpr (std::is_same_v<T, float>) {
+        if (label_by_value) {
+            label_by_runs(values, n, ws.run_first.data(), ws.run_label.data(), ws.run_first.size(), result.labels.data());
+            return;
+        }
+    }
     const std::uint32_t* group_of = ws.group_of.data();
     const std::uint8_t* distinct_label = ws.distinct_label.data();
     std::uint8_t* labels = result.labels.data();

@@ -250,6 +250,17 @@ TEST_CASE("exact k-means groups equal values the same way on every path", "[kmea
         CHECK(strided.centroids == contiguous.centroids);
         CHECK(strided.labels == contiguous.labels);
         CHECK(strided.objective == contiguous.objective);
+        // Double weights (as sqz::quantize passes them): the same weights, so the same result, contiguous
+        // (vectorised pass) or strided (one by one).
+        const auto double_weights = sqz::weighted_kmeans(xf, w, k);
+        CHECK(double_weights.centroids == contiguous.centroids);
+        CHECK(double_weights.labels == contiguous.labels);
+        CHECK(double_weights.objective == contiguous.objective);
+        const Eigen::MatrixXd strided_double_weights = strided_weights.cast<double>();
+        const auto strided_double = sqz::weighted_kmeans(strided_values.row(1), strided_double_weights.row(1), k);
+        CHECK(strided_double.centroids == contiguous.centroids);
+        CHECK(strided_double.labels == contiguous.labels);
+        CHECK(strided_double.objective == contiguous.objective);
         const auto as_double = sqz::weighted_kmeans(x, w, k);
         CHECK(check_result(as_double, x, w, k) == Approx(optimum).epsilon(1e-9));
     }
@@ -441,6 +452,19 @@ TEST_CASE("k-means rejects bad input with the argument and index", "[kmeans]") {
     CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_w, 2); }), Catch::Contains("weights[9] = inf"));
     bad_w[9] = -0.0f;
     CHECK_NOTHROW(sqz::weighted_kmeans(long_x, bad_w, 2));
+    // Double weights with float values (sqz::quantize's sensitivities) take the vectorised pass too.
+    std::vector<double> bad_wd(long_w.begin(), long_w.end());
+    bad_wd[13] = -1;
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_wd, 2); }), Catch::Contains("weights[13] = -1 is negative"));
+    bad_wd[13] = 1;
+    bad_wd[9] = std::numeric_limits<double>::infinity();
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_wd, 2); }), Catch::Contains("weights[9] = inf"));
+    bad_wd[9] = std::numeric_limits<double>::quiet_NaN();
+    CHECK_THAT(message([&] { sqz::weighted_kmeans(long_x, bad_wd, 2); }), Catch::Contains("weights[9] = nan"));
+    bad_wd[9] = -0.0;
+    CHECK_NOTHROW(sqz::weighted_kmeans(long_x, bad_wd, 2));
+    bad_wd[9] = std::numeric_limits<double>::max();  // finite: accepted
+    CHECK_NOTHROW(sqz::weighted_kmeans(long_x, bad_wd, 2));
     // Same checks in the row-batched entry, naming row and column.
     sqz::row_matrix<float> values(2, 3), weights(2, 3);
     values << 1, 2, 3, 4, 5, 6;

@@ -1491,12 +1491,13 @@ inline void label_by_runs(const float* values, std::size_t n, const double* run_
     }
 }
 
-/// Step 1 for contiguous float values and weights, eight at a time: the same keys, key range and sums as
+/// Step 1 for contiguous float values and float or double weights, eight at a time: the same keys, key range and sums as
 /// the generic loop, whose sums use the same eight lanes (entry i in lane i % 8, `weight_lane` and
 /// `sum_lane`, which start at 0), so that results never depend on how the row is stored. Returns the number
 /// of entries done; `suspect` is set if some value or weight may be invalid (the caller then checks them
 /// one by one, which also accepts -0.0 weights).
-inline std::size_t read_floats(const float* values, const float* weights, std::size_t n, std::uint32_t* keys,
+template <class W>
+std::size_t read_floats(const float* values, const W* weights, std::size_t n, std::uint32_t* keys,
                                std::uint16_t* half_keys, bool& half_exact, std::uint32_t& low, std::uint32_t& high,
                                std::uint32_t& ones, double* weight_lane, double* sum_lane, bool& suspect) {
     std::size_t i = 0;
@@ -1510,15 +1511,29 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
         __m256i inexact = _mm256_setzero_si256();
         for (; i + 8 <= n; i += 8) {
             const __m256 v = _mm256_loadu_ps(values + i);
-            const __m256 w = _mm256_loadu_ps(weights + i);
             const __m256i bits = _mm256_castps_si256(v);
             const __m256i magnitude = _mm256_and_si256(bits, magnitude_mask);
-            // Not finite: magnitude >= infinity. Weight not a finite non-negative: bits >= infinity as signed
-            // integers fails for negative (sign bit) and non-finite weights.
+            // Not finite: magnitude >= infinity.
             bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(magnitude, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))));
-            const __m256i weight_bits = _mm256_castps_si256(w);
-            bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(weight_bits, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))),
-                                                       _mm256_cmpgt_epi32(_mm256_setzero_si256(), weight_bits)));
+            __m256d w0, w1;  // the weights as double
+            if constexpr (std::is_same_v<W, float>) {
+                const __m256 w = _mm256_loadu_ps(weights + i);
+                // Weight not a finite non-negative: bits >= infinity as signed integers fails for negative
+                // (sign bit) and non-finite weights.
+                const __m256i weight_bits = _mm256_castps_si256(w);
+                bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(weight_bits, _mm256_sub_epi32(infinity, _mm256_set1_epi32(1))),
+                                                           _mm256_cmpgt_epi32(_mm256_setzero_si256(), weight_bits)));
+                w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(w));
+                w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+            } else {
+                w0 = _mm256_loadu_pd(weights + i);
+                w1 = _mm256_loadu_pd(weights + i + 4);
+                // Not 0 <= w <= the largest double (NaN fails both ordered comparisons).
+                const __m256d largest = _mm256_set1_pd(std::numeric_limits<double>::max());
+                const __m256d good0 = _mm256_and_pd(_mm256_cmp_pd(w0, _mm256_setzero_pd(), _CMP_GE_OQ), _mm256_cmp_pd(w0, largest, _CMP_LE_OQ));
+                const __m256d good1 = _mm256_and_pd(_mm256_cmp_pd(w1, _mm256_setzero_pd(), _CMP_GE_OQ), _mm256_cmp_pd(w1, largest, _CMP_LE_OQ));
+                bad = _mm256_or_si256(bad, _mm256_xor_si256(_mm256_castpd_si256(_mm256_and_pd(good0, good1)), _mm256_set1_epi32(-1)));
+            }
             // key = 2^31 + magnitude for positive values, 2^31 - magnitude for negative ones.
             const __m256i negative = _mm256_srai_epi32(bits, 31);
             const __m256i key = _mm256_add_epi32(sign, _mm256_sub_epi32(_mm256_xor_si256(magnitude, negative), negative));
@@ -1536,8 +1551,6 @@ inline std::size_t read_floats(const float* values, const float* weights, std::s
                                                    _mm_sub_epi16(_mm_xor_si128(half_magnitude, half_negative), half_negative));
             _mm_storeu_si128(reinterpret_cast<__m128i*>(half_keys + i), half_key);
 #endif
-            const __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(w));
-            const __m256d w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
             weight0 = _mm256_add_pd(weight0, w0);
             weight1 = _mm256_add_pd(weight1, w1);
             sum0 = _mm256_fmadd_pd(w0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)), sum0);
@@ -1584,7 +1597,7 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     double weight_lane[8] = {}, sum_lane[8] = {};
     std::size_t i = 0;
     bool half_exact = false;  // every value is an fp16 value, and ws.half_key holds their fp16 keys
-    if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
+    if constexpr (std::is_same_v<T, float> && (std::is_same_v<W, float> || std::is_same_v<W, double>)) {
         if (values != nullptr && weights != nullptr) {
             bool suspect = false;
             ws.half_key.resize(n);

@@ -257,15 +257,17 @@ bool select_by_sampling(Eigen::Index rows, Eigen::Index cols, const std::array<s
         if (overflow.load(std::memory_order_relaxed)) return;
         const auto& keys = keys_of_row(i, thread);
         // A vectorised pass flags the few candidates; only those are visited.
-        auto& hit = hits[static_cast<std::size_t>(thread)];
-        const std::size_t n = hit.size();
-        for (std::size_t j = 0; j < n; ++j) hit[j] = 0;
+        // Raw restrict pointers: through the vector, every byte store could alias the vector's own data
+        // pointer (a char type aliases anything), so the loop reloaded it per column and did not vectorise.
+        std::uint8_t* __restrict hit = hits[static_cast<std::size_t>(thread)].data();
+        const std::size_t n = hits[static_cast<std::size_t>(thread)].size();
+        std::fill(hit, hit + n, std::uint8_t{0});
         for (std::size_t kind = 0; kind < 3; ++kind) {
             if (counts[kind] == 0) continue;
-            const std::uint64_t* primary = keys[kind].data();
+            const std::uint64_t* __restrict primary = keys[kind].data();
             const std::uint64_t t = threshold[kind];
             const auto bit = static_cast<std::uint8_t>(1u << kind);
-            for (std::size_t j = 0; j < n; ++j) hit[j] |= primary[j] >= t ? bit : std::uint8_t{0};
+            for (std::size_t j = 0; j < n; ++j) hit[j] = static_cast<std::uint8_t>(hit[j] | (primary[j] >= t ? bit : 0));
         }
         for (std::size_t j = 0; j < n; ++j) {
             if (hit[j] == 0) continue;

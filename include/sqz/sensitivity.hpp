@@ -267,9 +267,10 @@ void require_sensitivity_shape(const P& provider, Eigen::Index rows, Eigen::Inde
 /// Checks one row of weights for being finite and >= 0, naming the first offending entry.
 inline void check_sensitivity_row(std::span<const double> f, Eigen::Index row, const char* where) {
     constexpr double largest = std::numeric_limits<double>::max();
-    bool valid = true;
-    for (const double v : f) valid &= (v >= 0.0) & (v <= largest);  // false for NaN, inf, negatives; vectorises
-    if (valid) return;
+    // An unsigned flag: GCC does not vectorise the same reduction over a bool.
+    unsigned invalid = 0;
+    for (const double v : f) invalid |= !((v >= 0.0) & (v <= largest)) ? 1u : 0u;  // NaN, inf, negatives
+    if (invalid == 0) return;
     for (std::size_t j = 0; j < f.size(); ++j)
         if (!(std::isfinite(f[j]) && f[j] >= 0.0))
             fail(where, ": sensitivity(", row, ", ", j, ") = ", f[j], std::isfinite(f[j]) ? " is negative" : " is not finite");
@@ -279,9 +280,9 @@ inline void check_sensitivity_row(std::span<const double> f, Eigen::Index row, c
 template <working_scalar T>
 void check_finite_row(std::span<const T> values, Eigen::Index row, const char* where, const char* what) {
     constexpr T largest = std::numeric_limits<T>::max();
-    bool valid = true;
-    for (const T v : values) valid &= (v >= -largest) & (v <= largest);  // false for NaN and inf; vectorises
-    if (valid) return;
+    unsigned invalid = 0;  // unsigned, not bool, so that it vectorises
+    for (const T v : values) invalid |= !((v >= -largest) & (v <= largest)) ? 1u : 0u;  // NaN and inf
+    if (invalid == 0) return;
     for (std::size_t j = 0; j < values.size(); ++j)
         if (!std::isfinite(values[j])) fail(where, ": ", what, "(", row, ", ", j, ") = ", values[j], " is not finite");
 }

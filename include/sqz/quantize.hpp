@@ -395,7 +395,7 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
             } else {
                 T low = dense_values[0];
                 T high = dense_values[0];
-                for (const T v : dense_values) {  // written so that it vectorises (values are finite)
+                for (const T v : dense_values) {  // values are finite
                     low = v < low ? v : low;
                     high = v > high ? v : high;
                 }
@@ -426,7 +426,8 @@ quantization_result<T, Bits> quantize_validated(const Eigen::Ref<const row_matri
             s.reconstructed[j] = static_cast<T>(table[chosen.code] + chosen.residual);
             if (!chosen.exact) ++outcome.inexact;
         }
-        // Error sums in four fixed lanes (vectorisable, and the same order for any thread count).
+        // Error sums in four fixed lanes (the same order for any thread count). GCC 12 does not vectorise
+        // this loop (float values against double lanes), nor RTN's min/max scan above.
         double weighted[4] = {0, 0, 0, 0};
         double squared[4] = {0, 0, 0, 0};
         double reference[4] = {0, 0, 0, 0};

@@ -195,9 +195,10 @@ TEST_CASE("tile layout: encode_tile and tile_code are inverse for 1..4 bits", "[
     codes[32 * 7 + 5] = 0b011;  // slot 7, lane 5
     std::vector<std::uint8_t> tile(layout::tile_bytes(3));
     layout::encode_tile(codes, 3, tile);
-    CHECK(tile[5] == (0b101 << 3 | 0b10 << 6));   // V_0: code(1) << 3 | (code(6) & 3) << 6
-    CHECK(tile[32 + 5] == (0b1 << 6 | 0b1 << 7));  // V_1: (code(6) >> 2) << 6 | (code(7) & 1) << 7
-    CHECK(tile[64 + 5] == (0b01 << 6));            // V_2: (code(7) >> 1) << 6
+    // V_k: code(2k) | bit k of code(6) << 3 | code(2k+1) << 4 | bit k of code(7) << 7
+    CHECK(tile[5] == (0b0 << 3 | 0b101 << 4 | 0b1 << 7));
+    CHECK(tile[32 + 5] == (0b1 << 3 | 0b1 << 7));
+    CHECK(tile[64 + 5] == (0b1 << 3 | 0b0 << 7));
     REQUIRE_THROWS_AS(layout::encode_tile(codes, 5, tile), sqz::error);
 }
 

@@ -1,8 +1,8 @@
 // sqz/detail/cpu_kernels_avx2.hpp - AVX2 + FMA kernels of the cpu back end (float, 1..4 bits).
 //
-// Decode: one aligned 256-bit load of a tile vector and shifts (plus a byte mask where the codes
-// must be clean) give the codes of a slot (cpu_layout.hpp); the row's LUT, held in registers in the
-// form its width needs (cpu_layout::fill_exact_table), turns them into weights.
+// Decode: one aligned 256-bit load of a tile vector, a byte mask and 16-bit shifts give the codes of
+// two slots (slot_pair, cpu_layout.hpp); the row's LUT, held in registers in the form its width needs
+// (cpu_layout::fill_exact_table), turns them into weights.
 //  - exact mode, bit-exact LUT values, x permuted once per call into the order in which the decoder
 //    produces the weights (permute_for_exact, cpu_layout::exact_column):
 //      4 bits: the 16 float entries as four byte planes; four vpshufb fetch the four bytes of 32
@@ -43,37 +43,54 @@
 
 namespace sqz::detail::avx2 {
 
-/// The 32 codes of slot `Slot` of a tile, one per byte (high bits clear).
-template <int Bits, int Slot>
-SQZ_AVX2_INLINE __m256i slot_codes(const std::uint8_t* tile) noexcept {
-    const auto* v = reinterpret_cast<const __m256i*>(tile);
-    if constexpr (Bits == 4) {
-        __m256i w = _mm256_load_si256(v + Slot / 2);
-        if constexpr (Slot % 2 == 1) w = _mm256_srli_epi16(w, 4);
-        return _mm256_and_si256(w, _mm256_set1_epi8(0x0F));
-    } else if constexpr (Bits == 2) {
-        __m256i w = _mm256_load_si256(v + Slot / 4);
-        if constexpr (Slot % 4 != 0) w = _mm256_srli_epi16(w, 2 * (Slot % 4));
-        return _mm256_and_si256(w, _mm256_set1_epi8(0x03));
-    } else if constexpr (Bits == 1) {
-        __m256i w = _mm256_load_si256(v);
-        if constexpr (Slot != 0) w = _mm256_srli_epi16(w, Slot);
-        return _mm256_and_si256(w, _mm256_set1_epi8(0x01));
+/// The codes of two slots of a tile as vpshufb indices, 32 per vector, one per byte: the code in bits
+/// 0..Bits-1, bits Bits..3 and bit 7 clear (vpshufb reads bits 0-3 and zeroes the byte when bit 7 is
+/// set), bits 4-6 free to hold another code (vpshufb ignores them).
+struct code_pair {
+    __m256i first, second;
+};
+
+inline constexpr int slot_pairs = static_cast<int>(cpu_layout::slots_per_tile) / 2;
+
+/// The two slots whose codes slot_pair<Bits, Pair> gives (pairs 0..3): below 4 bits, the two codes
+/// 4 bits apart in a byte of one tile vector.
+template <int Bits>
+constexpr std::array<int, 2> pair_slots(int pair) noexcept {
+    if constexpr (Bits <= 2) {
+        constexpr int pairs_per_vector = 4 / Bits;
+        const int base = 8 / Bits * (pair / pairs_per_vector) + pair % pairs_per_vector;
+        return {base, base + pairs_per_vector};
     } else {
-        static_assert(Bits == 3, "tiled kernels cover 1..4 bits");
-        if constexpr (Slot < 6) {
-            __m256i w = _mm256_load_si256(v + Slot / 2);
-            if constexpr (Slot % 2 == 1) w = _mm256_srli_epi16(w, 3);
-            return _mm256_and_si256(w, _mm256_set1_epi8(0x07));
-        } else if constexpr (Slot == 6) {  // bits 6-7 of V_0 and bit 6 of V_1
-            const __m256i low = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v), 6), _mm256_set1_epi8(3));
-            const __m256i top = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v + 1), 4), _mm256_set1_epi8(4));
-            return _mm256_or_si256(low, top);
-        } else {  // bit 7 of V_1 and bits 6-7 of V_2
-            const __m256i low = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v + 1), 7), _mm256_set1_epi8(1));
-            const __m256i top = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v + 2), 5), _mm256_set1_epi8(6));
-            return _mm256_or_si256(low, top);
-        }
+        return {2 * pair, 2 * pair + 1};
+    }
+}
+
+/// Byte `b` in all 32 bytes.
+SQZ_AVX2_INLINE __m256i every_byte(int b) noexcept { return _mm256_set1_epi8(static_cast<char>(b)); }
+
+/// The codes of slots pair_slots<Bits>(Pair) of a tile (cpu_layout.hpp). Below 4 bits the two codes
+/// lie 4 bits apart in a byte, so one mask, (2^Bits - 1) * 0x11 at their position, keeps both and
+/// clears every bit that the 16-bit shifts (by the first code's position, and 4 more) then move into
+/// bits Bits..3 or 7 of a byte. Per tile: 15 instructions at 3 bits (a mask and a shift per pair of
+/// slots 0-5, 9 for slots 6 and 7, whose bit k lies in bits 3 and 7 of V_k), 10 at 2 bits, 11 at 1
+/// bit; at 4 bits, where bit 3 of a code is data, 12 (a mask per slot, a shift per pair).
+template <int Bits, int Pair>
+SQZ_AVX2_INLINE code_pair slot_pair(const std::uint8_t* tile) noexcept {
+    static_assert(Bits >= 1 && Bits <= 4 && Pair >= 0 && Pair < slot_pairs, "tiled kernels cover 1..4 bits, 4 pairs of slots");
+    const auto* v = reinterpret_cast<const __m256i*>(tile);
+    if constexpr (Bits == 4) {  // code bit 3 is data: each nibble needs its own mask
+        const __m256i w = _mm256_load_si256(v + Pair);
+        return {_mm256_and_si256(w, every_byte(0x0F)), _mm256_and_si256(_mm256_srli_epi16(w, 4), every_byte(0x0F))};
+    } else if constexpr (Bits == 3 && Pair == 3) {
+        __m256i s = _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v), 3), every_byte(0x11));
+        s = _mm256_or_si256(s, _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v + 1), 2), every_byte(0x22)));
+        s = _mm256_or_si256(s, _mm256_and_si256(_mm256_srli_epi16(_mm256_load_si256(v + 2), 1), every_byte(0x44)));
+        return {s, _mm256_srli_epi16(s, 4)};
+    } else {
+        constexpr int pairs_per_vector = Bits == 3 ? 1 : 4 / Bits;
+        constexpr int shift = Bits * (Pair % pairs_per_vector);
+        const __m256i w = _mm256_and_si256(_mm256_load_si256(v + Pair / pairs_per_vector), every_byte(((1 << Bits) - 1) * 0x11 << shift));
+        return {shift == 0 ? w : _mm256_srli_epi16(w, shift), _mm256_srli_epi16(w, shift + 4)};
     }
 }
 
@@ -182,9 +199,7 @@ SQZ_AVX2_INLINE slot_weights join_halves(__m256i lo01, __m256i lo23, __m256i hi0
 }
 
 /// Byte planes: four vpshufb fetch the four bytes of 32 weights, two rounds of unpacks assemble them.
-template <int Bits, int Slot>
-SQZ_AVX2_INLINE slot_weights decode_planes(const __m256i (&planes)[4], const std::uint8_t* tile) noexcept {
-    const __m256i idx = slot_codes<Bits, Slot>(tile);
+SQZ_AVX2_INLINE slot_weights decode_planes(const __m256i (&planes)[4], __m256i idx) noexcept {
     const __m256i b0 = _mm256_shuffle_epi8(planes[0], idx);
     const __m256i b1 = _mm256_shuffle_epi8(planes[1], idx);
     const __m256i b2 = _mm256_shuffle_epi8(planes[2], idx);
@@ -199,10 +214,9 @@ SQZ_AVX2_INLINE slot_weights decode_planes(const __m256i (&planes)[4], const std
 /// Byte-pair planes of an 8-entry float LUT (3 bits): plane 0 holds bytes 0 and 1 of the entries
 /// (entry k's at k and 8 + k), plane 1 bytes 2 and 3. Each code byte c is paired with c | 8, so one
 /// vpshufb gives the 16-bit halves of 16 floats and one round of unpacks assembles them: 10 shuffles
-/// per 32 weights, in the unpack order of the 4-bit planes.
-template <int Slot>
-SQZ_AVX2_INLINE slot_weights decode_pair_planes(const __m256i& plane01, const __m256i& plane23, const std::uint8_t* tile) noexcept {
-    const __m256i idx = slot_codes<3, Slot>(tile);
+/// per 32 weights, in the unpack order of the 4-bit planes. (Bits 4-6 of the code bytes may be set:
+/// vpshufb ignores them.)
+SQZ_AVX2_INLINE slot_weights decode_pair_planes(const __m256i& plane01, const __m256i& plane23, __m256i idx) noexcept {
     const __m256i with_high = _mm256_or_si256(idx, _mm256_set1_epi8(8));
     const __m256i pairs_lo = _mm256_unpacklo_epi8(idx, with_high);  // columns 0-7 | 16-23
     const __m256i pairs_hi = _mm256_unpackhi_epi8(idx, with_high);  // columns 8-15 | 24-31
@@ -233,39 +247,29 @@ SQZ_AVX2_INLINE exact_table<Bits> load_exact_table(const std::uint8_t* table) no
 }
 
 /// Decodes one tile of a row into its 32 vectors of 8 float weights and hands vector v (weights of
-/// the permuted x positions 8v..8v+7, cpu_layout::exact_column) to consume(v, w). Step is a slot for
-/// 3 and 4 bits and a vector for 1 and 2 bits; the recursion unrolls the tile.
+/// the permuted x positions 8v..8v+7, cpu_layout::exact_column) to consume(v, w), in the order of v.
+/// Step is a pair of slots (slot_pair) for 3 and 4 bits and a vector for 1 and 2 bits; the recursion
+/// unrolls the tile.
 template <int Bits, int Step, class Consumer>
 SQZ_AVX2_INLINE void decode_tile(const exact_table<Bits>& table, const std::uint8_t* tile, Consumer& consume) noexcept {
     if constexpr (Bits == 4) {
-        const slot_weights w = decode_planes<Bits, Step>(table.v, tile);
-        for (int r = 0; r < 4; ++r) consume(4 * Step + r, w.w[r]);
-    } else if constexpr (Bits == 3 && Step % 2 == 0) {
+        const code_pair codes = slot_pair<Bits, Step>(tile);
+        const slot_weights even = decode_planes(table.v, codes.first);
+        for (int r = 0; r < 4; ++r) consume(8 * Step + r, even.w[r]);
+        const slot_weights odd = decode_planes(table.v, codes.second);
+        for (int r = 0; r < 4; ++r) consume(8 * Step + 4 + r, odd.w[r]);
+    } else if constexpr (Bits == 3) {
         // Even slots through the byte-pair planes (vpshufb), odd slots through vpermps: the two
         // decoders load different execution resources, and alternating them is ~10% faster than
         // either alone (docs/design.md).
-        const slot_weights w = decode_pair_planes<Step>(table.v[0], table.v[1], tile);
-        for (int r = 0; r < 4; ++r) consume(4 * Step + r, w.w[r]);
-    } else if constexpr (Bits == 3) {
-        // The slot's codes in the low 3 bits of each byte; vpermps reads bits 0-2 of each 32-bit lane
-        // and ignores the rest, so shifting by 8b selects byte b of every lane without a mask.
-        const auto* v = reinterpret_cast<const __m256i*>(tile);
-        __m256i codes;
-        if constexpr (Step < 6) {
-            codes = _mm256_load_si256(v + Step / 2);
-            if constexpr (Step % 2 == 1) codes = _mm256_srli_epi32(codes, 3);
-        } else if constexpr (Step == 6) {  // bits 6-7 of V_0 and bit 6 of V_1
-            codes = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v), 6), _mm256_set1_epi8(3)),
-                                    _mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 1), 4), _mm256_set1_epi8(4)));
-        } else {  // bit 7 of V_1 and bits 6-7 of V_2
-            codes = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 1), 7), _mm256_set1_epi8(1)),
-                                    _mm256_and_si256(_mm256_srli_epi32(_mm256_load_si256(v + 2), 5), _mm256_set1_epi8(6)));
-        }
+        const code_pair codes = slot_pair<Bits, Step>(tile);
+        const slot_weights even = decode_pair_planes(table.v[0], table.v[1], codes.first);
+        for (int r = 0; r < 4; ++r) consume(8 * Step + r, even.w[r]);
+        // vpermps reads bits 0-2 of each 32-bit lane and ignores the rest, so shifting the odd slot's
+        // code bytes by 8b selects byte b of every lane without a mask.
         const __m256 lut = _mm256_castsi256_ps(table.v[2]);
-        consume(4 * Step, _mm256_permutevar8x32_ps(lut, codes));
-        consume(4 * Step + 1, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 8)));
-        consume(4 * Step + 2, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 16)));
-        consume(4 * Step + 3, _mm256_permutevar8x32_ps(lut, _mm256_srli_epi32(codes, 24)));
+        for (int b = 0; b < 4; ++b)
+            consume(8 * Step + 4 + b, _mm256_permutevar8x32_ps(lut, b == 0 ? codes.second : _mm256_srli_epi32(codes.second, 8 * b)));
     } else {
         static_assert(Bits == 1 || Bits == 2, "exact decoders cover 1..4 bits");
         constexpr int per_vector = 32 / Bits;  // steps per tile vector
@@ -274,7 +278,7 @@ SQZ_AVX2_INLINE void decode_tile(const exact_table<Bits>& table, const std::uint
         if constexpr (shift != 0) codes = _mm256_srli_epi32(codes, shift);
         consume(Step, _mm256_permutevar_ps(_mm256_castsi256_ps(table.v[0]), codes));
     }
-    constexpr int steps = Bits >= 3 ? static_cast<int>(cpu_layout::slots_per_tile) : 32;
+    constexpr int steps = Bits >= 3 ? slot_pairs : 32;
     if constexpr (Step + 1 < steps) decode_tile<Bits, Step + 1>(table, tile, consume);
 }
 
@@ -479,18 +483,30 @@ SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t ro
 
 // ---- int8 mode, matvec ----
 
-template <int Bits, int R, int Slot>
+/// The products of the slots pair_slots<Bits>(Pair) and the following pairs, added to acc.
+template <int Bits, int R, int Pair>
 SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint8_t* const (&tiles)[R],
                                        const std::int8_t* xq, const std::uint32_t* scales, __m256i (&acc)[R]) noexcept {
-    const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + Slot * cpu_layout::slot_columns));
-    const __m256i dv = _mm256_set1_epi32(static_cast<int>(scales[Slot]));
-    for (int r = 0; r < R; ++r) {
-        const __m256i w = _mm256_shuffle_epi8(luts[r], slot_codes<Bits, Slot>(tiles[r]));
-        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), dv));
-        keep_in_register(acc[r]);
+    constexpr std::array<int, 2> slots = pair_slots<Bits>(Pair);
+    // Below 4 bits a row's two slots share their mask (slot_pair), so both are multiplied together; at
+    // 4 bits they share nothing, and one slot at a time keeps two registers fewer live (1% faster).
+    constexpr int together = Bits == 4 ? 1 : 2;
+    for (int first = 0; first < 2; first += together) {
+        __m256i xv[2], dv[2];
+        for (int h = first; h < first + together; ++h) {
+            xv[h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + slots[h] * static_cast<int>(cpu_layout::slot_columns)));
+            dv[h] = _mm256_set1_epi32(static_cast<int>(scales[slots[h]]));
+        }
+        for (int r = 0; r < R; ++r) {
+            const code_pair codes = slot_pair<Bits, Pair>(tiles[r]);
+            for (int h = first; h < first + together; ++h) {
+                const __m256i w = _mm256_shuffle_epi8(luts[r], h == 0 ? codes.first : codes.second);
+                acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv[h]), dv[h]));
+                keep_in_register(acc[r]);
+            }
+        }
     }
-    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile))
-        int8_slots<Bits, R, Slot + 1>(luts, tiles, xq, scales, acc);
+    if constexpr (Pair + 1 < slot_pairs) int8_slots<Bits, R, Pair + 1>(luts, tiles, xq, scales, acc);
 }
 
 template <int Bits, int R>
@@ -550,10 +566,13 @@ SQZ_AVX2_TARGET void exact_row_columns(const cpu_matrix_view<float>& m, std::siz
     for (std::size_t c = 0; c < k; ++c) out[c] = horizontal_sum(total[c]);
 }
 
-template <int Bits, int Slot>
+template <int Bits, int Pair>
 SQZ_AVX2_TARGET inline void decode_tile_int8(__m256i lut, const std::uint8_t* tile, __m256i* out) noexcept {
-    out[Slot] = _mm256_shuffle_epi8(lut, slot_codes<Bits, Slot>(tile));
-    if constexpr (Slot + 1 < static_cast<int>(cpu_layout::slots_per_tile)) decode_tile_int8<Bits, Slot + 1>(lut, tile, out);
+    constexpr std::array<int, 2> slots = pair_slots<Bits>(Pair);
+    const code_pair codes = slot_pair<Bits, Pair>(tile);
+    out[slots[0]] = _mm256_shuffle_epi8(lut, codes.first);
+    out[slots[1]] = _mm256_shuffle_epi8(lut, codes.second);
+    if constexpr (Pair + 1 < slot_pairs) decode_tile_int8<Bits, Pair + 1>(lut, tile, out);
 }
 
 /// One row against k int8-quantized columns; returns sum_t e_t * I_t per column (before the row's

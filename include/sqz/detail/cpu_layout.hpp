@@ -2,17 +2,18 @@
 //
 // Each row is cut into tiles of 256 columns (the last one padded with code 0). A tile of b-bit codes
 // takes 32*b bytes: b vectors V_0..V_{b-1} of 32 bytes. Column 32*s + t of the tile ("slot" s = 0..7,
-// lane t = 0..31) lives in byte t of the vectors, so that one 256-bit load, a shift and a mask give the
+// lane t = 0..31) lives in byte t of the vectors, so that one 256-bit load, a mask and shifts give the
 // 32 codes of a slot as bytes, ready for a byte shuffle (vpshufb) through the row's LUT:
 //   4 bits: V_k byte t = code(2k) | code(2k+1) << 4                          (k = 0..3)
 //   2 bits: V_k byte t = code(4k) | code(4k+1) << 2 | code(4k+2) << 4 | code(4k+3) << 6   (k = 0, 1)
 //   1 bit:  V_0 byte t = sum_s code(s) << s
-//   3 bits: V_0 byte t = code(0) | code(1) << 3 | (code(6) & 3) << 6
-//           V_1 byte t = code(2) | code(3) << 3 | (code(6) >> 2) << 6 | (code(7) & 1) << 7
-//           V_2 byte t = code(4) | code(5) << 3 | (code(7) >> 1) << 6
-//           (slots 6 and 7 fill the two spare bits of each vector: two shifts, two masks and an or each)
+//   3 bits: V_k byte t = code(2k) | bit k of code(6) << 3 | code(2k+1) << 4 | bit k of code(7) << 7
+//           (k = 0..2): slots 6 and 7 fill the spare bits 3 and 7 of the three vectors, so that one
+//           mask (0x77) gives the codes of slots 2k and 2k+1 in bits 0-2 and 4-6 with bits 3 and 7
+//           clear, which vpshufb needs: the mask and one 16-bit shift by 4 give both slots.
 // where code(s) is the code at column 32*s + t. The portable kernels decode the same layout with
-// tile_code(); the AVX2 kernels with shifts and masks (cpu_kernels_avx2.hpp).
+// tile_code(); the AVX2 kernels with masks and shifts, one mask for two slots below 4 bits
+// (slot_pair in cpu_kernels_avx2.hpp).
 //
 // Exact mode reads each row's LUT in a form made for its width ("exact table", 64 bytes per row, see
 // fill_exact_table) and x permuted within each tile into the order in which that width's decoder
@@ -81,10 +82,9 @@ inline void encode_tile(std::span<const std::uint8_t, tile_columns> codes, int b
                                                                  code(4 * k + 2, t) << 4 | code(4 * k + 3, t) << 6);
                 break;
             case 3:
-                tile[t] = static_cast<std::uint8_t>(code(0, t) | code(1, t) << 3 | (code(6, t) & 3u) << 6);
-                tile[32 + t] = static_cast<std::uint8_t>(code(2, t) | code(3, t) << 3 | (code(6, t) >> 2) << 6 |
-                                                         (code(7, t) & 1u) << 7);
-                tile[64 + t] = static_cast<std::uint8_t>(code(4, t) | code(5, t) << 3 | (code(7, t) >> 1) << 6);
+                for (std::size_t k = 0; k < 3; ++k)
+                    tile[32 * k + t] = static_cast<std::uint8_t>(code(2 * k, t) | ((code(6, t) >> k) & 1u) << 3 |
+                                                                 code(2 * k + 1, t) << 4 | ((code(7, t) >> k) & 1u) << 7);
                 break;
             default:
                 for (std::size_t k = 0; k < 4; ++k)
@@ -157,10 +157,11 @@ inline unsigned tile_code(const std::uint8_t* tile, int bits, std::size_t column
             return (tile[t] >> s) & 1u;
         case 2:
             return (tile[32 * (s / 4) + t] >> (2 * (s % 4))) & 3u;
-        case 3:
-            if (s < 6) return (tile[32 * (s / 2) + t] >> (3 * (s % 2))) & 7u;
-            if (s == 6) return (tile[t] >> 6) | ((tile[32 + t] >> 6) & 1u) << 2;
-            return (tile[32 + t] >> 7) | (tile[64 + t] >> 6) << 1;
+        case 3: {
+            if (s < 6) return (tile[32 * (s / 2) + t] >> (4 * (s % 2))) & 7u;
+            const std::size_t spare = 3 + 4 * (s - 6);  // bit of V_k that holds bit k of the code
+            return ((tile[t] >> spare) & 1u) | ((tile[32 + t] >> spare) & 1u) << 1 | ((tile[64 + t] >> spare) & 1u) << 2;
+        }
         default:
             return (tile[32 * (s / 2) + t] >> (4 * (s % 2))) & 15u;
     }

@@ -18,3 +18,5 @@ require_packages() {
 SQZ_BUILD_PACKAGES=(ca-certificates g++ make cmake libeigen3-dev catch2 nlohmann-json3-dev libcli11-dev)
 # What the fuzzers (scripts/fuzz.sh) need in addition: clang with libFuzzer's runtime.
 SQZ_FUZZ_PACKAGES=(clang libclang-rt-14-dev)
+# What the Clang build of scripts/test.sh needs in addition: clang and its OpenMP runtime.
+SQZ_CLANG_PACKAGES=(clang libomp-dev)

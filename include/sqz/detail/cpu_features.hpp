@@ -7,6 +7,7 @@
 #pragma once
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #define SQZ_HAVE_X86_SIMD 1
 #define SQZ_AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 // For the small helpers that a kernel's inner loop is built from: they must be inlined into it.
@@ -24,7 +25,11 @@ inline bool cpu_has_avx2_fma() noexcept {
 #if SQZ_HAVE_X86_SIMD
     static const bool supported = [] {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        // F16C is CPUID leaf 1, ECX bit 29, asked directly: Clang's __builtin_cpu_supports does not know
+        // "f16c" (Clang 14 rejects the whole header with it).
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+        const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
     }();
     return supported;
 #else

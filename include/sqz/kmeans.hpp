@@ -1094,10 +1094,10 @@ void decode_keys(const std::uint16_t* reduced, std::size_t count, K low, int shi
 }
 
 /// Groups the n entries by value: fills ws.distinct_value (ascending, as double), ws.distinct_weight (each
-/// value's summed weight, added in entry order; every weight counts 1 when `weights` is null) and
-/// ws.group_of (each entry's distinct value, only with EntryGroups); returns the number of distinct values. `key` holds sort keys
-/// (16-bit keys: half_sort_keys of fp16 values), from low to high, reduced first to the bits that vary,
-/// (key - low) >> (trailing zeros common to all keys, from `ones`; 0 for 16-bit keys).
+/// value's summed weight, added in entry order; every weight counts 1 when `weights` is null) and, with
+/// EntryGroups, ws.group_of (each entry's distinct value); returns the number of distinct values. `key`
+/// holds sort keys (16-bit keys: half_sort_keys of fp16 values), from low to high, reduced first to the
+/// bits that vary, (key - low) >> (trailing zeros common to all keys, from `ones`; 0 for 16-bit keys).
 /// - When the reduced keys span fewer than 2^16 values (fp16 data, bfloat16 data in a float) and not many
 ///   more than there are entries, their occurrence ranks are the distinct values' indices: no sorting.
 /// - Otherwise an LSD radix sort orders (key, index) pairs by their top 33 or fewer key bits (all of a
@@ -1491,15 +1491,15 @@ inline void label_by_runs(const float* values, std::size_t n, const double* run_
     }
 }
 
-/// Step 1 for contiguous float values and float or double weights, eight at a time: the same keys, key range and sums as
-/// the generic loop, whose sums use the same eight lanes (entry i in lane i % 8, `weight_lane` and
-/// `sum_lane`, which start at 0), so that results never depend on how the row is stored. Returns the number
-/// of entries done; `suspect` is set if some value or weight may be invalid (the caller then checks them
-/// one by one, which also accepts -0.0 weights).
+/// Step 1 for contiguous float values and float or double weights, eight at a time: the same keys, key range
+/// and sums as the generic loop, whose sums use the same eight lanes (entry i in lane i % 8, `weight_lane`
+/// and `sum_lane`, which start at 0), so that results never depend on how the row is stored. Returns the
+/// number of entries done; `suspect` is set if some value or weight may be invalid (the caller then checks
+/// them one by one, which also accepts -0.0 weights).
 template <class W>
 std::size_t read_floats(const float* values, const W* weights, std::size_t n, std::uint32_t* keys,
-                               std::uint16_t* half_keys, bool& half_exact, std::uint32_t& low, std::uint32_t& high,
-                               std::uint32_t& ones, double* weight_lane, double* sum_lane, bool& suspect) {
+                        std::uint16_t* half_keys, bool& half_exact, std::uint32_t& low, std::uint32_t& high,
+                        std::uint32_t& ones, double* weight_lane, double* sum_lane, bool& suspect) {
     std::size_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
     if (n >= 8) {

@@ -1048,8 +1048,8 @@ struct workspace {
     std::vector<std::uint32_t> histogram;     // grouping by sort: digit counts of the (up to three) passes
     std::vector<sort_item<T>> items, items_scratch;  // grouping by sort: (reduced key, index)
     std::vector<double> distinct_value, distinct_weight;  // distinct values ascending, summed weights
-    std::vector<std::uint8_t> distinct_label;             // label of each distinct value
-    std::vector<double> run_first;                         // first distinct value of each centroid's run
+    std::vector<std::uint8_t> distinct_label;             // label of each distinct value (when labelled by group)
+    std::vector<std::uint32_t> run_begin;                  // first distinct value of each centroid's run
     std::vector<std::uint8_t> run_label;                   // and that centroid's index
     std::vector<double> value, weight;       // positive-weight groups ascending, when some distinct value weighs 0
     std::vector<double> shifted;             // of the positive-weight groups: value - pivot
@@ -1405,21 +1405,19 @@ inline void add_squares(const double* v, const double* w, std::size_t begin, std
     for (; g < end; ++g) add(g);
 }
 
-/// Labels the d distinct values (ws.distinct_label) with their nearest centroid, the lowest index when two
-/// are equally near, and returns the objective, sum w (v - c)^2 over the m positive-weight groups. With the
-/// distinct centroids u_0 < u_1 < ..., a value v goes past u_p when u_(p+1) - v < v - u_p in double, a test
-/// that is monotone in v (and in p), so the values of each centroid form one run of the sorted values,
-/// found by binary search (in the distinct values for the labels, in the groups for the objective, whose
-/// sum then does not depend on zero-weight entries). The runs' first values and labels go to ws.run_first
-/// and ws.run_label (ascending; the first run starts at the lowest value).
+/// Labels the d distinct values with their nearest centroid, the lowest index when two are equally near,
+/// and returns the objective, sum w (v - c)^2 over the m positive-weight groups. With the distinct centroids
+/// u_0 < u_1 < ..., a value v goes past u_p when u_(p+1) - v < v - u_p in double, a test that is monotone in
+/// v (and in p), so the values of each centroid form one run of the sorted values, found by binary search
+/// (in the distinct values for the labels, in the groups for the objective, whose sum then does not depend
+/// on zero-weight entries). The labels are the runs: ws.run_begin and ws.run_label, the non-empty runs in
+/// ascending order, which cover the d distinct values from the first.
 template <class T, class W>
 double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::size_t d, std::size_t m) {
-    ws.distinct_label.resize(d);
-    ws.run_first.clear();
+    ws.run_begin.clear();
     ws.run_label.clear();
     const double* distinct = ws.distinct_value.data();
     const double* value = ws.group_value;
-    std::uint8_t* label = ws.distinct_label.data();
     const std::size_t k = centroids.size();
     double partial[objective_lanes] = {};
     std::size_t begin = 0, group_begin = 0;
@@ -1434,9 +1432,8 @@ double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::s
             end = static_cast<std::size_t>(std::partition_point(distinct + begin, distinct + d, nearer_u) - distinct);
             group_end = static_cast<std::size_t>(std::partition_point(value + group_begin, value + m, nearer_u) - value);
         }
-        std::fill(label + begin, label + end, static_cast<std::uint8_t>(c));
         if (begin < end) {
-            ws.run_first.push_back(distinct[begin]);
+            ws.run_begin.push_back(static_cast<std::uint32_t>(begin));
             ws.run_label.push_back(static_cast<std::uint8_t>(c));
         }
         add_squares(value, ws.group_weight, group_begin, group_end, u, partial);
@@ -1449,17 +1446,17 @@ double label_groups(workspace<T, W>& ws, const std::vector<T>& centroids, std::s
     return partial[0];
 }
 
-/// Most centroid runs (ws.run_first / ws.run_label) that label_by_runs takes; with more, comparing every
+/// Most centroid runs (ws.run_begin / ws.run_label) that label_by_runs takes; with more, comparing every
 /// value with every run's first value costs more than looking each entry's label up through its group.
 inline constexpr std::size_t max_label_runs = 8;
 
-/// labels[j] = run_label[r] for the last run r whose first value is at most values[j] (runs <=
-/// max_label_runs, run_first ascending and at most every value). The values are the distinct values
+/// labels[j] = run_label[r] for the last run r whose first value, distinct[run_begin[r]], is at most
+/// values[j] (runs <= max_label_runs, as label_groups leaves them). The values are the distinct values
 /// themselves, so this gives every entry its distinct value's label without a per-entry group index.
-inline void label_by_runs(const float* values, std::size_t n, const double* run_first, const std::uint8_t* run_label,
-                          std::size_t runs, std::uint8_t* labels) {
+inline void label_by_runs(const float* values, std::size_t n, const double* distinct, const std::uint32_t* run_begin,
+                          const std::uint8_t* run_label, std::size_t runs, std::uint8_t* labels) {
     float first[max_label_runs];  // each is a float value of the row, so exact as float
-    for (std::size_t r = 0; r < runs; ++r) first[r] = static_cast<float>(run_first[r]);
+    for (std::size_t r = 0; r < runs; ++r) first[r] = static_cast<float>(distinct[run_begin[r]]);
     std::size_t j = 0;
 #if defined(__AVX2__)
     alignas(16) std::uint8_t table[16] = {};
@@ -1770,17 +1767,23 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
             std::sort(result.centroids.begin(), result.centroids.end());
         }
     }
-    // 4. Labels and the objective, once per distinct value; then every entry takes its value's label.
+    // 4. Labels (each centroid's run of distinct values) and the objective; then every entry takes its
+    //    value's label, from the runs' first values or through its group.
     result.objective = label_groups(ws, result.centroids, d, m);
     result.labels.resize(n);
+    const std::size_t runs = ws.run_begin.size();
     if constexpr (std::is_same_v<T, float>) {
         if (label_by_value) {
-            label_by_runs(values, n, ws.run_first.data(), ws.run_label.data(), ws.run_first.size(), result.labels.data());
+            label_by_runs(values, n, ws.distinct_value.data(), ws.run_begin.data(), ws.run_label.data(), runs,
+                          result.labels.data());
             return;
         }
     }
+    ws.distinct_label.resize(d);
+    std::uint8_t* distinct_label = ws.distinct_label.data();
+    for (std::size_t r = 0; r < runs; ++r)
+        std::fill(distinct_label + ws.run_begin[r], distinct_label + (r + 1 < runs ? ws.run_begin[r + 1] : d), ws.run_label[r]);
     const std::uint32_t* group_of = ws.group_of.data();
-    const std::uint8_t* distinct_label = ws.distinct_label.data();
     std::uint8_t* labels = result.labels.data();
     for (std::size_t j = 0; j < n; ++j) labels[j] = distinct_label[group_of[j]];
 }

@@ -66,7 +66,7 @@ enum class memory_space { host, cuda_device };
 
 namespace backend {
 struct reference {};  ///< plain scalar C++, obviously correct; the oracle for the others
-struct cpu {};        ///< OpenMP over row blocks, AVX2 or portable kernels, a repacked layout
+struct cpu {};        ///< OpenMP over row blocks, AVX-512, AVX2 or portable kernels, a repacked layout
 struct cuda {};       ///< CUDA kernels; needs nvcc and <sqz/cuda_backend.cuh>
 }  // namespace backend
 

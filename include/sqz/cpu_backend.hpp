@@ -1,4 +1,4 @@
-// sqz/cpu_backend.hpp - the `cpu` back end: OpenMP over row blocks, AVX2 or portable kernels.
+// sqz/cpu_backend.hpp - the `cpu` back end: OpenMP over row blocks, AVX-512, AVX2 or portable kernels.
 //
 //   sqz::cpu_matrix<float> p = sqz::prepare<sqz::backend::cpu>(q);   // repack once
 //   sqz::matvec<sqz::backend::cpu>(p, x, y);                          // exact mode
@@ -9,9 +9,9 @@
 // with a scale and an offset (int8 mode);
 // 5..8-bit codes stay in the canonical packing and use the portable kernels. The sparse part is kept
 // as CSR in its narrowest exact form: 16-bit column indices when cols <= 65536, 16-bit values (bf16 or
-// fp16) when every value converts exactly (copy_sparse). The AVX2+FMA(+F16C) kernels
-// (float, 1..4 bits) are picked at run time when the processor has them; matvec_options::kernel can
-// force the portable ones. Every row is computed by one thread in a fixed order: the result is the same
+// fp16) when every value converts exactly (copy_sparse). The AVX-512 and AVX2+FMA(+F16C) kernels
+// (float, 1..4 bits) are picked at run time when the processor has them (choose_kernel);
+// matvec_options::kernel can force one of them or the portable ones. Every row is computed by one thread in a fixed order: the result is the same
 // for any number of threads.
 #pragma once
 
@@ -291,7 +291,10 @@ simd_kernel choose_kernel(const cpu_matrix_view<T>& m, const matvec_options& opt
             return simd_kernel::avx512;
         default:
             if (!eligible) return simd_kernel::none;
-            return cpu_has_avx512() ? simd_kernel::avx512 : cpu_has_avx2_fma() ? simd_kernel::avx2 : simd_kernel::none;
+            // AVX-512 where it measured faster (docs/benchmarks.md): everywhere but int8 mode at 4 bits,
+            // where its kernel is faster from the cache but 4-5% slower from DRAM on Zen 4.
+            if (cpu_has_avx512() && !(options.mode == numeric_mode::int8 && m.bits == 4)) return simd_kernel::avx512;
+            return cpu_has_avx2_fma() ? simd_kernel::avx2 : simd_kernel::none;
     }
 }
 

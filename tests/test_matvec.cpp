@@ -1,5 +1,5 @@
 // Matrix-vector products: the reference back end against a brute-force dense product, and the cpu
-// back end (AVX2 and portable kernels, both numeric modes, every storage of the sparse part) against
+// back end (AVX-512, AVX2 and portable kernels, both numeric modes, every storage of the sparse part) against
 // the reference.
 #include <sqz/sqz.hpp>
 

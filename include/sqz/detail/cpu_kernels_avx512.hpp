@@ -81,9 +81,9 @@ template <int Bits>
 SQZ_AVX512_INLINE __m512 load_float_lut(const float* lut16) noexcept {
     const __m512 lut = _mm512_loadu_ps(lut16);
     if constexpr (Bits == 4) return lut;
-    else return permute_floats(_mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                       _mm512_set1_epi32((1 << Bits) - 1)),
-                                      lut);
+    const __m512i entry = _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((1 << Bits) - 1));
+    return permute_floats(entry, lut);
 }
 
 /// The codes of slots 6 and 7 of a 3-bit tile (bit k of each in bits 3 and 7 of V_k) as V_3 would
@@ -114,12 +114,9 @@ SQZ_AVX512_INLINE void in_register(V& value) noexcept {
     __asm__("" : "+v"(value));
 }
 
-/// Decodes one tile of each of R rows (row r's tile at tiles[r], its LUT in luts[r]) into 16 vectors
-/// of 16 float weights per row and hands vector n of every row (the weights of the permuted x
-/// positions 16n..16n+15, cpu_layout::exact_column_512) to consume(n, w), w[r] for row r, in the
-/// order of n: the rows of a layout group share each activation load.
-/// (Helpers are functions, not lambdas: a lambda does not inherit its enclosing function's target
-/// attribute, so without -mavx512f it could not use these instructions.)
+/// Step `shift` of each row's code chunk looked up through the row's LUT, handed to consume(n, w).
+/// (Kernel helpers are functions, or lambdas marked SQZ_AVX512_LAMBDA: a lambda does not inherit its
+/// enclosing function's target attribute, so without -mavx512f it could not use these instructions.)
 template <int R, class Consumer>
 SQZ_AVX512_INLINE void lookup_step(int n, const __m512 (&luts)[R], const __m512i (&codes)[R], int shift, Consumer& consume) noexcept {
     __m512 w[R];
@@ -129,6 +126,10 @@ SQZ_AVX512_INLINE void lookup_step(int n, const __m512 (&luts)[R], const __m512i
     consume(n, w);
 }
 
+/// Decodes one tile of each of R rows (row r's tile at tiles[r], its LUT in luts[r]) into 16 vectors
+/// of 16 float weights per row and hands vector n of every row (the weights of the permuted x
+/// positions 16n..16n+15, cpu_layout::exact_column_512) to consume(n, w), w[r] for row r, in the
+/// order of n: the rows of a layout group share each activation load.
 template <int Bits, int R, class Consumer>
 SQZ_AVX512_INLINE void decode_tiles(const __m512 (&luts)[R], const std::uint8_t* const (&tiles)[R], Consumer& consume) noexcept {
     static_assert(Bits >= 1 && Bits <= 4, "exact decoders cover 1..4 bits");

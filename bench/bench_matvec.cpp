@@ -2,7 +2,7 @@
 // Eigen's fp32 GEMV, measured side by side in one run.
 //
 //   sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes 4096x14336,...] [--bits 2,3,4]
-//                    [--sparse 0,0.0045] [--modes exact,int8] [--smoke]
+//                    [--sparse 0,0.0045] [--modes exact,int8] [--kernels automatic|avx2,avx512,portable] [--smoke]
 //
 // How it measures (docs/benchmarks.md, "Matrix-vector products"):
 //  - The quantized matrix is prepared once and copied until the copies hold at least 4x the 32 MiB L3;
@@ -11,7 +11,8 @@
 //    512 MiB buffer, a different piece each time, so every piece comes from DRAM.
 //  - Eigen fp32 GEMV: y = W x with the dense row-major float matrix (4 bytes per weight, larger than
 //    the L3), split into row blocks over the same threads (Eigen's own GEMV is single-threaded).
-//  - Rounds interleave one bandwidth piece, one Eigen GEMV and one product per mode; every figure is
+//  - --kernels times each listed cpu kernel (sqz::cpu_kernel) side by side: every mode with every kernel.
+//  - Rounds interleave one bandwidth piece, one Eigen GEMV and one product per mode and kernel; every figure is
 //    the best (shortest) of its rounds, so all of them see the machine in its quietest moments.
 //  - Sparse part (--sparse): uniformly random positions, values N(0, 0.1) rounded to fp16, as real
 //    fp16 checkpoints give (SqueezeLLM keeps the original weights there), so the cpu back end stores
@@ -36,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -55,6 +57,7 @@ struct settings {
     std::vector<int> bits{2, 3, 4};
     std::vector<double> sparse{0.0, 0.0045};
     std::vector<sqz::numeric_mode> modes{sqz::numeric_mode::exact, sqz::numeric_mode::int8};
+    std::vector<sqz::cpu_kernel> kernels{sqz::cpu_kernel::automatic};
     std::size_t cache_bytes = std::size_t{32} << 20;  // last-level cache to defeat
 };
 
@@ -70,7 +73,7 @@ int thread_count(const settings& s) {
 void usage() {
     std::puts(
         "sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--bits 2,3,4]\n"
-        "                 [--sparse 0,0.0045] [--modes exact,int8] [--smoke]");
+        "                 [--sparse 0,0.0045] [--modes exact,int8] [--kernels automatic|avx2,avx512,portable] [--smoke]");
 }
 
 }  // namespace
@@ -96,6 +99,19 @@ int main(int argc, char** argv) {
             cfg.modes = parse_list<sqz::numeric_mode>(argv[++a], [](const std::string& item) {
                 return item == "int8" ? sqz::numeric_mode::int8 : sqz::numeric_mode::exact;
             });
+        } else if (arg == "--kernels" && has_value) {
+            bool known = true;
+            cfg.kernels = parse_list<sqz::cpu_kernel>(argv[++a], [&](const std::string& item) {
+                for (const auto k : {sqz::cpu_kernel::automatic, sqz::cpu_kernel::avx2, sqz::cpu_kernel::avx512,
+                                     sqz::cpu_kernel::portable})
+                    if (item == sqz::to_string(k)) return k;
+                known = false;
+                return sqz::cpu_kernel::automatic;
+            });
+            if (!known) {
+                std::fprintf(stderr, "sqz-bench-matvec: unknown kernel in --kernels %s\n", argv[a]);
+                return 2;
+            }
         } else if (arg == "--smoke") {  // a seconds-long run for the test suite: small shapes, few rounds
             cfg.shapes = {{300, 1000}, {64, 4096}};
             cfg.rounds = 2;
@@ -106,10 +122,14 @@ int main(int argc, char** argv) {
         }
     }
     const int threads = thread_count(cfg);
+    // Every mode with every kernel, timed side by side.
+    std::vector<std::pair<sqz::numeric_mode, sqz::cpu_kernel>> runs;
+    for (const auto mode : cfg.modes)
+        for (const auto kernel : cfg.kernels) runs.emplace_back(mode, kernel);
     dram_probe probe(cfg.cache_bytes >= (std::size_t{32} << 20) ? std::size_t{512} << 20 : std::size_t{64} << 20,
                      std::min(cfg.cache_bytes, std::size_t{32} << 20));
     if (!cfg.json)
-        std::printf("%-11s %4s %7s %5s %9s %7s %7s %6s %9s %7s %9s %8s\n", "shape", "bits", "sparse", "mode", "us", "GB/s",
+        std::printf("%-11s %4s %7s %5s %-9s %9s %7s %7s %6s %9s %7s %9s %8s\n", "shape", "bits", "sparse", "mode", "kernel", "us", "GB/s",
                     "DRAM", "frac", "eigen_us", "speedup", "rel_err", "cacheGB/s");
     bool all_correct = true;
     for (const shape s : cfg.shapes) {
@@ -154,19 +174,19 @@ int main(int argc, char** argv) {
                 const sqz::cpu_matrix<float> cached(cache_q);
                 std::vector<float> cache_y(static_cast<std::size_t>(cache_rows));
                 constexpr int cache_repeats = 3;
-                std::vector<double> best_cache(cfg.modes.size(), 1e30);
+                std::vector<double> best_cache(runs.size(), 1e30);
 
                 double best_bw = 0;
                 double best_eigen = 1e30;
-                std::vector<double> best(cfg.modes.size(), 1e30);
+                std::vector<double> best(runs.size(), 1e30);
                 std::size_t next = 0;
                 for (int round = 0; round < cfg.rounds; ++round) {
                     best_bw = std::max(best_bw, probe.measure(threads));
                     auto start = clock_type::now();
                     eigen_gemv();
                     best_eigen = std::min(best_eigen, seconds_since(start));
-                    for (std::size_t m = 0; m < cfg.modes.size(); ++m) {
-                        const sqz::matvec_options options{.mode = cfg.modes[m], .threads = threads};
+                    for (std::size_t m = 0; m < runs.size(); ++m) {
+                        const sqz::matvec_options options{.mode = runs[m].first, .threads = threads, .kernel = runs[m].second};
                         const auto& a = pool[next++ % copies];
                         start = clock_type::now();
                         sqz::matvec<sqz::backend::cpu>(a, x, y, options);
@@ -180,31 +200,34 @@ int main(int argc, char** argv) {
                     }
                 }
                 sqz::matvec<sqz::backend::reference>(q, x, ref);
-                for (std::size_t m = 0; m < cfg.modes.size(); ++m) {
-                    const sqz::matvec_options options{.mode = cfg.modes[m], .threads = threads};
+                for (std::size_t m = 0; m < runs.size(); ++m) {
+                    const sqz::numeric_mode mode = runs[m].first;
+                    const sqz::matvec_options options{.mode = mode, .threads = threads, .kernel = runs[m].second};
                     sqz::matvec<sqz::backend::cpu>(prepared, x, y, options);
                     const double rel_err = max_relative_error(q, x, y, ref);
                     // exact: 1e-5 relative; int8: far inside its bound for these N(0,1) activations.
-                    const double limit = cfg.modes[m] == sqz::numeric_mode::exact ? 1e-5 : 0.05;
+                    const double limit = mode == sqz::numeric_mode::exact ? 1e-5 : 0.05;
                     all_correct &= rel_err <= limit;
-                    const double bytes = static_cast<double>(prepared.bytes_read(cfg.modes[m]));
+                    const double bytes = static_cast<double>(prepared.bytes_read(mode));
                     const double gbps = bytes / best[m] / 1e9;
-                    const double cache_gbps = static_cast<double>(cached.bytes_read(cfg.modes[m])) / best_cache[m] / 1e9;
+                    const double cache_gbps = static_cast<double>(cached.bytes_read(mode)) / best_cache[m] / 1e9;
                     const std::string shape_name = std::to_string(s.rows) + "x" + std::to_string(s.cols);
-                    const auto mode_name = sqz::to_string(cfg.modes[m]);
+                    const auto mode_name = sqz::to_string(mode);
+                    const auto kernel_name = sqz::to_string(runs[m].second);
                     if (cfg.json)
                         std::printf(
                             "{\"bench\":\"matvec\",\"shape\":\"%s\",\"rows\":%ld,\"cols\":%ld,\"bits\":%d,\"sparse\":%g,"
-                            "\"nnz\":%ld,\"mode\":\"%.*s\",\"threads\":%d,\"us\":%.1f,\"bytes\":%.0f,\"gbps\":%.2f,"
+                            "\"nnz\":%ld,\"mode\":\"%.*s\",\"kernel\":\"%.*s\",\"threads\":%d,\"us\":%.1f,\"bytes\":%.0f,\"gbps\":%.2f,"
                             "\"dram_gbps\":%.2f,\"bw_fraction\":%.3f,\"eigen_fp32_us\":%.1f,\"speedup_vs_eigen_fp32\":%.2f,"
                             "\"copies\":%zu,\"rounds\":%d,\"max_rel_err\":%.2e,\"cache_rows\":%ld,\"cache_gbps\":%.2f}\n",
                             shape_name.c_str(), static_cast<long>(s.rows), static_cast<long>(s.cols), bits, fraction,
                             static_cast<long>(q.sparse_nonzeros()), static_cast<int>(mode_name.size()), mode_name.data(),
-                            threads, best[m] * 1e6, bytes, gbps, best_bw, gbps / best_bw, best_eigen * 1e6,
+                            static_cast<int>(kernel_name.size()), kernel_name.data(), threads, best[m] * 1e6, bytes, gbps, best_bw, gbps / best_bw, best_eigen * 1e6,
                             best_eigen / best[m], copies, cfg.rounds, rel_err, static_cast<long>(cache_rows), cache_gbps);
                     else
-                        std::printf("%-11s %4d %7.4f %5.*s %9.1f %7.2f %7.2f %6.3f %9.1f %7.2f %9.2e %8.2f\n", shape_name.c_str(),
-                                    bits, fraction, static_cast<int>(mode_name.size()), mode_name.data(), best[m] * 1e6,
+                        std::printf("%-11s %4d %7.4f %5.*s %-9.*s %9.1f %7.2f %7.2f %6.3f %9.1f %7.2f %9.2e %8.2f\n", shape_name.c_str(),
+                                    bits, fraction, static_cast<int>(mode_name.size()), mode_name.data(),
+                                    static_cast<int>(kernel_name.size()), kernel_name.data(), best[m] * 1e6,
                                     gbps, best_bw, gbps / best_bw, best_eigen * 1e6, best_eigen / best[m], rel_err, cache_gbps);
                     std::fflush(stdout);
                 }

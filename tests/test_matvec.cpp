@@ -1,5 +1,5 @@
 // Matrix-vector products: the reference back end against a brute-force dense product, and the cpu
-// back end (AVX2 and portable kernels, both numeric modes, every storage of the sparse part) against
+// back end (AVX-512, AVX2 and portable kernels, both numeric modes, every storage of the sparse part) against
 // the reference.
 #include <sqz/sqz.hpp>
 
@@ -129,10 +129,11 @@ const std::vector<shape> odd_shapes{{1, 1},   {1, 7},    {3, 1},    {5, 33},   {
 const std::vector<sqz::cpu_kernel> cpu_kernels = [] {
     std::vector<sqz::cpu_kernel> k{sqz::cpu_kernel::portable};
     if (sqz::detail::cpu_has_avx2_fma()) k.push_back(sqz::cpu_kernel::avx2);
+    if (sqz::detail::cpu_has_avx512()) k.push_back(sqz::cpu_kernel::avx512);  // else "kernels this machine runs" warns
     return k;
 }();
 
-const char* name(sqz::cpu_kernel k) { return k == sqz::cpu_kernel::avx2 ? "avx2" : "portable"; }
+std::string name(sqz::cpu_kernel k) { return std::string(sqz::to_string(k)); }
 
 }  // namespace
 
@@ -244,7 +245,7 @@ TEST_CASE("cpu matvec agrees with the reference on odd shapes, all widths, both 
                 std::vector<float> reference(y.size());
                 sqz::matvec<sqz::backend::reference>(m.q, x, reference);
                 const auto scale = magnitudes(m, x);
-                if (kernel == sqz::cpu_kernel::avx2 && bits > 4) {
+                if (kernel != sqz::cpu_kernel::portable && bits > 4) {
                     REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(p, x, y, {.kernel = kernel}), sqz::error);
                     continue;
                 }
@@ -338,6 +339,7 @@ TEST_CASE("cpu matvec in double precision uses the portable kernels", "[matvec][
         sqz::matvec<sqz::backend::cpu>(m.q, x, y);
         require_close(y, brute_force(m, x), magnitudes(m, x), 1e-12, "cpu double");
         REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.kernel = sqz::cpu_kernel::avx2}), sqz::error);
+        REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.kernel = sqz::cpu_kernel::avx512}), sqz::error);
     }
 }
 
@@ -407,7 +409,7 @@ TEST_CASE("int8 mode stays within its documented error bound", "[matvec][int8]")
             sqz::matvec<sqz::backend::reference>(m.q, x, exact);
             const auto scale = magnitudes(m, x);
             for (const auto kernel : cpu_kernels) {
-                if (kernel == sqz::cpu_kernel::avx2 && bits > 4) continue;
+                if (kernel != sqz::cpu_kernel::portable && bits > 4) continue;
                 std::vector<float> y(40);
                 sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.mode = numeric_mode::int8, .kernel = kernel});
                 double worst_ratio = 0;
@@ -478,7 +480,7 @@ TEST_CASE("NaN and infinity in x propagate as IEEE arithmetic says", "[matvec][n
             }
             for (const auto kernel : cpu_kernels)
                 for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
-                    if (kernel == sqz::cpu_kernel::avx2 && bits > 4) continue;
+                    if (kernel != sqz::cpu_kernel::portable && bits > 4) continue;
                     std::vector<float> y(24);
                     sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = mode, .kernel = kernel});
                     for (std::size_t i = 0; i < y.size(); ++i) {
@@ -518,7 +520,7 @@ TEST_CASE("mismatched sizes are rejected with sqz::error", "[matvec][errors]") {
 TEST_CASE("cpu results do not depend on the number of threads", "[matvec][cpu][threads]") {
     for (const auto kernel : cpu_kernels)
         for (const int bits : {3, 4, 7}) {
-            if (kernel == sqz::cpu_kernel::avx2 && bits > 4) continue;
+            if (kernel != sqz::cpu_kernel::portable && bits > 4) continue;
             const auto m = make_matrix(203, 777, bits, 70 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
             const auto x = random_vector(777, 71);
             const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
@@ -541,7 +543,7 @@ TEST_CASE("cpu results do not depend on the number of threads", "[matvec][cpu][t
 TEST_CASE("matmul agrees with the reference for 1..16 columns", "[matvec][matmul]") {
     for (const auto kernel : cpu_kernels)
         for (const int bits : {1, 3, 4, 5}) {
-            if (kernel == sqz::cpu_kernel::avx2 && bits > 4) continue;
+            if (kernel != sqz::cpu_kernel::portable && bits > 4) continue;
             const auto m = make_matrix(37, 301, bits, 800 + static_cast<std::uint64_t>(bits), sparse_kind::full_rows);
             const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
             for (const Index k : {1, 2, 5, 16}) {
@@ -632,7 +634,7 @@ void check_against_reference(const test_matrix<float>& m, const sqz::cpu_matrix<
         sqz::matvec<sqz::backend::reference>(m.q, x, reference, {.mode = mode});
         const bool finite = std::all_of(x.begin(), x.end(), [](float v) { return std::isfinite(v); });
         for (const auto kernel : cpu_kernels) {
-            if (kernel == sqz::cpu_kernel::avx2 && m.q.bits() > 4) continue;
+            if (kernel != sqz::cpu_kernel::portable && m.q.bits() > 4) continue;
             const std::string label = what + (mode == numeric_mode::int8 ? " int8 " : " exact ") + name(kernel);
             std::vector<float> one(rows), two(rows);
             sqz::matvec<sqz::backend::cpu>(p, x, one, {.mode = mode, .threads = 1, .kernel = kernel});
@@ -802,4 +804,77 @@ TEST_CASE("cpu sparse storage in double precision", "[matvec][cpu][sparse]") {
     sparse.valuePtr()[0] = 1e300;                                                // ...but this one
     m.q = sqz::quantized_matrix<double>::from_codes(5, 40, 3, m.lut, m.codes, sparse);
     REQUIRE(sqz::prepare<sqz::backend::cpu>(m.q).sparse_value_storage() == sparse_value_type::scalar);
+}
+
+TEST_CASE("AVX-512 kernels: run where the processor has them, a clear error where it does not", "[matvec][cpu][avx512]") {
+    const auto m = make_matrix(9, 300, 3, 501, sparse_kind::scattered);
+    const auto x = random_vector(300, 502);
+    std::vector<float> y(9);
+    if (!sqz::detail::cpu_has_avx512()) {
+        WARN("this processor (or compiler) has no AVX-512 F/VL/BW/DQ/VBMI/VNNI: the avx512 kernel sections are skipped");
+        REQUIRE_THROWS_AS(sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.kernel = sqz::cpu_kernel::avx512}), sqz::error);
+        return;
+    }
+    sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.kernel = sqz::cpu_kernel::avx512});
+    require_close(y, brute_force(m, x), magnitudes(m, x), 1e-5, "avx512 exact");
+}
+
+TEST_CASE("AVX-512 exact decoder: weight p of a tile is the LUT entry of the code at exact_column_512(p)",
+          "[matvec][cpu][layout][avx512]") {
+    namespace layout = sqz::detail::cpu_layout;
+    for (int bits = 1; bits <= 4; ++bits) {
+        std::vector<bool> seen(layout::tile_columns, false);
+        for (std::size_t p = 0; p < layout::tile_columns; ++p) {
+            const std::size_t c = layout::exact_column_512(bits, p);
+            REQUIRE(c < layout::tile_columns);
+            REQUIRE(!seen[c]);
+            seen[c] = true;
+        }
+    }
+#if SQZ_HAVE_X86_SIMD
+    if (!sqz::detail::cpu_has_avx512()) {
+        WARN("no AVX-512: the decoder half of this test is skipped");
+        return;
+    }
+    sqz::synthetic::rng random(4242);
+    for (int bits = 1; bits <= 4; ++bits)
+        for (int trial = 0; trial < 50; ++trial) {
+            std::array<std::uint8_t, layout::tile_columns> codes{};
+            for (auto& c : codes) c = static_cast<std::uint8_t>(random.below(1u << bits));
+            // Distinct LUT values; entries past 2^bits hold values the decoder must never return.
+            alignas(64) std::array<float, 16> lut{};
+            for (std::size_t k = 0; k < 16; ++k) lut[k] = k < (std::size_t{1} << bits) ? static_cast<float>(k) + 0.25f : -1e30f;
+            // The tile, followed by bytes that the decoder's offset loads may read but must ignore.
+            alignas(64) std::array<std::uint8_t, 128 + 64> tile{};
+            for (auto& b : tile) b = static_cast<std::uint8_t>(random.below(256));
+            layout::encode_tile(codes, bits, std::span<std::uint8_t>(tile.data(), layout::tile_bytes(bits)));
+            alignas(64) std::array<float, layout::tile_columns> weights{};
+            sqz::detail::avx512::decode_tile_floats(bits, lut.data(), tile.data(), weights.data());
+            for (std::size_t p = 0; p < layout::tile_columns; ++p) {
+                // Brute force: the code at the column, straight from the codes the tile was made of.
+                const float expected = lut[codes[layout::exact_column_512(bits, p)]];
+                INFO("bits " << bits << " position " << p << " column " << layout::exact_column_512(bits, p));
+                REQUIRE(weights[p] == expected);
+            }
+        }
+#endif
+}
+
+TEST_CASE("AVX-512 int8 kernel computes the AVX2 kernel's integers: bit-identical results", "[matvec][cpu][avx512]") {
+    if (!sqz::detail::cpu_has_avx512()) {
+        WARN("no AVX-512: skipped");
+        return;
+    }
+    for (int bits = 1; bits <= 4; ++bits)
+        for (const shape s : {shape{5, 33}, shape{13, 255}, shape{70, 1000}, shape{9, 2049}})
+            for (const auto kind : {sparse_kind::none, sparse_kind::full_rows}) {
+                const auto m = make_matrix(s.rows, s.cols, bits, 600 + static_cast<std::uint64_t>(bits), kind);
+                const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+                const auto x = random_vector(s.cols, 601);
+                std::vector<float> avx2(static_cast<std::size_t>(s.rows)), avx512(avx2.size());
+                sqz::matvec<sqz::backend::cpu>(p, x, avx2, {.mode = numeric_mode::int8, .kernel = sqz::cpu_kernel::avx2});
+                sqz::matvec<sqz::backend::cpu>(p, x, avx512, {.mode = numeric_mode::int8, .kernel = sqz::cpu_kernel::avx512});
+                INFO("bits " << bits << " shape " << s.rows << "x" << s.cols);
+                for (std::size_t i = 0; i < avx2.size(); ++i) REQUIRE(std::bit_cast<std::uint32_t>(avx512[i]) == std::bit_cast<std::uint32_t>(avx2[i]));
+            }
 }

@@ -41,9 +41,19 @@ inline constexpr std::string_view to_string(numeric_mode mode) noexcept {
     return mode == numeric_mode::int8 ? "int8" : "exact";
 }
 
-/// Which CPU kernels the cpu back end runs: the best one the processor supports (automatic), the AVX2+FMA
-/// (+F16C) kernels (an error on a processor without them), or the portable C++ kernels that run anywhere.
-enum class cpu_kernel { automatic, avx2, portable };
+/// Which CPU kernels the cpu back end runs: the best one the processor supports (automatic: AVX-512,
+/// else AVX2, else portable), the AVX2+FMA(+F16C) kernels, the AVX-512 kernels (F/VL/BW/DQ/VBMI/VNNI;
+/// each an error on a processor without them), or the portable C++ kernels that run anywhere.
+enum class cpu_kernel { automatic, avx2, portable, avx512 };
+
+inline constexpr std::string_view to_string(cpu_kernel kernel) noexcept {
+    switch (kernel) {
+        case cpu_kernel::avx2: return "avx2";
+        case cpu_kernel::avx512: return "avx512";
+        case cpu_kernel::portable: return "portable";
+        default: return "automatic";
+    }
+}
 
 struct matvec_options {
     numeric_mode mode = numeric_mode::exact;
@@ -56,7 +66,7 @@ enum class memory_space { host, cuda_device };
 
 namespace backend {
 struct reference {};  ///< plain scalar C++, obviously correct; the oracle for the others
-struct cpu {};        ///< OpenMP over row blocks, AVX2 or portable kernels, a repacked layout
+struct cpu {};        ///< OpenMP over row blocks, AVX-512, AVX2 or portable kernels, a repacked layout
 struct cuda {};       ///< CUDA kernels; needs nvcc and <sqz/cuda_backend.cuh>
 }  // namespace backend
 

@@ -1,4 +1,4 @@
-// sqz/cpu_backend.hpp - the `cpu` back end: OpenMP over row blocks, AVX2 or portable kernels.
+// sqz/cpu_backend.hpp - the `cpu` back end: OpenMP over row blocks, AVX-512, AVX2 or portable kernels.
 //
 //   sqz::cpu_matrix<float> p = sqz::prepare<sqz::backend::cpu>(q);   // repack once
 //   sqz::matvec<sqz::backend::cpu>(p, x, y);                          // exact mode
@@ -9,9 +9,9 @@
 // with a scale and an offset (int8 mode);
 // 5..8-bit codes stay in the canonical packing and use the portable kernels. The sparse part is kept
 // as CSR in its narrowest exact form: 16-bit column indices when cols <= 65536, 16-bit values (bf16 or
-// fp16) when every value converts exactly (copy_sparse). The AVX2+FMA(+F16C) kernels
-// (float, 1..4 bits) are picked at run time when the processor has them; matvec_options::kernel can
-// force the portable ones. Every row is computed by one thread in a fixed order: the result is the same
+// fp16) when every value converts exactly (copy_sparse). The AVX-512 and AVX2+FMA(+F16C) kernels
+// (float, 1..4 bits) are picked at run time when the processor has them (choose_kernel);
+// matvec_options::kernel can force one of them or the portable ones. Every row is computed by one thread in a fixed order: the result is the same
 // for any number of threads.
 #pragma once
 
@@ -20,6 +20,7 @@
 #include <sqz/detail/cpu_features.hpp>
 #include <sqz/detail/cpu_kernels.hpp>
 #include <sqz/detail/cpu_kernels_avx2.hpp>
+#include <sqz/detail/cpu_kernels_avx512.hpp>
 #include <sqz/detail/cpu_layout.hpp>
 #include <sqz/error.hpp>
 #include <sqz/half.hpp>
@@ -65,7 +66,8 @@ public:
         // The tiled layout stores groups of four rows (padded with code-0 rows).
         const std::size_t stored_rows =
             tiled_ ? (rows_ + layout::group_rows - 1) / layout::group_rows * layout::group_rows : rows_;
-        codes_.assign(stored_rows * row_bytes_, 0);
+        // The AVX-512 exact decoder's loads at byte offsets read up to 3 bytes past the last tile.
+        codes_.assign(stored_rows * row_bytes_ + (tiled_ ? code_padding : 0), 0);
         lut_.assign(rows_ * lut_stride_, T(0));
         u7_.assign(rows_ * lut_stride_, 0);
         int8_lo_.assign(rows_, T(0));
@@ -124,7 +126,7 @@ public:
         const std::size_t lut = mode == numeric_mode::int8 ? rows_ * (lut_stride_ + 2 * sizeof(T))
                                 : exact_tables_.empty()    ? lut_.size() * sizeof(T)
                                                            : exact_tables_.size();
-        return codes_.size() + lut + col16_.size() * sizeof(std::uint16_t) + col32_.size() * sizeof(std::int32_t) +
+        return codes_.size() - (tiled_ ? code_padding : 0) + lut + col16_.size() * sizeof(std::uint16_t) + col32_.size() * sizeof(std::int32_t) +
                val16_.size() * sizeof(std::uint16_t) + val_.size() * sizeof(T) + row_ptr_.size() * sizeof(std::int32_t);
     }
 
@@ -158,6 +160,7 @@ public:
 
 private:
     static constexpr std::size_t max_16bit_columns = std::size_t{1} << 16;
+    static constexpr std::size_t code_padding = 64;
 
     // The sparse part in its narrowest exact form: columns in 16 bits when they fit, values in 16 bits
     // when every one of them converts to fp16 (or bf16) and back unchanged. Decided once per matrix,
@@ -264,17 +267,35 @@ inline int thread_count(const matvec_options& options) {
 #endif
 }
 
+/// The SIMD kernels a product runs: none (portable), AVX2, or AVX-512 (its own exact and int8
+/// matvec kernels; everything else, the sparse part included, AVX2 code).
+enum class simd_kernel { none, avx2, avx512 };
+
 template <class T>
-bool use_avx2(const cpu_matrix_view<T>& m, const matvec_options& options) {
+simd_kernel choose_kernel(const cpu_matrix_view<T>& m, const matvec_options& options) {
     const bool eligible = std::is_same_v<T, float> && m.tiled;
-    if (options.kernel == cpu_kernel::portable) return false;
-    if (options.kernel == cpu_kernel::avx2) {
-        require(cpu_has_avx2_fma(), "sqz::matvec<cpu>: kernel = avx2 but this processor (or compiler) has no AVX2+FMA+F16C");
-        require(eligible, "sqz::matvec<cpu>: kernel = avx2 covers float matrices of 1..4 bits, not ",
+    const auto require_eligible = [&](const char* name) {
+        require(eligible, "sqz::matvec<cpu>: kernel = ", name, " covers float matrices of 1..4 bits, not ",
                 std::is_same_v<T, float> ? "float" : "double", " with ", m.bits, " bits");
-        return true;
+    };
+    switch (options.kernel) {
+        case cpu_kernel::portable: return simd_kernel::none;
+        case cpu_kernel::avx2:
+            require(cpu_has_avx2_fma(), "sqz::matvec<cpu>: kernel = avx2 but this processor (or compiler) has no AVX2+FMA+F16C");
+            require_eligible("avx2");
+            return simd_kernel::avx2;
+        case cpu_kernel::avx512:
+            require(cpu_has_avx512(), "sqz::matvec<cpu>: kernel = avx512 but this processor (or compiler, or operating "
+                                      "system) has no AVX-512 F/VL/BW/DQ/VBMI/VNNI");
+            require_eligible("avx512");
+            return simd_kernel::avx512;
+        default:
+            if (!eligible) return simd_kernel::none;
+            // AVX-512 where it measured faster (docs/benchmarks.md): everywhere but int8 mode at 4 bits,
+            // where its kernel is faster from the cache but 4-5% slower from DRAM on Zen 4.
+            if (cpu_has_avx512() && !(options.mode == numeric_mode::int8 && m.bits == 4)) return simd_kernel::avx512;
+            return cpu_has_avx2_fma() ? simd_kernel::avx2 : simd_kernel::none;
     }
-    return eligible && cpu_has_avx2_fma();
 }
 
 /// Runs body(first_row, end_row) over the matrix's row blocks on `threads` threads.
@@ -297,24 +318,62 @@ void for_row_blocks(const cpu_matrix_view<T>& m, int threads, Body&& body) {
 }
 
 #if SQZ_HAVE_X86_SIMD
-/// Rows [first, end) in groups of R (`group`), the rest one by one (`one`), with the sparse part
-/// around them: its row sums are computed first, into per-thread scratch, while the block's first
-/// codes are prefetched (avx2::sparse_row_sums), and added to y after the dense part. Otherwise
-/// DRAM would sit idle while the sparse part is computed (docs/design.md).
-template <int R, class Kernel1, class KernelR>
-void grouped_rows(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end, const float* x, float* y,
-                  Kernel1&& one, KernelR&& group) {
+/// Rows [first, end) as whole groups of R (`whole_groups(first, count)`), the rest one by one
+/// (`one`), with the sparse part around them: its row sums are computed first, into per-thread
+/// scratch, while the block's first codes are prefetched (avx2::sparse_row_sums), and added to y
+/// after the dense part. Otherwise DRAM would sit idle while the sparse part is computed
+/// (docs/design.md).
+template <int R, class Kernel1, class KernelGroups>
+void grouped_blocks(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end, const float* x, float* y,
+                    Kernel1&& one, KernelGroups&& whole_groups) {
     const bool sparse = m.row_ptr != nullptr && m.row_ptr[first] != m.row_ptr[end];
     thread_local std::vector<double> sparse_sums;
     if (sparse) {
         sparse_sums.resize(end - first);
         avx2::sparse_row_sums(m, first, end, x, sparse_sums.data());
     }
-    std::size_t i = first;
-    for (; i + R <= end; i += R) group(i);
-    for (; i < end; ++i) one(i);
+    const std::size_t groups = (end - first) / R;
+    if (groups > 0) whole_groups(first, groups);
+    for (std::size_t i = first + groups * R; i < end; ++i) one(i);
     if (sparse)
-        for (i = first; i < end; ++i) y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_sums[i - first]);
+        for (std::size_t i = first; i < end; ++i) y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_sums[i - first]);
+}
+
+/// The same with the groups one by one (`group(first_row)`).
+template <int R, class Kernel1, class KernelR>
+void grouped_rows(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end, const float* x, float* y,
+                  Kernel1&& one, KernelR&& group) {
+    grouped_blocks<R>(m, first, end, x, y, one, [&](std::size_t i, std::size_t groups) {
+        for (std::size_t g = 0; g < groups; ++g) group(i + g * R);
+    });
+}
+
+template <int Bits>
+void avx512_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x, float* y, int threads) {
+    for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+        thread_local aligned_vector<double> totals;
+        grouped_blocks<cpu_layout::group_rows>(
+            m, first, end, x, y, [&](std::size_t i) { avx512::exact_rows<Bits, 1>(m, i, xp, y); },
+            [&](std::size_t i, std::size_t groups) {
+                constexpr int R = static_cast<int>(cpu_layout::group_rows);
+                if constexpr (avx512::exact_by_windows<Bits>) {
+                    totals.resize(avx512::exact_groups_scratch(groups));
+                    avx512::exact_groups<Bits>(m, i, groups, xp, y, totals.data());
+                } else {
+                    for (std::size_t g = 0; g < groups; ++g) avx512::exact_rows<Bits, R>(m, i + g * R, xp, y);
+                }
+            });
+    });
+}
+
+template <int Bits>
+void avx512_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<float>& a, const float* x, float* y,
+                 int threads) {
+    for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
+        grouped_rows<int8_rows_together>(
+            m, first, end, x, y, [&](std::size_t i) { avx512::int8_rows<Bits, 1>(m, i, a, y); },
+            [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together>(m, i, a, y); });
+    });
 }
 
 template <int Bits>
@@ -364,10 +423,10 @@ activation_scratch<T>& scratch() {
 
 /// Quantizes one activation vector with the kernels' quantizer; false when x is not finite.
 template <class T>
-bool quantize_for(const cpu_matrix_view<T>& m, bool simd, std::span<const T> x, int8_activation_buffers<T>& out) {
+bool quantize_for(const cpu_matrix_view<T>& m, simd_kernel simd, std::span<const T> x, int8_activation_buffers<T>& out) {
 #if SQZ_HAVE_X86_SIMD
     if constexpr (std::is_same_v<T, float>)
-        if (simd) return avx2::quantize_activations(x.data(), m.cols, m.tiles, out);
+        if (simd != simd_kernel::none) return avx2::quantize_activations(x.data(), m.cols, m.tiles, out);
 #endif
     (void)simd;
     return quantize_activations(x, m.tiles, out);
@@ -378,18 +437,23 @@ void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const 
     check_matvec_sizes("sqz::matvec<cpu>", a.rows(), a.cols(), x.size(), y.size());
     const int threads = thread_count(options);
     const cpu_matrix_view<T> m = a.view();
-    const bool simd = use_avx2(m, options);
+    const simd_kernel simd = choose_kernel(m, options);
     if (m.rows == 0) return;
     activation_scratch<T>& buffers = scratch<T>();
     if (options.mode == numeric_mode::int8) {
         const int8_activation_buffers<T>& act = buffers.int8;
         if (quantize_for(m, simd, x, buffers.int8)) {
 #if SQZ_HAVE_X86_SIMD
-            if constexpr (std::is_same_v<T, float>)
-                if (simd) {
+            if constexpr (std::is_same_v<T, float>) {
+                if (simd == simd_kernel::avx512) {
+                    with_tiled_bits(m.bits, [&]<int Bits>() { avx512_int8<Bits>(m, act, x.data(), y.data(), threads); });
+                    return;
+                }
+                if (simd == simd_kernel::avx2) {
                     with_tiled_bits(m.bits, [&]<int Bits>() { avx2_int8<Bits>(m, act, x.data(), y.data(), threads); });
                     return;
                 }
+            }
 #endif
             for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
                 for (std::size_t i = first; i < end; ++i) y[i] = portable::int8_row(m, i, act, x.data());
@@ -400,11 +464,16 @@ void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const 
     }
 #if SQZ_HAVE_X86_SIMD
     if constexpr (std::is_same_v<T, float>)
-        if (simd) {
+        if (simd != simd_kernel::none) {
             aligned_vector<float>& xp = buffers.permuted;
             xp.resize(m.tiles * cpu_layout::tile_columns);
-            avx2::permute_for_exact(m.bits, x.data(), m.cols, m.tiles, xp.data());
-            with_tiled_bits(m.bits, [&]<int Bits>() { avx2_exact<Bits>(m, xp.data(), x.data(), y.data(), threads); });
+            if (simd == simd_kernel::avx512) {
+                avx512::permute_for_exact(m.bits, x.data(), m.cols, m.tiles, xp.data());
+                with_tiled_bits(m.bits, [&]<int Bits>() { avx512_exact<Bits>(m, xp.data(), x.data(), y.data(), threads); });
+            } else {
+                avx2::permute_for_exact(m.bits, x.data(), m.cols, m.tiles, xp.data());
+                with_tiled_bits(m.bits, [&]<int Bits>() { avx2_exact<Bits>(m, xp.data(), x.data(), y.data(), threads); });
+            }
             return;
         }
 #endif
@@ -419,7 +488,7 @@ void matmul(const cpu_matrix<T>& a, matrix_cref<T> x, matrix_ref<T> y, const mat
     check_matmul_sizes("sqz::matmul<cpu>", a.rows(), a.cols(), x.rows(), x.cols(), y.rows(), y.cols(), max_columns);
     const int threads = thread_count(options);
     const cpu_matrix_view<T> m = a.view();
-    const bool simd = use_avx2(m, options);
+    const simd_kernel simd = choose_kernel(m, options);
     const auto k = static_cast<std::size_t>(x.cols());
     if (m.rows == 0) return;
     // Contiguous copies of the columns (X may be a strided block).
@@ -437,7 +506,7 @@ void matmul(const cpu_matrix<T>& a, matrix_cref<T> x, matrix_ref<T> y, const mat
     if (int8) {
 #if SQZ_HAVE_X86_SIMD
         if constexpr (std::is_same_v<T, float>)
-            if (simd) {
+            if (simd != simd_kernel::none) {  // the AVX2 kernel under kernel = avx512 too (docs/design.md)
                 with_tiled_bits(m.bits, [&]<int Bits>() {
                     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
                         std::array<double, max_columns> dense{};
@@ -461,16 +530,19 @@ void matmul(const cpu_matrix<T>& a, matrix_cref<T> x, matrix_ref<T> y, const mat
     }
 #if SQZ_HAVE_X86_SIMD
     if constexpr (std::is_same_v<T, float>)
-        if (simd) {
+        if (simd != simd_kernel::none) {
             const std::size_t stride = m.tiles * cpu_layout::tile_columns;
             aligned_vector<float> xp(stride * k);
-            for (std::size_t c = 0; c < k; ++c)
-                avx2::permute_for_exact(m.bits, columns[c].data(), m.cols, m.tiles, xp.data() + c * stride);
+            const auto permute = simd == simd_kernel::avx512 ? avx512::permute_for_exact : avx2::permute_for_exact;
+            for (std::size_t c = 0; c < k; ++c) permute(m.bits, columns[c].data(), m.cols, m.tiles, xp.data() + c * stride);
             with_tiled_bits(m.bits, [&]<int Bits>() {
                 for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
                     std::array<double, max_columns> dense{};
                     for (std::size_t i = first; i < end; ++i) {
-                        avx2::exact_row_columns<Bits>(m, i, xp.data(), stride, k, dense.data());
+                        if (simd == simd_kernel::avx512)
+                            avx512::exact_row_columns<Bits>(m, i, xp.data(), stride, k, dense.data());
+                        else
+                            avx2::exact_row_columns<Bits>(m, i, xp.data(), stride, k, dense.data());
                         for (std::size_t c = 0; c < k; ++c) sparse_into(i, c, dense[c]);
                     }
                 });

@@ -147,6 +147,32 @@ constexpr std::size_t exact_column(int bits, std::size_t p) noexcept {
     }
 }
 
+/// The tile column whose weight the AVX-512 exact decoder for `bits` produces at position p (0..255)
+/// of a tile (cpu_kernels_avx512.hpp): vector n = p / 16 of 16 floats, lane i = p % 16. Every width
+/// reads 64 bytes as 16 32-bit lanes (lane i: bytes 4i..4i+3) and looks up bits 0-3 of each lane
+/// (vpermps), so step m of a 64-byte chunk is the chunk shifted right by m times the code width:
+///   4, 3 bits: chunk z = n / 8 is V_2z | V_2z+1 (3 bits, z = 1: V_2 | the codes of slots 6 and 7
+///              gathered from the spare bits like V_3), step m = n % 8: byte b = m / 2 of each lane,
+///              nibble h = m % 2: column 32 (2k + h) + t for byte q = 4i + b, k = 2z + q / 32, t = q % 32.
+///   2 bits:    chunk V_0 | V_1, step m = n: byte b = m / 4, code j = m % 4 of the byte:
+///              column 32 (4k + j) + t for byte q = 4i + b, k = q / 32, t = q % 32.
+///   1 bit:     V_0 in lanes 0-7 and V_0 >> 4 in lanes 8-15, step m = n: byte b = m / 4, bit j = m % 4
+///              (+ 4 in lanes 8-15): column 32 (j + 4 (i / 8)) + 4 (i % 8) + b.
+constexpr std::size_t exact_column_512(int bits, std::size_t p) noexcept {
+    const std::size_t n = p / 16;
+    const std::size_t i = p % 16;
+    if (bits >= 3) {
+        const std::size_t z = n / 8, m = n % 8;
+        const std::size_t q = 4 * i + m / 2;
+        return slot_columns * (2 * (2 * z + q / 32) + m % 2) + q % 32;
+    }
+    if (bits == 2) {
+        const std::size_t q = 4 * i + n / 4;
+        return slot_columns * (4 * (q / 32) + n % 4) + q % 32;
+    }
+    return slot_columns * (n % 4 + 4 * (i / 8)) + 4 * (i % 8) + n / 4;
+}
+
 /// The code at tile column `column` (0..255) of a tile in the layout above; the scalar inverse of
 /// encode_tile, used by the portable kernels.
 inline unsigned tile_code(const std::uint8_t* tile, int bits, std::size_t column) noexcept {

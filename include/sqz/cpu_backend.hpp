@@ -291,9 +291,8 @@ simd_kernel choose_kernel(const cpu_matrix_view<T>& m, const matvec_options& opt
             return simd_kernel::avx512;
         default:
             if (!eligible) return simd_kernel::none;
-            // AVX-512 where it measured faster (docs/benchmarks.md): everywhere but int8 mode at 4 bits,
-            // where its kernel is faster from the cache but 4-5% slower from DRAM on Zen 4.
-            if (cpu_has_avx512() && !(options.mode == numeric_mode::int8 && m.bits == 4)) return simd_kernel::avx512;
+            // AVX-512 measured faster in every mode and width on Zen 4 (docs/benchmarks.md).
+            if (cpu_has_avx512()) return simd_kernel::avx512;
             return cpu_has_avx2_fma() ? simd_kernel::avx2 : simd_kernel::none;
     }
 }
@@ -318,51 +317,32 @@ void for_row_blocks(const cpu_matrix_view<T>& m, int threads, Body&& body) {
 }
 
 #if SQZ_HAVE_X86_SIMD
-/// Rows [first, end) as whole groups of R (`whole_groups(first, count)`), the rest one by one
-/// (`one`), with the sparse part around them: its row sums are computed first, into per-thread
-/// scratch, while the block's first codes are prefetched (avx2::sparse_row_sums), and added to y
-/// after the dense part. Otherwise DRAM would sit idle while the sparse part is computed
-/// (docs/design.md).
-template <int R, class Kernel1, class KernelGroups>
-void grouped_blocks(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end, const float* x, float* y,
-                    Kernel1&& one, KernelGroups&& whole_groups) {
+/// Rows [first, end) in groups of R (`group`), the rest one by one (`one`), with the sparse part
+/// around them: its row sums are computed first, into per-thread scratch, while the block's first
+/// codes are prefetched (avx2::sparse_row_sums), and added to y after the dense part. Otherwise
+/// DRAM would sit idle while the sparse part is computed (docs/design.md).
+template <int R, class Kernel1, class KernelR>
+void grouped_rows(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end, const float* x, float* y,
+                  Kernel1&& one, KernelR&& group) {
     const bool sparse = m.row_ptr != nullptr && m.row_ptr[first] != m.row_ptr[end];
     thread_local std::vector<double> sparse_sums;
     if (sparse) {
         sparse_sums.resize(end - first);
         avx2::sparse_row_sums(m, first, end, x, sparse_sums.data());
     }
-    const std::size_t groups = (end - first) / R;
-    if (groups > 0) whole_groups(first, groups);
-    for (std::size_t i = first + groups * R; i < end; ++i) one(i);
+    std::size_t i = first;
+    for (; i + R <= end; i += R) group(i);
+    for (; i < end; ++i) one(i);
     if (sparse)
-        for (std::size_t i = first; i < end; ++i) y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_sums[i - first]);
-}
-
-/// The same with the groups one by one (`group(first_row)`).
-template <int R, class Kernel1, class KernelR>
-void grouped_rows(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end, const float* x, float* y,
-                  Kernel1&& one, KernelR&& group) {
-    grouped_blocks<R>(m, first, end, x, y, one, [&](std::size_t i, std::size_t groups) {
-        for (std::size_t g = 0; g < groups; ++g) group(i + g * R);
-    });
+        for (i = first; i < end; ++i) y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_sums[i - first]);
 }
 
 template <int Bits>
 void avx512_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x, float* y, int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
-        thread_local aligned_vector<double> totals;
-        grouped_blocks<cpu_layout::group_rows>(
+        grouped_rows<cpu_layout::group_rows>(
             m, first, end, x, y, [&](std::size_t i) { avx512::exact_rows<Bits, 1>(m, i, xp, y); },
-            [&](std::size_t i, std::size_t groups) {
-                constexpr int R = static_cast<int>(cpu_layout::group_rows);
-                if constexpr (avx512::exact_by_windows<Bits>) {
-                    totals.resize(avx512::exact_groups_scratch(groups));
-                    avx512::exact_groups<Bits>(m, i, groups, xp, y, totals.data());
-                } else {
-                    for (std::size_t g = 0; g < groups; ++g) avx512::exact_rows<Bits, R>(m, i + g * R, xp, y);
-                }
-            });
+            [&](std::size_t i) { avx512::exact_rows<Bits, static_cast<int>(cpu_layout::group_rows)>(m, i, xp, y); });
     });
 }
 

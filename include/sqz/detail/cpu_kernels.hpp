@@ -21,7 +21,10 @@
 #include <span>
 
 #ifndef SQZ_CODE_PREFETCH
-#define SQZ_CODE_PREFETCH 4096
+#define SQZ_CODE_PREFETCH 2048
+#endif
+#ifndef SQZ_CODE_PREFETCH_L2
+#define SQZ_CODE_PREFETCH_L2 8192
 #endif
 #ifndef SQZ_SPARSE_PREFETCH_ROWS
 #define SQZ_SPARSE_PREFETCH_ROWS 12
@@ -101,8 +104,10 @@ decltype(auto) with_sparse_storage(const cpu_matrix_view<T>& m, F&& f) {
     return values.template operator()<std::int32_t>();
 }
 
-/// How far ahead of the bytes being decoded the kernels ask for codes (software prefetch).
+/// How far ahead of the bytes being decoded the kernels ask for codes (software prefetch): into L1
+/// at code_prefetch_distance, and into L2 only at code_prefetch_l2_distance (0: not at all).
 inline constexpr std::size_t code_prefetch_distance = SQZ_CODE_PREFETCH;
+inline constexpr std::size_t code_prefetch_l2_distance = SQZ_CODE_PREFETCH_L2;
 /// How many rows ahead of the rows being multiplied the kernels ask for the sparse part's entries.
 inline constexpr std::size_t sparse_prefetch_rows = SQZ_SPARSE_PREFETCH_ROWS;
 

@@ -415,14 +415,20 @@ SQZ_AVX2_TARGET inline __m256d add_to_double(__m256d total, __m256 s) noexcept {
     return _mm256_add_pd(total, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
 }
 
-/// Asks for the code bytes `distance` ahead of [p, p + bytes) of the row group's stream: the row
-/// blocks are read sequentially, and the hardware prefetcher alone does not keep enough lines in
-/// flight for one core to approach the DRAM bandwidth (docs/benchmarks.md).
+/// Asks for the code bytes ahead of [p, p + bytes) of the row group's stream: the row blocks are
+/// read sequentially, and the hardware prefetcher alone does not keep enough lines in flight for one
+/// core to approach the DRAM bandwidth (docs/benchmarks.md). Lines far ahead are asked into L2 only
+/// (prefetcht1), near ones into L1: a core has few L1 miss buffers, and L2 prefetches do not take
+/// them, so the far requests add lines in flight that the near ones alone could not.
 /// (Addresses past the end of the codes are harmless to a prefetch; they are formed as integers.)
 inline void prefetch_codes(const std::uint8_t* p, std::size_t bytes) noexcept {
-    if constexpr (code_prefetch_distance == 0) return;
-    const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(p) + code_prefetch_distance;
-    for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + o));
+    const auto start = reinterpret_cast<std::uintptr_t>(p);
+    if constexpr (code_prefetch_l2_distance != 0)
+        for (std::size_t o = 0; o < bytes; o += 64)
+            __builtin_prefetch(reinterpret_cast<const void*>(start + code_prefetch_l2_distance + o), 0, 2);
+    if constexpr (code_prefetch_distance != 0)
+        for (std::size_t o = 0; o < bytes; o += 64)
+            __builtin_prefetch(reinterpret_cast<const void*>(start + code_prefetch_distance + o));
 }
 
 /// Tiles a row's exact kernel multiplies in fp32 before it adds their sum into its double accumulator:

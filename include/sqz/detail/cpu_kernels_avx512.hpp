@@ -287,62 +287,6 @@ SQZ_AVX512_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t r
     for (int r = 0; r < R; ++r) y[row + r] = static_cast<float>(horizontal_sum(total[r]));
 }
 
-/// Whether exact_groups (x window by window across a row block's groups) serves this width.
-template <int Bits>
-inline constexpr bool exact_by_windows = Bits == 4;
-
-/// Doubles of scratch that exact_groups needs for `groups` layout groups (one 8-lane double
-/// accumulator per row).
-constexpr std::size_t exact_groups_scratch(std::size_t groups) noexcept { return groups * cpu_layout::group_rows * 8; }
-
-/// `groups` whole layout groups from row `first` (a row block's): window by window (1024 columns),
-/// every group's window in turn, so that the window of x (4 KB) stays in L1 for all the groups. Going
-/// through each group's whole row instead reads all of x (57 KB for 14336 columns, from L2) per
-/// group, twice the bytes of the group's codes at 4 bits, and one core then streamed 4-bit codes from
-/// DRAM at half its speed from the L3 (8.2 against 17.2 GB/s; this order: 10-11 GB/s). At 2 and 3
-/// bits this order was slower (from DRAM 6.7 against 8.5 GB/s at 2 bits, 7.8 against 8.9 at 3: a
-/// group's window is only 1 or 1.5 KB of codes, and the per-window work weighs more), so those widths
-/// use exact_rows per group (exact_by_windows). Each row's double accumulator lives in `scratch`
-/// (exact_groups_scratch doubles, 64-byte aligned) between its windows; the sums are those of
-/// exact_rows, in the same order.
-template <int Bits>
-SQZ_AVX512_TARGET void exact_groups(const cpu_matrix_view<float>& m, std::size_t first, std::size_t groups, const float* xp,
-                                    float* y, double* scratch) noexcept {
-    constexpr int R = static_cast<int>(cpu_layout::group_rows);
-    const std::size_t stride = m.tile_stride();
-    const std::size_t group_bytes = cpu_layout::group_rows * m.row_bytes;
-    const std::uint8_t* base = m.row_tiles(first);
-    for (std::size_t i = 0; i < exact_groups_scratch(groups); i += 8) _mm512_store_pd(scratch + i, _mm512_setzero_pd());
-    const std::size_t window = avx2::exact_float_tiles;
-    constexpr std::size_t distance = 2;  // (windows of 8 tiles, or 4 steps ahead: 5-25% slower)
-    for (std::size_t t = 0; t < m.tiles; t += window) {
-        const std::size_t count = std::min(window, m.tiles - t);
-        for (std::size_t g = 0; g < groups; ++g) {
-            // Asks for the codes of the group window `distance` steps ahead in this order.
-            const std::size_t ahead_g = (g + distance) % groups;
-            const std::size_t ahead_t = t + (g + distance) / groups * window;
-            if (ahead_t < m.tiles) {
-                const std::uint8_t* p = base + ahead_g * group_bytes + ahead_t * stride;
-                for (std::size_t o = 0; o < std::min(window, m.tiles - ahead_t) * stride; o += 64) __builtin_prefetch(p + o);
-            }
-            const std::size_t row = first + g * cpu_layout::group_rows;
-            __m512 luts[R];
-            __m512d total[R];
-            const std::uint8_t* first_tiles[R];
-            SQZ_UNROLL
-            for (int r = 0; r < R; ++r) {
-                luts[r] = load_float_lut<Bits>(m.lut + (row + static_cast<std::size_t>(r)) * m.lut_stride);
-                total[r] = _mm512_load_pd(scratch + 8 * (g * cpu_layout::group_rows + static_cast<std::size_t>(r)));
-                first_tiles[r] = base + g * group_bytes + static_cast<std::size_t>(r) * m.tile_bytes;
-            }
-            exact_window<Bits, R>(luts, first_tiles, stride, xp, t, count, total);
-            SQZ_UNROLL
-            for (int r = 0; r < R; ++r) _mm512_store_pd(scratch + 8 * (g * cpu_layout::group_rows + static_cast<std::size_t>(r)), total[r]);
-        }
-    }
-    for (std::size_t i = 0; i < groups * cpu_layout::group_rows; ++i)
-        y[first + i] = static_cast<float>(horizontal_sum(_mm512_load_pd(scratch + 8 * i)));
-}
 
 // ---- int8 mode, matvec ----
 

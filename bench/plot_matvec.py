@@ -14,6 +14,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def processor_name():
+    """The processor's model name as Linux reports it, or "unknown processor"."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown processor"
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -47,7 +59,8 @@ def main():
         ax.grid(axis="y", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     threads = rows[0]["threads"] if rows else 0
-    fig.suptitle(f"sqz cpu back end, y = Q x, {threads} threads (AMD EPYC Zen 3, shared machine)")
+    kernels = ", ".join(sorted({r.get("kernel", "automatic") for r in rows}))
+    fig.suptitle(f"sqz cpu back end, y = Q x, {threads} threads, kernel {kernels} ({processor_name()}, shared machine)")
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=110)
 

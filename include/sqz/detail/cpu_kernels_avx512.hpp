@@ -243,23 +243,7 @@ SQZ_AVX512_TARGET inline void decode_tile_floats(int bits, const float* lut16, c
 /// x permuted tile by tile into the decoder order for `bits` (cpu_layout::exact_column_512),
 /// zero-padded to whole tiles.
 inline void permute_for_exact(int bits, const float* x, std::size_t cols, std::size_t tiles, float* out) noexcept {
-    using cpu_layout::tile_columns;
-    static constexpr auto orders = [] {
-        std::array<std::array<std::uint8_t, tile_columns>, cpu_layout::max_tiled_bits + 1> o{};
-        for (int b = 1; b <= cpu_layout::max_tiled_bits; ++b)
-            for (std::size_t p = 0; p < tile_columns; ++p)
-                o[static_cast<std::size_t>(b)][p] = static_cast<std::uint8_t>(cpu_layout::exact_column_512(b, p));
-        return o;
-    }();
-    const auto& order = orders[static_cast<std::size_t>(bits)];
-    const std::size_t whole = cols / tile_columns;
-    for (std::size_t t = 0; t < whole; ++t)
-        for (std::size_t p = 0; p < tile_columns; ++p) out[t * tile_columns + p] = x[t * tile_columns + order[p]];
-    for (std::size_t t = whole; t < tiles; ++t)
-        for (std::size_t p = 0; p < tile_columns; ++p) {
-            const std::size_t j = t * tile_columns + order[p];
-            out[t * tile_columns + p] = j < cols ? x[j] : 0.0f;
-        }
+    cpu_layout::permute_columns<cpu_layout::exact_column_512>(bits, x, cols, tiles, out);
 }
 
 // ---- exact mode, matvec ----

@@ -12,6 +12,7 @@
 //  - Eigen fp32 GEMV: y = W x with the dense row-major float matrix (4 bytes per weight, larger than
 //    the L3), split into row blocks over the same threads (Eigen's own GEMV is single-threaded).
 //  - --kernels times each listed cpu kernel (sqz::cpu_kernel) side by side: every mode with every kernel.
+//    JSON `kernel` is the one asked for, `kernel_used` what ran (sqz::cpu_kernel_used: automatic resolved).
 //  - Rounds interleave one bandwidth piece, one Eigen GEMV and one product per mode and kernel; every figure is
 //    the best (shortest) of its rounds, so all of them see the machine in its quietest moments.
 //  - Sparse part (--sparse): uniformly random positions, values N(0, 0.1) rounded to fp16, as real
@@ -214,20 +215,22 @@ int main(int argc, char** argv) {
                     const std::string shape_name = std::to_string(s.rows) + "x" + std::to_string(s.cols);
                     const auto mode_name = sqz::to_string(mode);
                     const auto kernel_name = sqz::to_string(runs[m].second);
+                    const auto used_name = sqz::to_string(sqz::cpu_kernel_used(prepared, options));  // automatic resolved
                     if (cfg.json)
                         std::printf(
                             "{\"bench\":\"matvec\",\"shape\":\"%s\",\"rows\":%ld,\"cols\":%ld,\"bits\":%d,\"sparse\":%g,"
-                            "\"nnz\":%ld,\"mode\":\"%.*s\",\"kernel\":\"%.*s\",\"threads\":%d,\"us\":%.1f,\"bytes\":%.0f,\"gbps\":%.2f,"
+                            "\"nnz\":%ld,\"mode\":\"%.*s\",\"kernel\":\"%.*s\",\"kernel_used\":\"%.*s\",\"threads\":%d,\"us\":%.1f,\"bytes\":%.0f,\"gbps\":%.2f,"
                             "\"dram_gbps\":%.2f,\"bw_fraction\":%.3f,\"eigen_fp32_us\":%.1f,\"speedup_vs_eigen_fp32\":%.2f,"
                             "\"copies\":%zu,\"rounds\":%d,\"max_rel_err\":%.2e,\"cache_rows\":%ld,\"cache_gbps\":%.2f}\n",
                             shape_name.c_str(), static_cast<long>(s.rows), static_cast<long>(s.cols), bits, fraction,
                             static_cast<long>(q.sparse_nonzeros()), static_cast<int>(mode_name.size()), mode_name.data(),
-                            static_cast<int>(kernel_name.size()), kernel_name.data(), threads, best[m] * 1e6, bytes, gbps, best_bw, gbps / best_bw, best_eigen * 1e6,
+                            static_cast<int>(kernel_name.size()), kernel_name.data(), static_cast<int>(used_name.size()),
+                            used_name.data(), threads, best[m] * 1e6, bytes, gbps, best_bw, gbps / best_bw, best_eigen * 1e6,
                             best_eigen / best[m], copies, cfg.rounds, rel_err, static_cast<long>(cache_rows), cache_gbps);
                     else
                         std::printf("%-11s %4d %7.4f %5.*s %-9.*s %9.1f %7.2f %7.2f %6.3f %9.1f %7.2f %9.2e %8.2f\n", shape_name.c_str(),
                                     bits, fraction, static_cast<int>(mode_name.size()), mode_name.data(),
-                                    static_cast<int>(kernel_name.size()), kernel_name.data(), best[m] * 1e6,
+                                    static_cast<int>(used_name.size()), used_name.data(), best[m] * 1e6,
                                     gbps, best_bw, gbps / best_bw, best_eigen * 1e6, best_eigen / best[m], rel_err, cache_gbps);
                     std::fflush(stdout);
                 }

@@ -59,7 +59,7 @@ def main():
         ax.grid(axis="y", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     threads = rows[0]["threads"] if rows else 0
-    kernels = ", ".join(sorted({r.get("kernel", "automatic") for r in rows}))
+    kernels = ", ".join(sorted({r.get("kernel_used", r.get("kernel", "automatic")) for r in rows}))
     fig.suptitle(f"sqz cpu back end, y = Q x, {threads} threads, kernel {kernels} ({processor_name()}, shared machine)")
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=110)

@@ -878,3 +878,21 @@ TEST_CASE("AVX-512 int8 kernel computes the AVX2 kernel's integers: bit-identica
                 for (std::size_t i = 0; i < avx2.size(); ++i) REQUIRE(std::bit_cast<std::uint32_t>(avx512[i]) == std::bit_cast<std::uint32_t>(avx2[i]));
             }
 }
+
+TEST_CASE("cpu_kernel_used names the kernel the products run", "[matvec][cpu]") {
+    using sqz::cpu_kernel;
+    const auto tiled = sqz::prepare<sqz::backend::cpu>(make_matrix(8, 300, 3, 601, sparse_kind::none).q);
+    const auto wide = sqz::prepare<sqz::backend::cpu>(make_matrix(8, 300, 6, 602, sparse_kind::none).q);
+    const cpu_kernel best = sqz::detail::cpu_has_avx512() ? cpu_kernel::avx512
+                            : sqz::detail::cpu_has_avx2_fma() ? cpu_kernel::avx2
+                                                              : cpu_kernel::portable;
+    REQUIRE(sqz::cpu_kernel_used(tiled) == best);
+    REQUIRE(sqz::cpu_kernel_used(tiled, {.mode = sqz::numeric_mode::int8}) == best);
+    REQUIRE(sqz::cpu_kernel_used(tiled, {.kernel = cpu_kernel::portable}) == cpu_kernel::portable);
+    REQUIRE(sqz::cpu_kernel_used(wide) == cpu_kernel::portable);  // 5..8 bits: portable kernels only
+    if (sqz::detail::cpu_has_avx2_fma())
+        REQUIRE(sqz::cpu_kernel_used(tiled, {.kernel = cpu_kernel::avx2}) == cpu_kernel::avx2);
+    else
+        REQUIRE_THROWS_AS(sqz::cpu_kernel_used(tiled, {.kernel = cpu_kernel::avx2}), sqz::error);
+    if (sqz::detail::cpu_has_avx2_fma()) REQUIRE_THROWS_AS(sqz::cpu_kernel_used(wide, {.kernel = cpu_kernel::avx2}), sqz::error);
+}

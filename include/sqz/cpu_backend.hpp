@@ -539,6 +539,18 @@ void matmul(const cpu_matrix<T>& a, matrix_cref<T> x, matrix_ref<T> y, const mat
 
 }  // namespace detail::cpu
 
+/// The kernel that sqz::matvec<cpu> and sqz::matmul<cpu> run for `a` with `options`: `automatic`
+/// resolved to avx512, avx2 or portable for this processor and matrix (e.g. to log what ran). Throws
+/// sqz::error, as the products do, when options.kernel names a kernel that cannot run here.
+template <class T>
+cpu_kernel cpu_kernel_used(const cpu_matrix<T>& a, const matvec_options& options = {}) {
+    switch (detail::cpu::choose_kernel(a.view(), options)) {
+        case detail::cpu::simd_kernel::avx512: return cpu_kernel::avx512;
+        case detail::cpu::simd_kernel::avx2: return cpu_kernel::avx2;
+        default: return cpu_kernel::portable;
+    }
+}
+
 template <>
 struct backend_impl<backend::cpu> {
     template <class T, int Bits>

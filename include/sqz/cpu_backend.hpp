@@ -11,8 +11,9 @@
 // as CSR in its narrowest exact form: 16-bit column indices when cols <= 65536, 16-bit values (bf16 or
 // fp16) when every value converts exactly (copy_sparse). The AVX-512 and AVX2+FMA(+F16C) kernels
 // (float, 1..4 bits) are picked at run time when the processor has them (choose_kernel);
-// matvec_options::kernel can force one of them or the portable ones. Every row is computed by one thread in a fixed order: the result is the same
-// for any number of threads.
+// matvec_options::kernel can force one of them or the portable ones, and cpu_kernel_used says which
+// runs. Every row is computed by one thread in a fixed order: the result is the same for any number
+// of threads.
 #pragma once
 
 #include <sqz/backend.hpp>
@@ -126,7 +127,8 @@ public:
         const std::size_t lut = mode == numeric_mode::int8 ? rows_ * (lut_stride_ + 2 * sizeof(T))
                                 : exact_tables_.empty()    ? lut_.size() * sizeof(T)
                                                            : exact_tables_.size();
-        return codes_.size() - (tiled_ ? code_padding : 0) + lut + col16_.size() * sizeof(std::uint16_t) + col32_.size() * sizeof(std::int32_t) +
+        const std::size_t codes = codes_.size() - (tiled_ ? code_padding : 0);  // the padding is never read as codes
+        return codes + lut + col16_.size() * sizeof(std::uint16_t) + col32_.size() * sizeof(std::int32_t) +
                val16_.size() * sizeof(std::uint16_t) + val_.size() * sizeof(T) + row_ptr_.size() * sizeof(std::int32_t);
     }
 

@@ -2,9 +2,9 @@
 //
 // cpu_matrix_view is the raw form of a cpu_matrix that kernels read. The portable kernels run on any
 // processor and for every width and scalar type; the AVX2 and AVX-512 kernels (cpu_kernels_avx2.hpp,
-// cpu_kernels_avx512.hpp) cover float with 1..4 bits. Both read the same repacked layout (cpu_layout.hpp) and implement the same numeric
-// modes, and each row is computed by one thread in a fixed order, so results do not depend on the
-// number of threads.
+// cpu_kernels_avx512.hpp) cover float with 1..4 bits. All read the same repacked layout
+// (cpu_layout.hpp) and implement the same numeric modes, and each row is computed by one thread in a
+// fixed order, so results do not depend on the number of threads.
 #pragma once
 
 #include <sqz/detail/aligned_buffer.hpp>

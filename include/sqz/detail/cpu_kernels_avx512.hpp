@@ -248,7 +248,6 @@ inline void permute_for_exact(int bits, const float* x, std::size_t cols, std::s
 
 // ---- exact mode, matvec ----
 
-
 /// Rows [row, row + R) of a layout group (or one row, R = 1) against the permuted x: fp32 products,
 /// each row's window of avx2::exact_float_tiles tiles (1024 columns) added into its double total.
 template <int Bits, int R>
@@ -270,7 +269,6 @@ SQZ_AVX512_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t r
     }
     for (int r = 0; r < R; ++r) y[row + r] = static_cast<float>(horizontal_sum(total[r]));
 }
-
 
 // ---- int8 mode, matvec ----
 

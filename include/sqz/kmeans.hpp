@@ -1634,13 +1634,14 @@ bool lloyd_on_buckets(const char* where, workspace<float, W>& ws, std::size_t n,
 #if defined(__AVX512F__) && defined(__FMA__)
     if constexpr (objective_lanes == 16) {
         // Sixteen entries at a time, in the same lanes and with the same fused operations as label_entry.
-        double centre_table[8] = {}, label_table[8] = {};
+        double centre_table[8] = {};
+        std::int64_t label_table[8] = {};
         for (std::size_t r = 0; r < runs; ++r) {
             centre_table[r] = centre[r];
             label_table[r] = label[r];
         }
         const __m512d centres = _mm512_loadu_pd(centre_table);
-        const __m512i label_lookup = _mm512_cvtpd_epi64(_mm512_loadu_pd(label_table));
+        const __m512i label_lookup = _mm512_loadu_si512(label_table);
         const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
         __m512d sum_low = _mm512_setzero_pd(), sum_high = sum_low;
         const auto eight = [&](__m256 x_float, __m512d w, std::uint8_t* out, __m512d& sum) {

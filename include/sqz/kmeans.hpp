@@ -1530,14 +1530,13 @@ bool lloyd_on_buckets(const char* where, workspace<float, W>& ws, std::size_t n,
                       kmeans_result<float>& result) {
     value_buckets buckets(low, high);
     if (!buckets.usable()) return false;
-    const float scale = buckets.scale;
     ws.half_key.resize(n);
     std::uint16_t* bucket = ws.half_key.data();
     std::size_t i = 0;
 #if defined(__AVX512F__)
     {
         const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
-        const __m512 scale_v = _mm512_set1_ps(scale);
+        const __m512 scale_v = _mm512_set1_ps(buckets.scale);
         for (; i + 16 <= n; i += 16) {
             // bits_of_key, then the scaled value's fp16 key (the formula of half_sort_key in 16 bits).
             const __m512i key = _mm512_loadu_si512(keys + i);

@@ -859,3 +859,55 @@ TEST_CASE("exact k-means stays optimal when the weights span more than double's 
     }
     CHECK(light_rows > 50);  // most rows exercise the guarded programme
 }
+
+TEST_CASE("lloyd on float rows at few clusters (value buckets): nearest centroids, exact objective, any storage", "[kmeans]") {
+    // Float rows that are not fp16 data run Lloyd on buckets of values at k <= 8: every entry must still
+    // take its nearest centroid, the objective must be that of the labels, the result must stay near the
+    // optimum (slow DP) and must not depend on how the row is stored. Scales cover LLM-like weights,
+    // values past the fp16 range (the buckets scale them), tiny ones, and subnormal floats (the scaling
+    // would leave the float range: the sorted path); n = 300 coarsens the buckets further.
+    sqz::synthetic::rng random(2024);
+    const sqz::kmeans_options lloyd{.method = sqz::kmeans_method::lloyd, .seed = 3};
+    for (const double scale : {0.02, 3e4, 1e-30, 1e-41})
+        for (const std::size_t n : {std::size_t{300}, std::size_t{1500}})
+            for (const int k : {2, 4, 8}) {
+                std::vector<float> xf(n), wf(n);
+                for (auto& v : xf) v = static_cast<float>(scale * random.student_t(5.0));
+                const std::vector<double> w = random_weights(random, n);
+                for (std::size_t i = 0; i < n; ++i) wf[i] = static_cast<float>(w[i]);
+                const std::vector<double> x(xf.begin(), xf.end()), wd(wf.begin(), wf.end());
+                INFO("scale " << scale << " n " << n << " k " << k);
+                const auto result = sqz::weighted_kmeans(xf, wf, k, lloyd);
+                const double objective = check_result(result, x, wd, k);
+                const bool all_zero = std::all_of(wd.begin(), wd.end(), [](double v) { return v == 0; });
+                const double optimum = slow_dp_optimum(x, all_zero ? std::vector<double>(n, 1.0) : wd, k);
+                CHECK(objective >= optimum * (1 - 1e-9));
+                CHECK(objective <= optimum * 1.1 + 1e-300);  // loose: the benchmark measures the real gap
+                const Eigen::MatrixXf strided_values = Eigen::Map<const Eigen::VectorXf>(xf.data(), static_cast<Eigen::Index>(n)).transpose().replicate(2, 1);
+                const Eigen::MatrixXf strided_weights = Eigen::Map<const Eigen::VectorXf>(wf.data(), static_cast<Eigen::Index>(n)).transpose().replicate(2, 1);
+                const auto strided = sqz::weighted_kmeans(strided_values.row(1), strided_weights.row(1), k, lloyd);
+                CHECK(strided.centroids == result.centroids);
+                CHECK(strided.labels == result.labels);
+                CHECK(strided.objective == result.objective);
+                const auto double_weights = sqz::weighted_kmeans(xf, wd, k, lloyd);
+                CHECK(double_weights.centroids == result.centroids);
+                CHECK(double_weights.labels == result.labels);
+                CHECK(double_weights.objective == result.objective);
+            }
+    // At most k distinct values (so at most k buckets): the sorted path gives every value a centroid.
+    const std::vector<float> few{0.1f, 0.2f, 0.3f, 0.1f, 0.2f, 0.30000001f};
+    const std::vector<float> ones(few.size(), 1.0f);
+    const auto small = sqz::weighted_kmeans(few, ones, 4, lloyd);
+    CHECK(check_result(small, std::vector<double>(few.begin(), few.end()), std::vector<double>(ones.begin(), ones.end()), 4) == Approx(0).margin(1e-30));
+    // fp16 rows take the fp16 grouping however they are stored (so Lloyd sees the same groups).
+    const auto values = sqz::synthetic::llm_like_weights(1, 1000, 8);
+    const auto fisher = sqz::synthetic::fisher_like_sensitivity(1, 1000, 9);
+    const Eigen::MatrixXf column_major_values = values, column_major_fisher = fisher;
+    for (const int k : {4, 16}) {
+        const auto contiguous = sqz::weighted_kmeans(values.row(0), fisher.row(0), k, lloyd);
+        const auto strided = sqz::weighted_kmeans(column_major_values.row(0), column_major_fisher.row(0), k, lloyd);
+        CHECK(strided.centroids == contiguous.centroids);
+        CHECK(strided.labels == contiguous.labels);
+        CHECK(strided.objective == contiguous.objective);
+    }
+}

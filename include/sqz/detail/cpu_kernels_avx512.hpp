@@ -15,13 +15,13 @@
 //  - int8 mode: vpermb (VBMI) looks up 64 weights at once through the row's 7-bit LUT repeated
 //    across the register (so, again, only bits 0..Bits-1 of each code byte count: no masks), two
 //    slots per register (the two 32-byte halves), vpmaddubsw multiplies them with the activations,
-//    and vpdpwssd (VNNI) applies the slot scales D_b and accumulates in one instruction. The
-//    activations are reordered once per call so that a step's two slots are one 64-byte load
-//    (int8_activation_buffers::q_avx512). At 3 bits slots 4-7 (V_2 and the codes gathered from the
-//    spare bits) take 256-bit steps, added to the low half, so no insert joins them. The two halves
-//    are added per tile, which gives exactly the AVX2 kernel's eight 32-bit sums (integer sums do not
-//    depend on their order), converted and scaled the same way: the results are bit-identical to the
-//    AVX2 kernel's.
+//    and vpdpwssd (VNNI) applies the slot scales D_b and accumulates in one instruction. Below 4
+//    bits the activations are reordered once per call so that a step's two slots are one 64-byte
+//    load (int8_activation_buffers::q_avx512; at 4 bits that form was slower from DRAM). At 3 bits
+//    slots 4-7 (V_2 and the codes gathered from the spare bits) take 256-bit steps, added to the low
+//    half, so no insert joins them. The two halves are added per tile, which gives exactly the AVX2
+//    kernel's eight 32-bit sums (integer sums do not depend on their order), converted and scaled the
+//    same way: the results are bit-identical to the AVX2 kernel's.
 // Both process the four rows of a layout group together as the AVX2 kernels do; the sparse part,
 // the activation quantization and the code prefetch are the AVX2 ones (cpu_kernels_avx2.hpp).
 #pragma once
@@ -324,7 +324,7 @@ inline constexpr int int8_chunks = Bits == 4 ? 2 : 1;
 template <int Bits>
 inline constexpr int int8_steps = Bits >= 3 ? 2 : 4;  // steps per chunk
 
-/// The order of a tile's slots in int8_activation_buffers::q_avx512: the slots of step n (int8_step_slots,
+/// The order of a tile's slots in int8_activation_buffers::q_avx512 (1-3 bits): the slots of step n (int8_step_slots,
 /// chunk by chunk) at positions 2n and 2n + 1, so that a step's activations are one 64-byte load; at 3
 /// bits slots 4-7 follow in their order (int8_spare_products reads them one by one).
 template <int Bits>
@@ -362,8 +362,12 @@ SQZ_AVX512_INLINE __m512i pair_scales(const std::uint32_t* scales, int s0, int s
     return _mm512_mask_blend_epi32(0xff00, d0, d1);
 }
 
-/// The products of chunk `Chunk` of one tile of each row, added to acc; xq: the tile's activations in
-/// int8_slot_order.
+/// The products of chunk `Chunk` of one tile of each row, added to acc; xq: the tile's activations, in
+/// int8_slot_order below 4 bits, in column order at 4 bits. At 4 bits the kernel keeps its earlier
+/// form (two loads joined by an insert, a merge-masked broadcast of the scales, the codes reloaded
+/// into the shifts, the code prefetch as a loop): the form used below 4 bits made it 14% faster from
+/// the cache but 5-8% slower from DRAM on two threads of an idle host (docs/benchmarks.md), where the
+/// 4-bit product is bound by memory, not by its instructions.
 template <int Bits, int R, int Chunk>
 SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
                                            const std::uint32_t* scales, __m512i (&acc)[R]) noexcept {
@@ -371,14 +375,21 @@ SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::
     SQZ_UNROLL
     for (int r = 0; r < R; ++r) {
         codes[r] = int8_chunk<Bits, Chunk>(tiles[r]);
-        in_register(codes[r]);  // else GCC reloads the codes into each shift (2% slower)
+        if constexpr (Bits != 4) in_register(codes[r]);  // else GCC reloads the codes into each shift (2% slower)
     }
     SQZ_UNROLL
     for (int step = 0; step < int8_steps<Bits>; ++step) {
         const std::array<int, 2> slots = int8_step_slots<Bits>(Chunk, step);
-        __m512i x = _mm512_load_si512(xq + 2 * cpu_layout::slot_columns * static_cast<std::size_t>(Chunk * int8_steps<Bits> + step));
-        if constexpr (R > 1) in_register(x);
-        const __m512i d = pair_scales(scales, slots[0], slots[1]);
+        __m512i x, d;
+        if constexpr (Bits == 4) {
+            const auto* q = reinterpret_cast<const __m256i*>(xq);
+            x = join_halves(_mm256_load_si256(q + slots[0]), _mm256_load_si256(q + slots[1]));
+            d = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(scales[slots[0]])), 0xff00, static_cast<int>(scales[slots[1]]));
+        } else {
+            x = _mm512_load_si512(xq + 2 * cpu_layout::slot_columns * static_cast<std::size_t>(Chunk * int8_steps<Bits> + step));
+            if constexpr (R > 1) in_register(x);
+            d = pair_scales(scales, slots[0], slots[1]);
+        }
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
             const __m512i shifted = step == 0 ? codes[r] : _mm512_srli_epi16(codes[r], static_cast<unsigned>(code_step<Bits> * step));
@@ -416,7 +427,7 @@ SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::
 
 /// Rows [row, row + R): y = scale * (sum_t e_t I_t) + lo * x_hat_sum, the integer dot products I_t of
 /// each tile as the AVX2 kernel computes them (its eight 32-bit lane sums, then the same float steps).
-/// a.q_avx512 must hold the activations in int8_slot_order<Bits> (order_activations).
+/// Below 4 bits a.q_avx512 must hold the activations in int8_slot_order<Bits> (order_activations).
 template <int Bits, int R>
 SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
                                  float* y) noexcept {
@@ -431,8 +442,10 @@ SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t ro
     constexpr std::size_t stride = cpu_layout::tile_stride(cpu_layout::tile_bytes(Bits));
     const std::uint8_t* base = m.row_tiles(row);
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) avx2::prefetch_codes(base + t * stride, stride);
-        const std::int8_t* xq = a.q_avx512.data() + t * cpu_layout::tile_columns;
+        // (At 4 bits the prefetch stays a loop over a run-time length: see int8_chunk_products.)
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows))
+            avx2::prefetch_codes(base + t * stride, Bits == 4 ? m.tile_stride() : stride);
+        const std::int8_t* xq = (Bits == 4 ? a.q : a.q_avx512).data() + t * cpu_layout::tile_columns;
         const std::uint32_t* scales = a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile;
         __m512i acc[R];
         SQZ_UNROLL

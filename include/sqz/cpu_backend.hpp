@@ -428,6 +428,7 @@ void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const 
 #if SQZ_HAVE_X86_SIMD
             if constexpr (std::is_same_v<T, float>) {
                 if (simd == simd_kernel::avx512) {
+                    if (m.bits != 4) avx512::order_activations(m.bits, m.tiles, buffers.int8);
                     with_tiled_bits(m.bits, [&]<int Bits>() { avx512_int8<Bits>(m, act, x.data(), y.data(), threads); });
                     return;
                 }

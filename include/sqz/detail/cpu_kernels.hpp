@@ -163,6 +163,10 @@ struct int8_activation_buffers {
     /// D_b in both 16-bit halves, per slot: the AVX2 kernels broadcast it (a load, no shuffle) as the
     /// vpmaddwd operand; 4 bytes per slot keep the activations' L1 footprint small.
     std::vector<std::uint32_t> slot_scale_pairs;
+    /// q with each tile's eight slots of 32 in the order the AVX-512 int8 kernel reads them
+    /// (avx512::int8_slot_order), so that the two slots of a 64-byte step are one plain load; filled
+    /// only for that kernel below 4 bits (avx512::order_activations).
+    aligned_vector<std::int8_t> q_avx512;
     std::vector<T> tile_scale;            ///< e_t per tile
     double x_hat_sum = 0.0;               ///< sum of the dequantized activations
     bool finite = true;

@@ -15,10 +15,13 @@
 //  - int8 mode: vpermb (VBMI) looks up 64 weights at once through the row's 7-bit LUT repeated
 //    across the register (so, again, only bits 0..Bits-1 of each code byte count: no masks), two
 //    slots per register (the two 32-byte halves), vpmaddubsw multiplies them with the activations,
-//    and vpdpwssd (VNNI) applies the slot scales D_b and accumulates in one instruction. The two
-//    halves are added per tile, which gives exactly the AVX2 kernel's eight 32-bit sums (integer
-//    sums do not depend on their order), converted and scaled the same way: the results are
-//    bit-identical to the AVX2 kernel's.
+//    and vpdpwssd (VNNI) applies the slot scales D_b and accumulates in one instruction. Below 4
+//    bits the activations are reordered once per call so that a step's two slots are one 64-byte
+//    load (int8_activation_buffers::q_avx512; at 4 bits that form was slower from DRAM). At 3 bits
+//    slots 4-7 (V_2 and the codes gathered from the spare bits) take 256-bit steps, added to the low
+//    half, so no insert joins them. The two halves are added per tile, which gives exactly the AVX2
+//    kernel's eight 32-bit sums (integer sums do not depend on their order), converted and scaled the
+//    same way: the results are bit-identical to the AVX2 kernel's.
 // Both process the four rows of a layout group together as the AVX2 kernels do; the sparse part,
 // the activation quantization and the code prefetch are the AVX2 ones (cpu_kernels_avx2.hpp).
 #pragma once
@@ -291,26 +294,12 @@ SQZ_AVX512_INLINE __m512i load_int8_lut(const std::uint8_t* u7) noexcept {
     else return permute_bytes(_mm512_and_si512(lut_positions(), _mm512_set1_epi8((1 << Bits) - 1)), lut);
 }
 
-/// The int8 activations of slots s0 and s1 of a tile in the two halves of a register, and their
-/// scales D (both 16-bit halves of each 32-bit lane, as vpdpwssd multiplies them) likewise.
-struct slot_pair_operands {
-    __m512i x, d;
-};
-
-SQZ_AVX512_INLINE slot_pair_operands pair_operands(const std::int8_t* xq, const std::uint32_t* scales, int s0, int s1) noexcept {
-    const auto* q = reinterpret_cast<const __m256i*>(xq);
-    return {join_halves(_mm256_load_si256(q + s0), _mm256_load_si256(q + s1)),
-            _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(scales[s0])), 0xff00, static_cast<int>(scales[s1]))};
-}
-
 /// The 64 codes of chunk `Chunk` of a tile for the int8 decoder, step 0 (the codes of later steps are
-/// this shifted right by Bits per step): 4 and 3 bits: chunk 0 is V_0 | V_1, chunk 1 V_2 | V_3 (3 bits:
-/// V_2 | the codes of slots 6 and 7); 2 bits: V_0 | V_1; 1 bit: V_0 | V_0 >> 4.
+/// this shifted right by Bits per step): 4 bits: chunk 0 is V_0 | V_1, chunk 1 V_2 | V_3; 3 bits: chunk
+/// 0 is V_0 | V_1 (slots 4-7: int8_spare_products); 2 bits: V_0 | V_1; 1 bit: V_0 | V_0 >> 4.
 template <int Bits, int Chunk>
 SQZ_AVX512_INLINE __m512i int8_chunk(const std::uint8_t* tile) noexcept {
-    if constexpr (Bits == 3 && Chunk == 1)
-        return join_halves(_mm256_load_si256(reinterpret_cast<const __m256i*>(tile + 64)), spare_bit_codes(tile));
-    else if constexpr (Bits == 1) {
+    if constexpr (Bits == 1) {
         const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tile));
         return join_halves(v, _mm256_srli_epi16(v, 4));
     } else {
@@ -331,31 +320,114 @@ constexpr std::array<int, 2> int8_step_slots(int chunk, int step) noexcept {
 template <int Bits>
 inline constexpr int code_step = Bits == 3 ? 4 : Bits;
 template <int Bits>
-inline constexpr int int8_chunks = Bits >= 3 ? 2 : 1;
+inline constexpr int int8_chunks = Bits == 4 ? 2 : 1;
 template <int Bits>
 inline constexpr int int8_steps = Bits >= 3 ? 2 : 4;  // steps per chunk
 
-/// The products of chunk `Chunk` of one tile of each row, added to acc.
+/// The order of a tile's slots in int8_activation_buffers::q_avx512 (1-3 bits): the slots of step n (int8_step_slots,
+/// chunk by chunk) at positions 2n and 2n + 1, so that a step's activations are one 64-byte load; at 3
+/// bits slots 4-7 follow in their order (int8_spare_products reads them one by one).
+template <int Bits>
+constexpr std::array<int, cpu_layout::slots_per_tile> int8_slot_order() noexcept {
+    std::array<int, cpu_layout::slots_per_tile> order{0, 1, 2, 3, 4, 5, 6, 7};
+    int n = 0;
+    for (int c = 0; c < int8_chunks<Bits>; ++c)
+        for (int step = 0; step < int8_steps<Bits>; ++step, ++n) {
+            order[static_cast<std::size_t>(2 * n)] = int8_step_slots<Bits>(c, step)[0];
+            order[static_cast<std::size_t>(2 * n + 1)] = int8_step_slots<Bits>(c, step)[1];
+        }
+    return order;
+}
+
+/// Fills a.q_avx512 from a.q for a matrix of `bits` bits (int8_slot_order).
+inline void order_activations(int bits, std::size_t tiles, int8_activation_buffers<float>& a) {
+    static constexpr std::array<std::array<int, cpu_layout::slots_per_tile>, cpu_layout::max_tiled_bits + 1> orders{
+        {{}, int8_slot_order<1>(), int8_slot_order<2>(), int8_slot_order<3>(), int8_slot_order<4>()}};
+    const auto& order = orders[static_cast<std::size_t>(bits)];
+    a.q_avx512.resize(tiles * cpu_layout::tile_columns);
+    for (std::size_t t = 0; t < tiles; ++t)
+        for (std::size_t p = 0; p < cpu_layout::slots_per_tile; ++p)
+            std::copy_n(a.q.data() + t * cpu_layout::tile_columns + static_cast<std::size_t>(order[p]) * cpu_layout::slot_columns,
+                        cpu_layout::slot_columns, a.q_avx512.data() + t * cpu_layout::tile_columns + p * cpu_layout::slot_columns);
+}
+
+/// The scales D of slots s0 and s1 (both 16-bit halves of each 32-bit lane, as vpdpwssd multiplies
+/// them) in the two halves of a register: two broadcasts and a blend (a merge-masked broadcast
+/// instead costs as much as a multiply on Zen 4).
+SQZ_AVX512_INLINE __m512i pair_scales(const std::uint32_t* scales, int s0, int s1) noexcept {
+    __m512i d0 = _mm512_set1_epi32(static_cast<int>(scales[s0]));
+    __m512i d1 = _mm512_set1_epi32(static_cast<int>(scales[s1]));
+    in_register(d0);  // else GCC merges them into the masked broadcast
+    in_register(d1);
+    return _mm512_mask_blend_epi32(0xff00, d0, d1);
+}
+
+/// The products of chunk `Chunk` of one tile of each row, added to acc; xq: the tile's activations, in
+/// int8_slot_order below 4 bits, in column order at 4 bits. At 4 bits the kernel keeps its earlier
+/// form (two loads joined by an insert, a merge-masked broadcast of the scales, the codes reloaded
+/// into the shifts, the code prefetch as a loop): the form used below 4 bits made it 14% faster from
+/// the cache but 5-8% slower from DRAM on two threads of an idle host (docs/benchmarks.md), where the
+/// 4-bit product is bound by memory, not by its instructions.
 template <int Bits, int R, int Chunk>
 SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
                                            const std::uint32_t* scales, __m512i (&acc)[R]) noexcept {
     __m512i codes[R];
     SQZ_UNROLL
-    for (int r = 0; r < R; ++r) codes[r] = int8_chunk<Bits, Chunk>(tiles[r]);
+    for (int r = 0; r < R; ++r) {
+        codes[r] = int8_chunk<Bits, Chunk>(tiles[r]);
+        if constexpr (Bits != 4) in_register(codes[r]);  // else GCC reloads the codes into each shift (2% slower)
+    }
     SQZ_UNROLL
     for (int step = 0; step < int8_steps<Bits>; ++step) {
         const std::array<int, 2> slots = int8_step_slots<Bits>(Chunk, step);
-        const slot_pair_operands op = pair_operands(xq, scales, slots[0], slots[1]);
+        __m512i x, d;
+        if constexpr (Bits == 4) {
+            const auto* q = reinterpret_cast<const __m256i*>(xq);
+            x = join_halves(_mm256_load_si256(q + slots[0]), _mm256_load_si256(q + slots[1]));
+            d = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(scales[slots[0]])), 0xff00, static_cast<int>(scales[slots[1]]));
+        } else {
+            x = _mm512_load_si512(xq + 2 * cpu_layout::slot_columns * static_cast<std::size_t>(Chunk * int8_steps<Bits> + step));
+            if constexpr (R > 1) in_register(x);
+            d = pair_scales(scales, slots[0], slots[1]);
+        }
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
             const __m512i shifted = step == 0 ? codes[r] : _mm512_srli_epi16(codes[r], static_cast<unsigned>(code_step<Bits> * step));
-            acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(permute_bytes(shifted, luts[r]), op.x), op.d);
+            acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(permute_bytes(shifted, luts[r]), x), d);
+        }
+    }
+}
+
+/// 3 bits: the products of slots 4-7 of one tile of each row, added to acc: 256-bit steps through V_2
+/// and the codes of slots 6 and 7 (spare_bit_codes), which then need no insert into a 512-bit register.
+template <int R>
+SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
+                                           const std::uint32_t* scales, __m256i (&acc)[R]) noexcept {
+    __m256i v2[R], spare[R];
+    SQZ_UNROLL
+    for (int r = 0; r < R; ++r) {
+        v2[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(tiles[r] + 64));
+        spare[r] = spare_bit_codes(tiles[r]);
+    }
+    SQZ_UNROLL
+    for (int q = 0; q < 4; ++q) {
+        const int slot = 4 + q;
+        __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + slot * static_cast<int>(cpu_layout::slot_columns)));
+        if constexpr (R > 1) in_register(x);
+        const __m256i d = _mm256_set1_epi32(static_cast<int>(scales[slot]));
+        SQZ_UNROLL
+        for (int r = 0; r < R; ++r) {
+            const __m256i codes = q < 2 ? v2[r] : spare[r];
+            const __m256i shifted = q % 2 == 0 ? codes : _mm256_srli_epi16(codes, 4);
+            const __m256i w = _mm256_maskz_permutexvar_epi8(~__mmask32{0}, shifted, _mm512_castsi512_si256(luts[r]));
+            acc[r] = _mm256_dpwssd_epi32(acc[r], _mm256_maddubs_epi16(w, x), d);
         }
     }
 }
 
 /// Rows [row, row + R): y = scale * (sum_t e_t I_t) + lo * x_hat_sum, the integer dot products I_t of
 /// each tile as the AVX2 kernel computes them (its eight 32-bit lane sums, then the same float steps).
+/// Below 4 bits a.q_avx512 must hold the activations in int8_slot_order<Bits> (order_activations).
 template <int Bits, int R>
 SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
                                  float* y) noexcept {
@@ -366,11 +438,14 @@ SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t ro
         luts[r] = load_int8_lut<Bits>(m.u7 + (row + r) * m.lut_stride);
         total[r] = _mm256_setzero_ps();
     }
-    const std::size_t stride = m.tile_stride();
+    // The tiled layout of Bits bits (a constant, so that the code prefetch below is unrolled).
+    constexpr std::size_t stride = cpu_layout::tile_stride(cpu_layout::tile_bytes(Bits));
     const std::uint8_t* base = m.row_tiles(row);
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) avx2::prefetch_codes(base + t * stride, stride);
-        const std::int8_t* xq = a.q.data() + t * cpu_layout::tile_columns;
+        // (At 4 bits the prefetch stays a loop over a run-time length: see int8_chunk_products.)
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows))
+            avx2::prefetch_codes(base + t * stride, Bits == 4 ? m.tile_stride() : stride);
+        const std::int8_t* xq = (Bits == 4 ? a.q : a.q_avx512).data() + t * cpu_layout::tile_columns;
         const std::uint32_t* scales = a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile;
         __m512i acc[R];
         SQZ_UNROLL
@@ -379,11 +454,16 @@ SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t ro
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) tiles[r] = m.row_tiles(row + r) + t * stride;
         int8_chunk_products<Bits, R, 0>(luts, tiles, xq, scales, acc);
-        if constexpr (int8_chunks<Bits> == 2) int8_chunk_products<Bits, R, 1>(luts, tiles, xq, scales, acc);
+        if constexpr (Bits == 4) int8_chunk_products<Bits, R, 1>(luts, tiles, xq, scales, acc);
+        // The low half of each row's sums; at 3 bits the products of slots 4-7 are added to it.
+        __m256i low[R];
+        SQZ_UNROLL
+        for (int r = 0; r < R; ++r) low[r] = _mm512_castsi512_si256(acc[r]);
+        if constexpr (Bits == 3) int8_spare_products<R>(luts, tiles, xq, scales, low);
         const __m256 unit = _mm256_set1_ps(a.tile_scale[t]);
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
-            const __m256i sums = _mm256_add_epi32(low_half(acc[r]), high_half(acc[r]));
+            const __m256i sums = _mm256_add_epi32(low[r], high_half(acc[r]));
             total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), unit, total[r]);
         }
     }

@@ -62,7 +62,8 @@ namespace sqz {
 enum class kmeans_method {
     exact,  ///< the global optimum (dynamic programming)
     lloyd   ///< Lloyd's heuristic from greedy weighted k-means++ seeds, with split-and-merge moves; the best
-            ///< of `restarts` runs
+            ///< of `restarts` runs. At k <= 8 on float rows that are not fp16 data it clusters buckets of
+            ///< values (8 significant bits, exact sums) instead of sorting them (docs/design.md)
 };
 
 struct kmeans_options {
@@ -1063,6 +1064,14 @@ struct workspace {
     lloyd_scratch lloyd;
     std::vector<double> best_centre;
     std::vector<double> bucket_sum;          // lloyd_on_buckets: w, w y, w y^2 of each bucket
+
+    /// Room for `count` groups: their shifted values, and their prefix sums (count + 1 entries each).
+    void size_groups(std::size_t count) {
+        shifted.resize(count);
+        forward.s0.resize(count + 1);
+        forward.s1.resize(count + 1);
+        forward.s2.resize(count + 1);
+    }
 };
 
 /// The value of an original key: 16-bit keys are half_sort_keys of fp16 values, wider ones sort_keys of T.
@@ -1572,13 +1581,10 @@ bool lloyd_on_buckets(const char* where, workspace<float, W>& ws, std::size_t n,
         at[2] += wy * y;
     }
     // The positive-weight buckets are the groups.
-    ws.shifted.resize(count);
+    ws.size_groups(count);
     auto& s0 = ws.forward.s0;
     auto& s1 = ws.forward.s1;
     auto& s2 = ws.forward.s2;
-    s0.resize(count + 1);
-    s1.resize(count + 1);
-    s2.resize(count + 1);
     std::size_t m = 0;
     {
         double* shifted = ws.shifted.data();
@@ -1890,13 +1896,10 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         d = group.template operator()<false>();
     else
         d = group.template operator()<true>();
-    ws.shifted.resize(d);
+    ws.size_groups(d);
     auto& s0 = ws.forward.s0;
     auto& s1 = ws.forward.s1;
     auto& s2 = ws.forward.s2;
-    s0.resize(d + 1);
-    s1.resize(d + 1);
-    s2.resize(d + 1);
     std::size_t m = 0;
     {
         // Running sums in registers and raw pointers: through the vectors, every store could alias the

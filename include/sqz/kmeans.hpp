@@ -1807,14 +1807,14 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     double weight_lane[8] = {}, sum_lane[8] = {};
     std::size_t i = 0;
     bool half_exact = false;  // every value is an fp16 value, and ws.half_key holds their fp16 keys
-    bool read_by_blocks = false;  // read_floats read the row (and found half_exact)
+    std::size_t fp16_checked = 0;  // entries read_floats read, and checked for fp16 data (half_exact)
     if constexpr (std::is_same_v<T, float> && (std::is_same_v<W, float> || std::is_same_v<W, double>)) {
         if (values != nullptr && weights != nullptr) {
             bool suspect = false;
             ws.half_key.resize(n);
             i = read_floats(values, weights, n, keys, ws.half_key.data(), half_exact, low, high, ones, weight_lane,
                             sum_lane, suspect);
-            read_by_blocks = i > 0;
+            fp16_checked = i;
             if (Check && suspect)
                 for (std::size_t j = 0; j < i; ++j)
                     if (!(std::isfinite(values[j]) && std::isfinite(weights[j]) && weights[j] >= 0)) {
@@ -1837,13 +1837,6 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         }
         const K key = sort_key<T>(v);
         keys[i] = key;
-        if constexpr (std::is_same_v<T, float>) {
-            if (half_exact) {  // the tail after read_floats
-                const std::uint16_t half = float_to_half_bits(v);
-                half_exact = std::bit_cast<std::uint32_t>(half_bits_to_float(half)) == std::bit_cast<std::uint32_t>(v);
-                ws.half_key[i] = half_sort_key(half);
-            }
-        }
         if (weights == nullptr) ws.weight_in[i] = w;
         low = std::min(low, key);
         high = std::max(high, key);
@@ -1851,12 +1844,13 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
         weight_lane[i % 8] += static_cast<double>(w);
         sum_lane[i % 8] = multiply_add(static_cast<double>(w), static_cast<double>(v), sum_lane[i % 8]);
     }
-    // Rows that read_floats did not read (stored with a stride, or too short) are checked for fp16 data
-    // here, so that how a row is stored never changes which grouping it takes.
+    // The entries read_floats did not read (its tail, or the whole row when it is stored with a stride or
+    // too short) are checked for fp16 data here, so that how a row is stored never changes which grouping
+    // it takes.
     if constexpr (std::is_same_v<T, float>)
-        if (!read_by_blocks) {
+        if (fp16_checked == 0 || half_exact) {
             ws.half_key.resize(n);
-            half_exact = fp16_keys(keys, n, ws.half_key.data());
+            half_exact = fp16_keys(keys + fp16_checked, n - fp16_checked, ws.half_key.data() + fp16_checked);
         }
     const auto fold = [](const double (&lane)[8]) {
         return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));

@@ -1524,6 +1524,15 @@ struct value_buckets {
     std::size_t reduced(std::uint16_t key) const { return static_cast<std::size_t>(key - first) >> shift; }
 };
 
+#if defined(__AVX512F__)
+/// value_of_key<float> of 16 keys at once (bits_of_key's formula in 32-bit lanes).
+inline __m512 values_of_keys(__m512i key) {
+    const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    const __mmask16 positive = _mm512_cmpge_epu32_mask(key, sign);
+    return _mm512_castsi512_ps(_mm512_mask_sub_epi32(_mm512_or_si512(sign, _mm512_sub_epi32(sign, key)), positive, key, sign));
+}
+#endif
+
 /// Lloyd's method at k <= max_label_runs on float rows that are not fp16 data: Lloyd only needs the sorted
 /// values through prefix sums, so it runs on buckets of nearby values instead of the distinct values, which
 /// skips the radix sort (most of a float row's shared time). Buckets are those of value_buckets (8
@@ -1544,14 +1553,10 @@ bool lloyd_on_buckets(const char* where, workspace<float, W>& ws, std::size_t n,
     std::size_t i = 0;
 #if defined(__AVX512F__)
     {
-        const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
         const __m512 scale_v = _mm512_set1_ps(buckets.scale);
         for (; i + 16 <= n; i += 16) {
-            // bits_of_key, then the scaled value's fp16 key (the formula of half_sort_key in 16 bits).
-            const __m512i key = _mm512_loadu_si512(keys + i);
-            const __mmask16 positive = _mm512_cmpge_epu32_mask(key, sign);
-            const __m512i bits = _mm512_mask_sub_epi32(_mm512_or_si512(sign, _mm512_sub_epi32(sign, key)), positive, key, sign);
-            const __m512 scaled = _mm512_mul_ps(_mm512_castsi512_ps(bits), scale_v);
+            // The values, then the scaled values' fp16 keys (the formula of half_sort_key in 16 bits).
+            const __m512 scaled = _mm512_mul_ps(values_of_keys(_mm512_loadu_si512(keys + i)), scale_v);
             const __m256i half = _mm512_cvtps_ph(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             const __m256i half_negative = _mm256_srai_epi16(half, 15);
             const __m256i half_magnitude = _mm256_and_si256(half, _mm256_set1_epi16(0x7fff));
@@ -1647,7 +1652,6 @@ bool lloyd_on_buckets(const char* where, workspace<float, W>& ws, std::size_t n,
         }
         const __m512d centres = _mm512_loadu_pd(centre_table);
         const __m512i label_lookup = _mm512_loadu_si512(label_table);
-        const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
         __m512d sum_low = _mm512_setzero_pd(), sum_high = sum_low;
         const auto eight = [&](__m256 x_float, __m512d w, std::uint8_t* out, __m512d& sum) {
             const __m512d x = _mm512_cvtps_pd(x_float);
@@ -1669,9 +1673,7 @@ bool lloyd_on_buckets(const char* where, workspace<float, W>& ws, std::size_t n,
                 return _mm512_loadu_pd(weights + at);
         };
         for (; j + 16 <= n; j += 16) {
-            const __m512i key = _mm512_loadu_si512(keys + j);
-            const __mmask16 positive = _mm512_cmpge_epu32_mask(key, sign);
-            const __m512 x = _mm512_castsi512_ps(_mm512_mask_sub_epi32(_mm512_or_si512(sign, _mm512_sub_epi32(sign, key)), positive, key, sign));
+            const __m512 x = values_of_keys(_mm512_loadu_si512(keys + j));
             eight(_mm512_castps512_ps256(x), weights_at(j), labels + j, sum_low);
             eight(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), weights_at(j + 8), labels + j + 8, sum_high);
         }

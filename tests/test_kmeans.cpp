@@ -838,7 +838,7 @@ TEST_CASE("exact k-means stays optimal when the weights span more than double's 
                 lightest = std::min(lightest, v);
             }
         if (!(total > 0)) continue;
-        light_rows += lightest < 0x1p-51 * total;
+        light_rows += lightest < 0x1p-47 * total;  // exact_partition guards these
         const int k = 1 + static_cast<int>(random.below(std::min<std::size_t>(n, 20)));
         INFO("row " << t << ", n = " << n << ", k = " << k);
         const auto exact = sqz::weighted_kmeans(x, w, k);
@@ -858,6 +858,63 @@ TEST_CASE("exact k-means stays optimal when the weights span more than double's 
         CHECK(objective <= lloyd.objective * (1 + 1e-9) + 1e-12 * spread);
     }
     CHECK(light_rows > 50);  // most rows exercise the guarded programme
+}
+
+TEST_CASE("group prefix sums: every interval within the rounding the exact method's guard allows for", "[kmeans]") {
+    // group_prefix_sums adds four groups at a time. exact_partition relies on every interval sum, a
+    // difference of two prefix sums, being off by at most (b - a + 9) 2^-53 of the sum of the terms'
+    // magnitudes. Checked against long-double sums (11 more bits) for every interval of short runs and
+    // random ones of long runs, with weights spanning 2^-45 to 9e6 and lengths around multiples of 4.
+    namespace km = sqz::detail::kmeans;
+    sqz::synthetic::rng random(515);
+    for (const std::size_t m : {1u, 2u, 3u, 4u, 5u, 7u, 8u, 9u, 31u, 64u, 67u, 1001u, 4099u}) {
+        std::vector<double> value(m), weight(m);
+        for (std::size_t g = 0; g < m; ++g) {
+            value[g] = (g == 0 ? -1.0 : value[g - 1]) + std::ldexp(1.0 + static_cast<double>(random.below(1000)), -12);
+            const auto style = random.below(3);
+            weight[g] = style == 0 ? std::ldexp(1.0, -static_cast<int>(random.below(46)))
+                      : style == 1 ? 1e6 * static_cast<double>(1 + random.below(9))
+                                   : static_cast<double>(1 + random.below(1000)) / 7.0;
+        }
+        const double pivot = 0.25;
+        std::vector<double> shifted(m), s0(m + 1), s1(m + 1), s2(m + 1);
+        const double lightest = km::group_prefix_sums(value.data(), weight.data(), m, pivot, shifted.data(), s0.data(), s1.data(), s2.data());
+        CHECK(lightest == *std::min_element(weight.begin(), weight.end()));
+        // Long-double terms (exact products: 53-bit factors need up to 106 bits, so round them the same way
+        // the code does, in double) and their prefix sums and magnitudes.
+        std::vector<long double> e0(m + 1, 0), e1(m + 1, 0), e2(m + 1, 0);
+        long double magnitude[3] = {0, 0, 0};
+        for (std::size_t g = 0; g < m; ++g) {
+            const double y = value[g] - pivot;
+            REQUIRE(shifted[g] == y);
+            const double t0 = weight[g], t1 = weight[g] * y, t2 = t1 * y;
+            e0[g + 1] = e0[g] + t0;
+            e1[g + 1] = e1[g] + t1;
+            e2[g + 1] = e2[g] + t2;
+            magnitude[0] += std::fabs(t0);
+            magnitude[1] += std::fabs(t1);
+            magnitude[2] += std::fabs(t2);
+        }
+        REQUIRE(s0[0] == 0);
+        REQUIRE(s1[0] == 0);
+        REQUIRE(s2[0] == 0);
+        const auto check_interval = [&](std::size_t a, std::size_t b) {
+            const long double allowed = static_cast<long double>(b - a + 9) * 0x1p-53L;
+            INFO("m = " << m << ", interval [" << a << ", " << b << ")");
+            CHECK(std::fabs(static_cast<long double>(s0[b] - s0[a]) - (e0[b] - e0[a])) <= allowed * magnitude[0]);
+            CHECK(std::fabs(static_cast<long double>(s1[b] - s1[a]) - (e1[b] - e1[a])) <= allowed * magnitude[1]);
+            CHECK(std::fabs(static_cast<long double>(s2[b] - s2[a]) - (e2[b] - e2[a])) <= allowed * magnitude[2]);
+        };
+        if (m <= 67) {
+            for (std::size_t a = 0; a <= m; ++a)
+                for (std::size_t b = a; b <= m; ++b) check_interval(a, b);
+        } else {
+            for (int t = 0; t < 3000; ++t) {
+                const std::size_t a = random.below(m + 1), b = random.below(m + 1);
+                check_interval(std::min(a, b), std::max(a, b));
+            }
+        }
+    }
 }
 
 TEST_CASE("lloyd on float rows at few clusters (value buckets): nearest centroids, exact objective, any storage", "[kmeans]") {

@@ -1268,14 +1268,16 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
     mirror(s.s1, backward.s1.data(), -1.0);
     mirror(s.s2, backward.s2.data(), 1.0);
     const std::size_t left_layers = k / 2, right_layers = k - left_layers;
-    // Each addition to the prefix sum of w rounds by at most 2^-53 of the total weight, so the weight of
-    // groups [a, b), a difference of two prefix sums, is off by at most (b - a) 2^-53 of the total, while
-    // it is at least (b - a) times the lightest group's. When the lightest group outweighs 2^-51 of the
-    // total, every interval's weight is therefore right to within a quarter, and costs stay within
-    // rounding. Otherwise the layers clamp every cost at 0 (layer_solver::guarded), so that a weight lost
-    // in the prefix sums cannot make a cost NaN or hugely negative (which gave wrong optima, and endless
-    // retries, before). Fisher-like rows reach that: 3 of the benchmark's 64 fp16 rows of 4096.
-    const bool guarded = !(ws.min_weight > s.s0[m] * 0x1p-51);
+    // Each rounding in the prefix sums of w is at most 2^-53 of the total weight. group_prefix_sums adds
+    // four groups at a time (three roundings per block of four, three more at each end of an interval), so
+    // the weight of groups [a, b), a difference of two prefix sums, is off by at most (b - a + 9) 2^-53 of
+    // the total, while it is at least (b - a) times the lightest group's. When the lightest group
+    // outweighs 2^-47 of the total, every interval's weight is therefore right to within a quarter, and
+    // costs stay within rounding. Otherwise the layers clamp every cost at 0 (layer_solver::guarded), so
+    // that a weight lost in the prefix sums cannot make a cost NaN or hugely negative (which gave wrong
+    // optima, and endless retries, before). Fisher-like rows reach that: 3 of the benchmark's 64 fp16
+    // rows of 4096 at 2^-51.
+    const bool guarded = !(ws.min_weight > s.s0[m] * 0x1p-47);
     double bound = std::numeric_limits<double>::infinity();
     if (k >= 4) {
         lloyd_solver lloyd{ws.shifted.data(), s, m, ws.lloyd};
@@ -1793,6 +1795,58 @@ std::size_t read_floats(const float* values, const W* weights, std::size_t n, st
 
 /// Clusters one row, reading it through value_at(i) and weight_at(i), or through the arrays values and
 /// weights when not null; with Check, validates each entry (sqz::error naming `where` and the index).
+/// For the m groups (value v, weight w, ascending): shifted[g] = v - pivot = y, and the prefix sums of w,
+/// w y and w y^2 (s*[g] covers groups [0, g), so s*[0] = 0); returns the smallest weight.
+inline double group_prefix_sums(const double* value, const double* weight, std::size_t m, double pivot, double* shifted,
+                                double* s0, double* s1, double* s2) {
+    s0[0] = s1[0] = s2[0] = 0;
+    double lightest = std::numeric_limits<double>::infinity();
+    std::size_t g = 0;
+#if defined(__AVX2__)
+    // Four groups at a time: their terms are summed within the vector (two shifted additions), and the
+    // total before them is added to that. The running total waits on one addition per four groups (its
+    // next value, the last lane, is added to it as a broadcast of the four groups' own sum), not on one
+    // addition per group (3 cycles each, which bounded the plain loop). A prefix sum then carries a few
+    // more roundings than one added term by term: exact_partition's guard allows for them.
+    const __m256d zero = _mm256_setzero_pd();
+    const __m256d centre = _mm256_set1_pd(pivot);
+    const auto within = [zero](__m256d x) {  // one shuffle across the 128-bit halves (they are slower)
+        x = _mm256_add_pd(x, _mm256_unpacklo_pd(zero, x));                                   // + [0, x0, 0, x2]
+        return _mm256_add_pd(x, _mm256_permute_pd(_mm256_permute2f128_pd(x, x, 0x08), 0xc));  // + [0, 0, x1, x1]
+    };
+    const auto last = [](__m256d x) { return _mm256_permute4x64_pd(x, 0xff); };
+    __m256d total0 = zero, total1 = zero, total2 = zero;
+    __m256d light = _mm256_set1_pd(lightest);
+    for (; g + 4 <= m; g += 4) {
+        const __m256d w = _mm256_loadu_pd(weight + g);
+        const __m256d y = _mm256_sub_pd(_mm256_loadu_pd(value + g), centre);
+        const __m256d wy = _mm256_mul_pd(w, y);
+        _mm256_storeu_pd(shifted + g, y);
+        light = _mm256_min_pd(light, w);
+        const __m256d part0 = within(w), part1 = within(wy), part2 = within(_mm256_mul_pd(wy, y));
+        _mm256_storeu_pd(s0 + g + 1, _mm256_add_pd(total0, part0));
+        _mm256_storeu_pd(s1 + g + 1, _mm256_add_pd(total1, part1));
+        _mm256_storeu_pd(s2 + g + 1, _mm256_add_pd(total2, part2));
+        total0 = _mm256_add_pd(total0, last(part0));  // the stored last lane, without waiting for it
+        total1 = _mm256_add_pd(total1, last(part1));
+        total2 = _mm256_add_pd(total2, last(part2));
+    }
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, light);
+    lightest = std::min(std::min(lanes[0], lanes[1]), std::min(lanes[2], lanes[3]));
+#endif
+    for (; g < m; ++g) {
+        const double w = weight[g], y = value[g] - pivot;
+        const double wy = w * y;
+        lightest = std::min(lightest, w);
+        shifted[g] = y;
+        s0[g + 1] = s0[g] + w;
+        s1[g + 1] = s1[g] + wy;
+        s2[g + 1] = s2[g] + wy * y;
+    }
+    return lightest;
+}
+
 template <bool Check, class T, class W, class ValueAt, class WeightAt>
 void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* values, const W* weights,
              std::size_t n, std::size_t k, const kmeans_options& options, workspace<T, W>& ws,
@@ -1896,55 +1950,31 @@ void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* v
     auto& s0 = ws.forward.s0;
     auto& s1 = ws.forward.s1;
     auto& s2 = ws.forward.s2;
-    std::size_t m = 0;
+    std::size_t m = d;
     {
-        // Running sums in registers and raw pointers: through the vectors, every store could alias the
-        // next iteration's loads, which then wait on the stores.
+        // The groups are the distinct values themselves when none weighs 0 (the common case, which then
+        // copies nothing), else the positive-weight ones, copied to ws.value and ws.weight.
         const double* distinct_weight = ws.distinct_weight.data();
         const double* distinct_value = ws.distinct_value.data();
-        double* shifted = ws.shifted.data();
-        double* p0 = s0.data();
-        double* p1 = s1.data();
-        double* p2 = s2.data();
-        double sum0 = 0, sum1 = 0, sum2 = 0, lightest = std::numeric_limits<double>::infinity();
-        p0[0] = p1[0] = p2[0] = 0;
-        const auto add_group = [&](double v, double w) {
-            lightest = std::min(lightest, w);
-            const double y = v - pivot;
-            shifted[m] = y;
-            sum0 = sum0 + w;
-            sum1 = sum1 + w * y;
-            sum2 = sum2 + w * y * y;
-            ++m;
-            p0[m] = sum0;
-            p1[m] = sum1;
-            p2[m] = sum2;
-        };
-        // Groups are the distinct values themselves up to the first one of zero weight (usually all of
-        // them): copying their values and weights took a third of this loop's time.
-        std::size_t g = 0;
-        for (; g < d && distinct_weight[g] > 0; ++g) add_group(distinct_value[g], distinct_weight[g]);
-        if (g == d) {
-            ws.group_value = distinct_value;
-            ws.group_weight = distinct_weight;
-        } else {
+        ws.group_value = distinct_value;
+        ws.group_weight = distinct_weight;
+        ws.min_weight = group_prefix_sums(distinct_value, distinct_weight, d, pivot, ws.shifted.data(), s0.data(), s1.data(), s2.data());
+        if (!(ws.min_weight > 0)) {
             ws.value.resize(d);
             ws.weight.resize(d);
             double* value = ws.value.data();
             double* weight = ws.weight.data();
-            std::copy(distinct_value, distinct_value + m, value);
-            std::copy(distinct_weight, distinct_weight + m, weight);
-            for (; g < d; ++g) {
-                const double w = distinct_weight[g];
-                if (!(w > 0)) continue;
+            m = 0;
+            for (std::size_t g = 0; g < d; ++g) {
+                if (!(distinct_weight[g] > 0)) continue;
                 value[m] = distinct_value[g];
-                weight[m] = w;
-                add_group(distinct_value[g], w);
+                weight[m] = distinct_weight[g];
+                ++m;
             }
             ws.group_value = value;
             ws.group_weight = weight;
+            ws.min_weight = group_prefix_sums(value, weight, m, pivot, ws.shifted.data(), s0.data(), s1.data(), s2.data());
         }
-        ws.min_weight = lightest;
     }
     require(std::isfinite(s2[m]), where, ": sum of weights * values^2 = ", s2[m], " overflows double");
     // 3. Centroids.

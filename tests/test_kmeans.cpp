@@ -759,8 +759,8 @@ TEST_CASE("lloyd's restarts that reach a state seen before skip their moves with
             for (int restart = 0; restart < options.restarts; ++restart) {
                 lloyd.seed(random, k, km::lloyd_seed_trials(k));
                 bool settled = false;
-                const double cost = lloyd.split_and_merge(km::split_merge_rounds(k), options.max_iterations,
-                                                          lloyd.iterate(options.max_iterations), settled);
+                const double cost = lloyd.split_and_merge(km::split_merge_rounds(k), km::split_merge_tries(k),
+                                                          options.max_iterations, lloyd.iterate(options.max_iterations), settled);
                 if (cost < best) {
                     best = cost;
                     best_centre = scratch.centre;

@@ -872,10 +872,11 @@ struct lloyd_solver {
     /// Lloyd stops in local optima where one cell spans two natural clusters while two neighbouring
     /// cells share one. A split-and-merge move fixes that: split a cell at its best 2-split point and merge
     /// an adjacent pair of other cells, then run Lloyd again; the moves are tried in order of estimated
-    /// net saving and the first that lowers the cost is kept. `cost` is the current total; returns the
-    /// improved one. `settled` tells whether the result is a fixed point of the moves (a whole round found
-    /// none that helps, or there are too few cells for one), rather than where the rounds ran out.
-    double split_and_merge(int rounds, int max_iterations, double cost, bool& settled) {
+    /// net saving and the first of `tries` that lowers the cost is kept. `cost` is the current total;
+    /// returns the improved one. `settled` tells whether the result is a fixed point of the moves (a whole
+    /// round found none that helps, or there are too few cells for one), rather than where the rounds ran
+    /// out.
+    double split_and_merge(int rounds, std::size_t tries, int max_iterations, double cost, bool& settled) {
         const std::size_t k = centre.size();
         settled = true;
         if (k < 3) return cost;
@@ -888,7 +889,7 @@ struct lloyd_solver {
         auto& saved_cell = scratch.saved_cell;
         auto& saved_boundaries = scratch.saved_boundaries;
         auto& moved_start = scratch.moved_start;
-        constexpr std::size_t candidates = 2, tries = 2;
+        constexpr std::size_t candidates = 2;
         for (int round = 0; round < rounds; ++round) {
             // Only the best `candidates` splits are used, and a split saves at most its cell's cost. So the
             // cells are taken from the costliest down, until one costs less than the second best saving
@@ -1327,15 +1328,19 @@ void exact_partition(Workspace& ws, std::size_t m, std::size_t k) {
 
 /// Samples per centre of the greedy k-means++ seeding of `lloyd` (scikit-learn takes 2 + ln k, as the exact
 /// method's bound does), and rounds of split-and-merge moves after Lloyd converges (each keeps the first of
-/// a few moves that helps). Few clusters need few of either. Measured on the benchmark's fp16 rows at
-/// k = 16 (mean gap to the optimum at n = 4096 / 14336): 2 samples and 2 rounds 1.07% / 0.76%; 2 samples
-/// and 16 rounds 0.85% / 0.54% in 13% more time; 2 + ln k samples and 16 rounds 0.65% / 0.88% in 29% more
-/// time (at k = 4: 0.33% / 0.31% against 0.22% / 0.01%). Many clusters need the full search: at k = 256,
-/// 2 and 2 end 17% above the optimum, against 2% for 2 + ln k samples and 16 rounds.
+/// `split_merge_tries` moves that helps). Few clusters need few of either. Measured on the benchmark's
+/// fp16 rows at k = 16 (mean gap to the optimum at n = 4096 / 14336): 2 samples and 2 rounds 1.07% /
+/// 0.76%; 2 samples and 16 rounds 0.85% / 0.54% in 13% more time; 2 + ln k samples and 16 rounds 0.65% /
+/// 0.88% in 29% more time (at k = 4: 0.33% / 0.31% against 0.22% / 0.01%). Many clusters need the full
+/// search: at k = 256, 2 and 2 end 17% above the optimum, against 2% for 2 + ln k samples and 16 rounds.
 inline std::size_t lloyd_seed_trials(std::size_t k) {
     return k <= 16 ? 2 : 2 + static_cast<std::size_t>(std::log(static_cast<double>(k)));
 }
-inline int split_merge_rounds(std::size_t k) { return static_cast<int>(std::clamp<std::size_t>(k / 8, 2, 16)); }
+/// At k <= 4 one round of one try: on the benchmark's fp16 rows at k = 4, 2 rounds of 2 tries end 0.33% /
+/// 0.313% above the optimum on average (n = 4096 / 14336) against 0.35% / 0.318%, for about 1.6 us more
+/// per row (7% of lloyd's time at n = 4096).
+inline int split_merge_rounds(std::size_t k) { return static_cast<int>(std::clamp<std::size_t>(k / 8, k <= 4 ? 1 : 2, 16)); }
+inline std::size_t split_merge_tries(std::size_t k) { return k <= 4 ? 1 : 2; }
 
 /// Lloyd's method on the m > k >= 2 positive-weight groups: `restarts` runs from greedy k-means++ seeds;
 /// fills ws.best_centre with the k sorted centres (shifted) of the cheapest run.
@@ -1370,7 +1375,7 @@ void lloyd_partition(Workspace& ws, std::size_t m, std::size_t k, const kmeans_o
         if (seen()) continue;
         remember();
         bool settled = false;
-        const double cost = lloyd.split_and_merge(split_merge_rounds(k), options.max_iterations, converged, settled);
+        const double cost = lloyd.split_and_merge(split_merge_rounds(k), split_merge_tries(k), options.max_iterations, converged, settled);
         if (settled) remember();
         if (cost < best) {
             best = cost;

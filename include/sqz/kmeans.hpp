@@ -1007,7 +1007,15 @@ struct occurrence_ranks {
         const std::size_t blocks = range / block + 1;
         present.assign(blocks * block, 0);
         std::uint8_t* marks = present.data();
-        for (std::size_t i = 0; i < n; ++i) marks[value(i)] = 1;
+        // Four marks per iteration: one mark per iteration ran at half the store rate (Zen 4).
+        std::size_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            marks[value(i)] = 1;
+            marks[value(i + 1)] = 1;
+            marks[value(i + 2)] = 1;
+            marks[value(i + 3)] = 1;
+        }
+        for (; i < n; ++i) marks[value(i)] = 1;
         blocks_info.resize(blocks);
         std::uint32_t count = 0;
         for (std::size_t b = 0; b < blocks; ++b) {
@@ -1034,6 +1042,29 @@ struct occurrence_ranks {
         const std::uint32_t below = bits & ((std::uint32_t{1} << offset) - 1);
 #endif
         return static_cast<std::uint32_t>(info >> 32) + static_cast<std::uint32_t>(std::popcount(below));
+    }
+    /// rank[i] = rank(key[i] - low) for i < n: 16-bit keys whose differences from low were marked.
+    void ranks_of(std::size_t n, const std::uint16_t* key, std::uint16_t low, std::uint32_t* rank) const {
+        std::size_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+        // Sixteen at a time: the gathers, masks and popcounts take fewer cycles than sixteen scalar lookups.
+        const std::uint64_t* info = blocks_info.data();
+        const __m512i offset = _mm512_set1_epi32(low);
+        const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        for (; i + 16 <= n; i += 16) {
+            const __m512i keys = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + i)));
+            const __m512i v = _mm512_and_si512(_mm512_sub_epi32(keys, offset), _mm512_set1_epi32(0xffff));
+            const __m512i b = _mm512_srli_epi32(v, 5);
+            const __m512i info_low = _mm512_i32gather_epi64(_mm512_castsi512_si256(b), info, 8);
+            const __m512i info_high = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(b, 1), info, 8);
+            const __m512i bits = _mm512_permutex2var_epi32(info_low, even, info_high);
+            const __m512i first = _mm512_permutex2var_epi32(info_low, odd, info_high);
+            const __m512i at_or_above = _mm512_sllv_epi32(_mm512_set1_epi32(-1), _mm512_and_si512(v, _mm512_set1_epi32(31)));
+            _mm512_storeu_si512(rank + i, _mm512_add_epi32(first, _mm512_popcnt_epi32(_mm512_andnot_si512(at_or_above, bits))));
+        }
+#endif
+        for (; i < n; ++i) rank[i] = this->rank(static_cast<std::uint16_t>(key[i] - low));
     }
 };
 
@@ -1138,12 +1169,33 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
         ws.distinct_key.resize(d);
         double* distinct_weight = ws.distinct_weight.data();
         std::uint16_t* distinct_key = ws.distinct_key.data();
-        for (std::size_t i = 0; i < n; ++i) {
-            const std::size_t r = reduced(i);
-            const std::uint32_t rank = ranks.rank(r);
-            if constexpr (EntryGroups) group_of[i] = rank;
-            distinct_key[rank] = static_cast<std::uint16_t>(r);
-            distinct_weight[rank] += weight(i);
+        if constexpr (half_keys) {
+            // Every entry's rank first (in group_of, also when the caller does not keep it), then the
+            // keys and weight sums: apart, the ranks vectorise and the scatter runs at its store rate.
+            ws.group_of.resize(n);
+            group_of = ws.group_of.data();
+            ranks.ranks_of(n, key, low, group_of);
+            std::size_t i = 0;
+            const auto add = [&](std::size_t j) {
+                const std::uint32_t rank = group_of[j];
+                distinct_key[rank] = static_cast<std::uint16_t>(key[j] - low);
+                distinct_weight[rank] += weight(j);
+            };
+            for (; i + 4 <= n; i += 4) {
+                add(i);
+                add(i + 1);
+                add(i + 2);
+                add(i + 3);
+            }
+            for (; i < n; ++i) add(i);
+        } else {
+            for (std::size_t i = 0; i < n; ++i) {
+                const std::size_t r = reduced(i);
+                const std::uint32_t rank = ranks.rank(r);
+                if constexpr (EntryGroups) group_of[i] = rank;
+                distinct_key[rank] = static_cast<std::uint16_t>(r);
+                distinct_weight[rank] += weight(i);
+            }
         }
         ws.distinct_value.resize(d);
         decode_keys<T>(distinct_key, d, low, shift, ws.distinct_value.data());

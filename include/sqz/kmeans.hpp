@@ -998,27 +998,67 @@ struct lloyd_solver {
 /// any rank a popcount (tables of a few KB, which stay in L1 while entries look them up in random order).
 struct occurrence_ranks {
     static constexpr std::size_t block = 32;
+    // Whether build can list the values that occur (AVX-512 byte compress), which saves the callers a
+    // store per entry.
+#if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
+    static constexpr bool lists_values = true;
+#else
+    static constexpr bool lists_values = false;
+#endif
     std::vector<std::uint8_t> present;
     std::vector<std::uint64_t> blocks_info;  // per block: rank of its first value << 32 | mask of those that occur
 
-    /// Marks value(i) for i < n (all below `range`); returns how many distinct values occur.
+    /// Marks value(i) for i < n (all below `range`); returns how many distinct values occur. With
+    /// lists_values and `occurring` not null, also writes those values ascending to `occurring` (room for
+    /// the count plus 64).
     template <class Value>
-    std::uint32_t build(std::size_t n, std::size_t range, Value value) {
+    std::uint32_t build(std::size_t n, std::size_t range, Value value, [[maybe_unused]] std::uint16_t* occurring = nullptr) {
         const std::size_t blocks = range / block + 1;
-        present.assign(blocks * block, 0);
+        const std::size_t padded = (blocks + 1) / 2 * 2;  // whole pairs of blocks (64 marks)
+        present.assign(padded * block, 0);
         std::uint8_t* marks = present.data();
-        // Four marks per iteration: one mark per iteration ran at half the store rate (Zen 4).
+        // Four marks per iteration (one per iteration ran at half the store rate on Zen 4), their values
+        // read before any is stored: a byte store may alias anything, which made the compiler reload what
+        // `value` reads after each one.
         std::size_t i = 0;
         for (; i + 4 <= n; i += 4) {
-            marks[value(i)] = 1;
-            marks[value(i + 1)] = 1;
-            marks[value(i + 2)] = 1;
-            marks[value(i + 3)] = 1;
+            const std::size_t v0 = value(i), v1 = value(i + 1), v2 = value(i + 2), v3 = value(i + 3);
+            marks[v0] = 1;
+            marks[v1] = 1;
+            marks[v2] = 1;
+            marks[v3] = 1;
         }
         for (; i < n; ++i) marks[value(i)] = 1;
-        blocks_info.resize(blocks);
+        blocks_info.resize(padded);
         std::uint32_t count = 0;
-        for (std::size_t b = 0; b < blocks; ++b) {
+        std::size_t b = 0;
+#if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
+        if (occurring != nullptr) {
+            // Two blocks at a time; the offsets of their marks, packed, are the values that occur there.
+            const __m512i offsets = _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45,
+                                                    44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26,
+                                                    25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
+                                                    5, 4, 3, 2, 1, 0);
+            for (; b < blocks; b += 2) {
+                const __m512i bytes = _mm512_loadu_si512(marks + b * block);
+                const std::uint64_t bits = _mm512_test_epi8_mask(bytes, bytes);
+                const auto low_bits = static_cast<std::uint32_t>(bits);
+                const auto high_bits = static_cast<std::uint32_t>(bits >> 32);
+                const std::uint32_t middle = count + static_cast<std::uint32_t>(std::popcount(low_bits));
+                const std::uint32_t total = middle + static_cast<std::uint32_t>(std::popcount(high_bits));
+                blocks_info[b] = std::uint64_t{count} << 32 | low_bits;
+                blocks_info[b + 1] = std::uint64_t{middle} << 32 | high_bits;
+                const __m512i packed = _mm512_maskz_compress_epi8(bits, offsets);
+                const __m512i first = _mm512_set1_epi16(static_cast<short>(b * block));
+                _mm512_storeu_si512(occurring + count, _mm512_add_epi16(first, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(packed))));
+                if (total - count > 32)
+                    _mm512_storeu_si512(occurring + count + 32,
+                                        _mm512_add_epi16(first, _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(packed, 1))));
+                count = total;
+            }
+        }
+#endif
+        for (; b < blocks; ++b) {
             std::uint32_t bits = 0;
 #if defined(__AVX2__)
             const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(marks + b * block));
@@ -1119,7 +1159,17 @@ template <class T, class K>
 void decode_keys(const std::uint16_t* reduced, std::size_t count, K low, int shift, double* values) {
     std::size_t j = 0;
 #if defined(__AVX2__) && defined(__F16C__)
-    if constexpr (std::is_same_v<K, std::uint16_t>) {  // fp16 keys (shift 0), eight at a time
+    if constexpr (std::is_same_v<K, std::uint16_t>) {  // fp16 keys (shift 0), sixteen or eight at a time
+#if defined(__AVX512F__)
+        const __m256i offset16 = _mm256_set1_epi16(static_cast<short>(low ^ 0x8000u));
+        for (; j + 16 <= count; j += 16) {
+            const __m256i centred = _mm256_add_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(reduced + j)), offset16);
+            const __m256i half = _mm256_or_si256(_mm256_abs_epi16(centred), _mm256_and_si256(_mm256_srai_epi16(centred, 15), _mm256_set1_epi16(static_cast<short>(0x8000))));
+            const __m512 v = _mm512_cvtph_ps(half);
+            _mm512_storeu_pd(values + j, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+            _mm512_storeu_pd(values + j + 8, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+        }
+#endif
         const __m128i offset = _mm_set1_epi16(static_cast<short>(low ^ 0x8000u));
         for (; j + 8 <= count; j += 8) {
             // key - 0x8000 as a signed number is +-magnitude: the fp16 bits are |that| with the sign bit.
@@ -1153,7 +1203,8 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
     constexpr bool half_keys = std::is_same_v<K, std::uint16_t>;
     const int shift = half_keys ? 0 : std::countr_zero(ones);
     const K span = static_cast<K>((high - low) >> shift);  // reduced keys lie in [0, span]
-    const auto reduced = [&](std::size_t i) {
+    // By value: the occurrence map's byte stores would otherwise make the compiler reload key and low.
+    const auto reduced = [=](std::size_t i) {
         if constexpr (half_keys)
             return static_cast<K>(key[i] - low);
         else
@@ -1164,11 +1215,14 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
     const auto weight = [&](std::size_t i) { return weights != nullptr ? static_cast<double>(weights[i]) : 1.0; };
     occurrence_ranks& ranks = ws.ranks;
     if (span < 65536 && span / 16 <= n) {
-        const std::size_t d = ranks.build(n, static_cast<std::size_t>(span), reduced);
-        ws.distinct_weight.assign(d, 0.0);
-        ws.distinct_key.resize(d);
-        double* distinct_weight = ws.distinct_weight.data();
+        // Room for the listed values (there are at most min(n, span + 1)) and the last store's overhang.
+        ws.distinct_key.resize(std::min(n, static_cast<std::size_t>(span) + 1) + 64);
         std::uint16_t* distinct_key = ws.distinct_key.data();
+        constexpr bool listed = occurrence_ranks::lists_values;
+        const std::size_t d = ranks.build(n, static_cast<std::size_t>(span), reduced, listed ? distinct_key : nullptr);
+        ws.distinct_key.resize(d);
+        ws.distinct_weight.assign(d, 0.0);
+        double* distinct_weight = ws.distinct_weight.data();
         if constexpr (half_keys) {
             // Every entry's rank first (in group_of, also when the caller does not keep it), then the
             // keys and weight sums: apart, the ranks vectorise and the scatter runs at its store rate.
@@ -1178,7 +1232,7 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
             std::size_t i = 0;
             const auto add = [&](std::size_t j) {
                 const std::uint32_t rank = group_of[j];
-                distinct_key[rank] = static_cast<std::uint16_t>(key[j] - low);
+                if constexpr (!listed) distinct_key[rank] = static_cast<std::uint16_t>(key[j] - low);
                 distinct_weight[rank] += weight(j);
             };
             for (; i + 4 <= n; i += 4) {
@@ -1193,7 +1247,7 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
                 const std::size_t r = reduced(i);
                 const std::uint32_t rank = ranks.rank(r);
                 if constexpr (EntryGroups) group_of[i] = rank;
-                distinct_key[rank] = static_cast<std::uint16_t>(r);
+                if constexpr (!listed) distinct_key[rank] = static_cast<std::uint16_t>(r);
                 distinct_weight[rank] += weight(i);
             }
         }

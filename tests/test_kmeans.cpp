@@ -224,6 +224,35 @@ TEST_CASE("exact k-means with many clusters matches the slow DP", "[kmeans]") {
     }
 }
 
+TEST_CASE("exact k-means on fp16 rows whose values fill whole blocks of keys matches the slow DP", "[kmeans]") {
+    // Runs of consecutive fp16 values (every key of many 32- and 64-key blocks occurs, which the listing of
+    // the values that occur packs 64 at a time), of both signs, some repeated, in random order; row lengths
+    // that leave tails for the 16-at-a-time rank pass.
+    sqz::synthetic::rng random(616);
+    for (const std::size_t runs : {std::size_t{1}, std::size_t{3}}) {
+        std::vector<float> xf;
+        for (std::size_t run = 0; run < runs; ++run) {
+            // Small values (from 2^-14), so that the keys of both signs span few enough to be mapped.
+            const auto first = static_cast<std::uint16_t>(0x0400 + 0x100 * run);
+            for (std::uint16_t j = 0; j < 150 + 37 * run; ++j) {
+                xf.push_back(sqz::half_bits_to_float(static_cast<std::uint16_t>(first + j)));
+                xf.push_back(-sqz::half_bits_to_float(static_cast<std::uint16_t>(first + 2 * j)));
+                if (random.uniform() < 0.3) xf.push_back(xf[random.below(xf.size())]);
+            }
+        }
+        for (std::size_t i = xf.size(); i > 1; --i) std::swap(xf[i - 1], xf[random.below(i)]);
+        std::vector<float> wf(xf.size());
+        for (auto& v : wf) v = static_cast<float>(std::exp(random.normal()));
+        const std::vector<double> x(xf.begin(), xf.end()), w(wf.begin(), wf.end());
+        for (const int k : {4, 7}) {
+            INFO("runs " << runs << ", n = " << xf.size() << ", k = " << k);
+            const double optimum = slow_dp_optimum(x, w, k);
+            CHECK(check_result(sqz::weighted_kmeans(xf, wf, k), x, w, k) == Approx(optimum).epsilon(1e-5));
+            CHECK(check_result(sqz::weighted_kmeans(x, w, k), x, w, k) == Approx(optimum).epsilon(1e-9));
+        }
+    }
+}
+
 TEST_CASE("exact k-means groups equal values the same way on every path", "[kmeans]") {
     // Rows of fp16 values with many repeats take the key-map grouping (fp16 keys for contiguous floats,
     // float or double keys otherwise); a row with one value that is not an fp16 value, placed past the last

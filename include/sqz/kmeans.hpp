@@ -1007,6 +1007,13 @@ struct occurrence_ranks {
 #else
     static constexpr bool lists_values = false;
 #endif
+    // Whether ranks_of finds 16 ranks at a time (AVX-512 gathers and popcounts); one at a time, a separate
+    // pass over the entries costs more than it saves.
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+    static constexpr bool vector_ranks = true;
+#else
+    static constexpr bool vector_ranks = false;
+#endif
     std::vector<std::uint8_t> present;        // bytes equal to `mark` say the value occurs
     std::uint8_t mark = 0;                     // this build's (earlier builds' marks stay, uncleared)
     std::vector<std::uint64_t> blocks_info;  // per block: rank of its first value << 32 | mask of those that occur
@@ -1232,7 +1239,7 @@ std::size_t group_values(workspace<T, W>& ws, std::size_t n, const K* key, const
         ws.distinct_key.resize(d);
         ws.distinct_weight.assign(d, 0.0);
         double* distinct_weight = ws.distinct_weight.data();
-        if constexpr (half_keys) {
+        if constexpr (half_keys && occurrence_ranks::vector_ranks) {
             // Every entry's rank first (in group_of, also when the caller does not keep it), then the
             // keys and weight sums: apart, the ranks vectorise and the scatter runs at its store rate.
             ws.group_of.resize(n);

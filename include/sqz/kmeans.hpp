@@ -1022,7 +1022,8 @@ struct occurrence_ranks {
     /// lists_values and `occurring` not null, also writes those values ascending to `occurring` (room for
     /// the count plus 64).
     template <class Value>
-    std::uint32_t build(std::size_t n, std::size_t range, Value value, [[maybe_unused]] std::uint16_t* occurring = nullptr) {
+    std::uint32_t build(std::size_t n, std::size_t range, Value value,
+                        [[maybe_unused]] std::uint16_t* occurring = nullptr) {
         const std::size_t blocks = range / block + 1;
         const std::size_t padded = (blocks + 1) / 2 * 2;  // whole pairs of blocks (64 marks)
         if (present.size() < padded * block) present.resize(padded * block, 0);
@@ -1051,10 +1052,9 @@ struct occurrence_ranks {
 #if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
         if (occurring != nullptr) {
             // Two blocks at a time; the offsets of their marks, packed, are the values that occur there.
-            const __m512i offsets = _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45,
-                                                    44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26,
-                                                    25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
-                                                    5, 4, 3, 2, 1, 0);
+            const __m512i offsets = _mm512_set_epi64(0x3f3e3d3c3b3a3938, 0x3736353433323130, 0x2f2e2d2c2b2a2928,
+                                                     0x2726252423222120, 0x1f1e1d1c1b1a1918, 0x1716151413121110,
+                                                     0x0f0e0d0c0b0a0908, 0x0706050403020100);  // byte j holds j
             for (; b < blocks; b += 2) {
                 const __m512i bytes = _mm512_loadu_si512(marks + b * block);
                 const std::uint64_t bits = _mm512_cmpeq_epi8_mask(bytes, _mm512_set1_epi8(static_cast<char>(m)));
@@ -1066,7 +1066,8 @@ struct occurrence_ranks {
                 blocks_info[b + 1] = std::uint64_t{middle} << 32 | high_bits;
                 const __m512i packed = _mm512_maskz_compress_epi8(bits, offsets);
                 const __m512i first = _mm512_set1_epi16(static_cast<short>(b * block));
-                _mm512_storeu_si512(occurring + count, _mm512_add_epi16(first, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(packed))));
+                _mm512_storeu_si512(occurring + count,
+                                    _mm512_add_epi16(first, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(packed))));
                 if (total - count > 32)
                     _mm512_storeu_si512(occurring + count + 32,
                                         _mm512_add_epi16(first, _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(packed, 1))));

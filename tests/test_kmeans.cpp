@@ -224,6 +224,77 @@ TEST_CASE("exact k-means with many clusters matches the slow DP", "[kmeans]") {
     }
 }
 
+TEST_CASE("occurrence ranks count, rank and list the values that occur, over more builds than marks", "[kmeans]") {
+    // Each build marks with its own byte value and the map is cleared when the 255 values run out; a mark
+    // left from an earlier build would count a value that does not occur. Dense and sparse sets alternate
+    // (64-key blocks with more than 32 values, and empty ones), with lengths that leave tails.
+    namespace km = sqz::detail::kmeans;
+    sqz::synthetic::rng random(717);
+    km::occurrence_ranks ranks;
+    std::vector<std::uint16_t> values, keys, distinct, listed;
+    std::vector<std::uint32_t> rank;
+    std::size_t wrong_counts = 0, wrong_lists = 0, wrong_ranks = 0;
+    for (int build = 0; build < 600; ++build) {
+        const std::size_t range = build % 2 == 0 ? 300 : 20000;
+        const std::size_t n = 1 + random.below(build % 3 == 0 ? 40 : 1500);
+        const auto low = static_cast<std::uint16_t>(random.below(65536));
+        values.resize(n);
+        keys.resize(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            values[i] = static_cast<std::uint16_t>(random.below(range));
+            keys[i] = static_cast<std::uint16_t>(values[i] + low);  // ranks_of takes keys and their minimum
+        }
+        distinct = values;
+        std::sort(distinct.begin(), distinct.end());
+        distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+        listed.assign(n + 64, 0);
+        const std::size_t count = ranks.build(n, range - 1, [&](std::size_t i) { return values[i]; }, listed.data());
+        if (count != distinct.size()) {
+            ++wrong_counts;
+            continue;
+        }
+        if (km::occurrence_ranks::lists_values && !std::equal(distinct.begin(), distinct.end(), listed.begin())) ++wrong_lists;
+        rank.assign(n, 0);
+        ranks.ranks_of(n, keys.data(), low, rank.data());
+        for (std::size_t i = 0; i < n; ++i) {
+            const auto expected = static_cast<std::uint32_t>(std::lower_bound(distinct.begin(), distinct.end(), values[i]) - distinct.begin());
+            if (rank[i] != expected || ranks.rank(values[i]) != expected) ++wrong_ranks;
+        }
+    }
+    CHECK(wrong_counts == 0);
+    CHECK(wrong_lists == 0);
+    CHECK(wrong_ranks == 0);
+}
+
+TEST_CASE("exact k-means on fp16 rows whose values fill whole blocks of keys matches the slow DP", "[kmeans]") {
+    // Runs of consecutive fp16 values (every key of many 32- and 64-key blocks occurs, which the listing of
+    // the values that occur packs 64 at a time), of both signs, some repeated, in random order; row lengths
+    // that leave tails for the 16-at-a-time rank pass.
+    sqz::synthetic::rng random(616);
+    for (const std::size_t runs : {std::size_t{1}, std::size_t{3}}) {
+        std::vector<float> xf;
+        for (std::size_t run = 0; run < runs; ++run) {
+            // Small values (from 2^-14), so that the keys of both signs span few enough to be mapped.
+            const auto first = static_cast<std::uint16_t>(0x0400 + 0x100 * run);
+            for (std::uint16_t j = 0; j < 150 + 37 * run; ++j) {
+                xf.push_back(sqz::half_bits_to_float(static_cast<std::uint16_t>(first + j)));
+                xf.push_back(-sqz::half_bits_to_float(static_cast<std::uint16_t>(first + 2 * j)));
+                if (random.uniform() < 0.3) xf.push_back(xf[random.below(xf.size())]);
+            }
+        }
+        for (std::size_t i = xf.size(); i > 1; --i) std::swap(xf[i - 1], xf[random.below(i)]);
+        std::vector<float> wf(xf.size());
+        for (auto& v : wf) v = static_cast<float>(std::exp(random.normal()));
+        const std::vector<double> x(xf.begin(), xf.end()), w(wf.begin(), wf.end());
+        for (const int k : {4, 7}) {
+            INFO("runs " << runs << ", n = " << xf.size() << ", k = " << k);
+            const double optimum = slow_dp_optimum(x, w, k);
+            CHECK(check_result(sqz::weighted_kmeans(xf, wf, k), x, w, k) == Approx(optimum).epsilon(1e-5));
+            CHECK(check_result(sqz::weighted_kmeans(x, w, k), x, w, k) == Approx(optimum).epsilon(1e-9));
+        }
+    }
+}
+
 TEST_CASE("exact k-means groups equal values the same way on every path", "[kmeans]") {
     // Rows of fp16 values with many repeats take the key-map grouping (fp16 keys for contiguous floats,
     // float or double keys otherwise); a row with one value that is not an fp16 value, placed past the last

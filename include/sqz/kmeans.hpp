@@ -1178,22 +1178,22 @@ void decode_keys(const std::uint16_t* reduced, std::size_t count, K low, int shi
     std::size_t j = 0;
 #if defined(__AVX2__) && defined(__F16C__)
     if constexpr (std::is_same_v<K, std::uint16_t>) {  // fp16 keys (shift 0), sixteen or eight at a time
+        const __m128i offset = _mm_set1_epi16(static_cast<short>(low ^ 0x8000u));
+        // The fp16 bits of keys at..at + 7: key - 0x8000 as a signed number is +-magnitude, so the bits
+        // are |that| with the sign bit.
+        const auto half_bits = [&](std::size_t at) {
+            const __m128i centred = _mm_add_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(reduced + at)), offset);
+            return _mm_or_si128(_mm_abs_epi16(centred), _mm_and_si128(_mm_srai_epi16(centred, 15), _mm_set1_epi16(static_cast<short>(0x8000))));
+        };
 #if defined(__AVX512F__)
-        const __m256i offset16 = _mm256_set1_epi16(static_cast<short>(low ^ 0x8000u));
         for (; j + 16 <= count; j += 16) {
-            const __m256i centred = _mm256_add_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(reduced + j)), offset16);
-            const __m256i half = _mm256_or_si256(_mm256_abs_epi16(centred), _mm256_and_si256(_mm256_srai_epi16(centred, 15), _mm256_set1_epi16(static_cast<short>(0x8000))));
-            const __m512 v = _mm512_cvtph_ps(half);
+            const __m512 v = _mm512_cvtph_ps(_mm256_set_m128i(half_bits(j + 8), half_bits(j)));
             _mm512_storeu_pd(values + j, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
             _mm512_storeu_pd(values + j + 8, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
         }
 #endif
-        const __m128i offset = _mm_set1_epi16(static_cast<short>(low ^ 0x8000u));
         for (; j + 8 <= count; j += 8) {
-            // key - 0x8000 as a signed number is +-magnitude: the fp16 bits are |that| with the sign bit.
-            const __m128i centred = _mm_add_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(reduced + j)), offset);
-            const __m128i half = _mm_or_si128(_mm_abs_epi16(centred), _mm_and_si128(_mm_srai_epi16(centred, 15), _mm_set1_epi16(static_cast<short>(0x8000))));
-            const __m256 v = _mm256_cvtph_ps(half);
+            const __m256 v = _mm256_cvtph_ps(half_bits(j));
             _mm256_storeu_pd(values + j, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
             _mm256_storeu_pd(values + j + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
         }

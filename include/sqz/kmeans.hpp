@@ -1935,8 +1935,6 @@ std::size_t read_floats(const float* values, const W* weights, std::size_t n, st
     return i;
 }
 
-/// Clusters one row, reading it through value_at(i) and weight_at(i), or through the arrays values and
-/// weights when not null; with Check, validates each entry (sqz::error naming `where` and the index).
 /// For the m groups (value v, weight w, ascending): shifted[g] = v - pivot = y, and the prefix sums of w,
 /// w y and w y^2 (s*[g] covers groups [0, g), so s*[0] = 0); returns the smallest weight.
 inline double group_prefix_sums(const double* value, const double* weight, std::size_t m, double pivot, double* shifted,
@@ -1989,6 +1987,8 @@ inline double group_prefix_sums(const double* value, const double* weight, std::
     return lightest;
 }
 
+/// Clusters one row, reading it through value_at(i) and weight_at(i), or through the arrays values and
+/// weights when not null; with Check, validates each entry (sqz::error naming `where` and the index).
 template <bool Check, class T, class W, class ValueAt, class WeightAt>
 void cluster(const char* where, ValueAt value_at, WeightAt weight_at, const T* values, const W* weights,
              std::size_t n, std::size_t k, const kmeans_options& options, workspace<T, W>& ws,

@@ -909,7 +909,7 @@ TEST_CASE("exact k-means stays optimal when the weights span more than double's 
                 lightest = std::min(lightest, v);
             }
         if (!(total > 0)) continue;
-        light_rows += lightest < 0x1p-47 * total;  // exact_partition guards these
+        light_rows += lightest < 0x1p-51 * total;  // guarded (exact_partition guards below 2^-47)
         const int k = 1 + static_cast<int>(random.below(std::min<std::size_t>(n, 20)));
         INFO("row " << t << ", n = " << n << ", k = " << k);
         const auto exact = sqz::weighted_kmeans(x, w, k);

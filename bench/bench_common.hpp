@@ -6,6 +6,7 @@
 #include <sqz/sqz.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -45,6 +46,20 @@ std::vector<T> parse_list(const char* text, Parse parse) {
         start = comma + 1;
     }
     return out;
+}
+
+/// A comma-separated list of names, each one of `choices` as sqz::to_string spells it; false when
+/// one is not (out is then unusable).
+template <class T, std::size_t N>
+bool parse_names(const char* text, const std::array<T, N>& choices, std::vector<T>& out) {
+    bool known = true;
+    out = parse_list<T>(text, [&](const std::string& item) {
+        for (const T c : choices)
+            if (item == sqz::to_string(c)) return c;
+        known = false;
+        return choices[0];
+    });
+    return known;
 }
 
 /// "4096x14336,14336x4096": rows x columns.

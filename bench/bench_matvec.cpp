@@ -2,7 +2,7 @@
 // Eigen's fp32 GEMV, measured side by side in one run.
 //
 //   sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes 4096x14336,...] [--bits 2,3,4]
-//                    [--sparse 0,0.0045] [--modes exact,int8] [--kernels automatic|avx2,avx512,portable] [--smoke]
+//                    [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable] [--smoke]
 //
 // How it measures (docs/benchmarks.md, "Matrix-vector products"):
 //  - The quantized matrix is prepared once and copied until the copies hold at least 4x the 32 MiB L3;
@@ -32,6 +32,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -57,7 +58,7 @@ struct settings {
     std::vector<shape> shapes{{4096, 4096}, {4096, 14336}, {14336, 4096}};
     std::vector<int> bits{2, 3, 4};
     std::vector<double> sparse{0.0, 0.0045};
-    std::vector<sqz::numeric_mode> modes{sqz::numeric_mode::exact, sqz::numeric_mode::int8};
+    std::vector<sqz::numeric_mode> modes{sqz::numeric_mode::exact, sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile};
     std::vector<sqz::cpu_kernel> kernels{sqz::cpu_kernel::automatic};
     std::size_t cache_bytes = std::size_t{32} << 20;  // last-level cache to defeat
 };
@@ -74,7 +75,7 @@ int thread_count(const settings& s) {
 void usage() {
     std::puts(
         "sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--bits 2,3,4]\n"
-        "                 [--sparse 0,0.0045] [--modes exact,int8] [--kernels automatic|avx2,avx512,portable] [--smoke]");
+        "                 [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable] [--smoke]");
 }
 
 }  // namespace
@@ -97,19 +98,15 @@ int main(int argc, char** argv) {
         } else if (arg == "--sparse" && has_value) {
             cfg.sparse = parse_list<double>(argv[++a], [](const std::string& item) { return std::atof(item.c_str()); });
         } else if (arg == "--modes" && has_value) {
-            cfg.modes = parse_list<sqz::numeric_mode>(argv[++a], [](const std::string& item) {
-                return item == "int8" ? sqz::numeric_mode::int8 : sqz::numeric_mode::exact;
-            });
+            if (!parse_names(argv[++a], std::array{sqz::numeric_mode::exact, sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile},
+                             cfg.modes)) {
+                std::fprintf(stderr, "sqz-bench-matvec: unknown mode in --modes %s\n", argv[a]);
+                return 2;
+            }
         } else if (arg == "--kernels" && has_value) {
-            bool known = true;
-            cfg.kernels = parse_list<sqz::cpu_kernel>(argv[++a], [&](const std::string& item) {
-                for (const auto k : {sqz::cpu_kernel::automatic, sqz::cpu_kernel::avx2, sqz::cpu_kernel::avx512,
-                                     sqz::cpu_kernel::portable})
-                    if (item == sqz::to_string(k)) return k;
-                known = false;
-                return sqz::cpu_kernel::automatic;
-            });
-            if (!known) {
+            if (!parse_names(argv[++a], std::array{sqz::cpu_kernel::automatic, sqz::cpu_kernel::avx2, sqz::cpu_kernel::avx512,
+                                                   sqz::cpu_kernel::portable},
+                             cfg.kernels)) {
                 std::fprintf(stderr, "sqz-bench-matvec: unknown kernel in --kernels %s\n", argv[a]);
                 return 2;
             }

@@ -15,7 +15,7 @@
 //    llama.cpp loads them by default, for the types that have a repacked layout on this CPU (Q4_0 and
 //    Q4_K with AVX2 in this version), computed with ggml_backend_graph_compute (--no-repack: none).
 //  - sqz: bench_matvec's random matrices (sorted N(0, 0.02) codebooks, uniform codes, no sparse part),
-//    sqz::matvec<sqz::backend::cpu> in int8 and exact modes.
+//    sqz::matvec<sqz::backend::cpu> in int8, int8_tile and exact modes.
 //  - Every quantized matrix is copied until the copies hold at least 4x the 32 MiB L3 and each
 //    repetition multiplies the next copy, so the matrix comes from DRAM. Rounds interleave one DRAM
 //    bandwidth piece (bench_common.hpp's probe), one product per ggml type and one per sqz width and
@@ -63,7 +63,7 @@ struct settings {
     std::vector<shape> shapes{{4096, 4096}, {4096, 14336}, {14336, 4096}};
     std::vector<ggml_type> types{GGML_TYPE_Q4_0, GGML_TYPE_Q4_K, GGML_TYPE_Q3_K, GGML_TYPE_Q2_K, GGML_TYPE_Q8_0};
     std::vector<int> bits{2, 3, 4};
-    std::vector<sqz::numeric_mode> modes{sqz::numeric_mode::int8, sqz::numeric_mode::exact};
+    std::vector<sqz::numeric_mode> modes{sqz::numeric_mode::int8_tile, sqz::numeric_mode::int8, sqz::numeric_mode::exact};
     std::size_t cache_bytes = std::size_t{32} << 20;  // last-level cache to defeat
     bool repack = true;
 };

@@ -35,7 +35,7 @@ def main():
     configs = sorted({(r["bits"], r["sparse"], r["mode"]) for r in rows}, key=lambda c: (c[0], c[1], c[2]))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     width = 0.8 / max(1, len(configs))
-    colors = {"exact": "#4c72b0", "int8": "#dd8452"}
+    colors = {"exact": "#4c72b0", "int8": "#dd8452", "int8_tile": "#55a868"}
     for k, (bits, sparse, mode) in enumerate(configs):
         label = f"{bits} bit, {mode}" + (f", {100 * sparse:.2f}% sparse" if sparse > 0 else "")
         fractions, speedups = [], []

@@ -39,7 +39,7 @@ int main(int argc, char** argv) try {
 
     const sqz::cpu_matrix<float> prepared = sqz::prepare<sqz::backend::cpu>(q);  // repack once
     std::vector<float> y(reference.size());
-    for (const auto mode : {sqz::numeric_mode::exact, sqz::numeric_mode::int8}) {
+    for (const auto mode : {sqz::numeric_mode::exact, sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile}) {
         double us = 1e30;
         for (int repeat = 0; repeat < 5; ++repeat) {  // the first call also starts OpenMP's threads
             const auto start = std::chrono::steady_clock::now();
@@ -52,7 +52,7 @@ int main(int argc, char** argv) try {
             norm = std::max(norm, std::abs(static_cast<double>(reference[i])));
         }
         const auto name = sqz::to_string(mode);
-        std::printf("cpu %-5.*s %3d bits: %8.1f us, max |y - y_ref| = %.3g (max |y_ref| = %.3g)\n",
+        std::printf("cpu %-9.*s %3d bits: %8.1f us, max |y - y_ref| = %.3g (max |y_ref| = %.3g)\n",
                     static_cast<int>(name.size()), name.data(), bits, us, worst, norm);
     }
     return 0;

@@ -20,6 +20,8 @@
 namespace {
 
 using sqz::numeric_mode;
+constexpr std::array all_modes{numeric_mode::exact, numeric_mode::int8, numeric_mode::int8_tile};
+constexpr std::array int8_modes{numeric_mode::int8, numeric_mode::int8_tile};
 using Index = Eigen::Index;
 
 template <class T>
@@ -253,17 +255,19 @@ TEST_CASE("cpu matvec agrees with the reference on odd shapes, all widths, both 
                 require_close(y, reference, scale, 1e-5,
                               std::string("exact ") + name(kernel) + " bits " + std::to_string(bits) + " shape " +
                                   std::to_string(s.rows) + "x" + std::to_string(s.cols));
-                // The int8 kernels implement the reference's int8 specification: same integers, so
+                // The int8 kernels implement the reference's int8 specifications: same integers, so
                 // the results differ only by the rounding of the final float scaling.
-                std::vector<float> reference_int8(y.size());
-                sqz::matvec<sqz::backend::reference>(m.q, x, reference_int8, {.mode = numeric_mode::int8});
-                sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = numeric_mode::int8, .kernel = kernel});
-                require_close(y, reference_int8, scale, 1e-5, std::string("int8 ") + name(kernel) + " bits " +
-                                                                  std::to_string(bits));
-                // The convenience overload that prepares on every call.
-                std::vector<float> direct(y.size());
-                sqz::matvec<sqz::backend::cpu>(m.q, x, direct, {.mode = numeric_mode::int8, .kernel = kernel});
-                REQUIRE(direct == y);
+                for (const auto mode : int8_modes) {
+                    std::vector<float> reference_int8(y.size());
+                    sqz::matvec<sqz::backend::reference>(m.q, x, reference_int8, {.mode = mode});
+                    sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = mode, .kernel = kernel});
+                    require_close(y, reference_int8, scale, 1e-5, std::string(sqz::to_string(mode)) + " " + name(kernel) +
+                                                                      " bits " + std::to_string(bits));
+                    // The convenience overload that prepares on every call.
+                    std::vector<float> direct(y.size());
+                    sqz::matvec<sqz::backend::cpu>(m.q, x, direct, {.mode = mode, .kernel = kernel});
+                    REQUIRE(direct == y);
+                }
             }
 }
 
@@ -315,18 +319,21 @@ TEST_CASE("cpu matvec: the sparse part over several row blocks, every count of n
         const auto x = random_vector(cols, 620);
         const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
         const auto scale = magnitudes(m, x);
-        std::vector<float> reference_int8(rows);
-        sqz::matvec<sqz::backend::reference>(m.q, x, reference_int8, {.mode = numeric_mode::int8});
         for (const auto kernel : cpu_kernels) {
             std::vector<float> y(rows), two(rows);
             sqz::matvec<sqz::backend::cpu>(p, x, y, {.threads = 1, .kernel = kernel});
             require_close(y, brute_force(m, x), scale, 1e-5, std::string("sparse blocks exact ") + name(kernel));
             sqz::matvec<sqz::backend::cpu>(p, x, two, {.threads = 2, .kernel = kernel});
             REQUIRE(two == y);
-            sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = numeric_mode::int8, .threads = 1, .kernel = kernel});
-            require_close(y, reference_int8, scale, 1e-5, std::string("sparse blocks int8 ") + name(kernel));
-            sqz::matvec<sqz::backend::cpu>(p, x, two, {.mode = numeric_mode::int8, .threads = 2, .kernel = kernel});
-            REQUIRE(two == y);
+            for (const auto mode : int8_modes) {
+                std::vector<float> reference_int8(rows);
+                sqz::matvec<sqz::backend::reference>(m.q, x, reference_int8, {.mode = mode});
+                sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = mode, .threads = 1, .kernel = kernel});
+                require_close(y, reference_int8, scale, 1e-5,
+                              std::string("sparse blocks ") + std::string(sqz::to_string(mode)) + " " + name(kernel));
+                sqz::matvec<sqz::backend::cpu>(p, x, two, {.mode = mode, .threads = 2, .kernel = kernel});
+                REQUIRE(two == y);
+            }
         }
     }
 }
@@ -360,7 +367,9 @@ TEST_CASE("int8 activation quantization follows its specification", "[matvec][in
         x[j] = static_cast<float>(random.normal() * (j % 97 == 0 ? 50.0 : 1.0));  // outliers
     std::fill(x.begin() + 300, x.begin() + 340, 0.0f);                           // an all-zero slot
     const auto a = sqz::reference::quantize_activations<float>(x);
+    const auto a_tile = sqz::reference::quantize_activations<float>(x, false);
     REQUIRE(a.finite);
+    REQUIRE(a_tile.finite);
     for (std::size_t j = 0; j < x.size(); ++j) {
         const std::size_t tile = j / 256;
         const std::size_t slot = j / 32;
@@ -369,6 +378,11 @@ TEST_CASE("int8 activation quantization follows its specification", "[matvec][in
         for (std::size_t k = tile * 256; k < std::min(x.size(), tile * 256 + 256); ++k) tile_max = std::max(tile_max, std::abs(x[k]));
         for (std::size_t k = slot * 32; k < std::min(x.size(), slot * 32 + 32); ++k) slot_max = std::max(slot_max, std::abs(x[k]));
         REQUIRE(std::abs(int{a.q[j]}) <= 127);
+        // int8_tile: one step per tile, the tile's own int8 step, and D_b = 1.
+        REQUIRE(a_tile.slot_scale[slot] == 1);
+        REQUIRE(static_cast<double>(a_tile.tile_scale[tile]) == Approx(tile_max / 127.0).epsilon(1e-6));
+        REQUIRE(std::abs(static_cast<double>(x[j]) - a_tile.dequantized(j)) <= 0.5 * a_tile.tile_scale[tile] * (1 + 1e-6));
+        REQUIRE(std::abs(int{a_tile.q[j]}) <= 127);
         if (slot_max == 0) {
             REQUIRE(a.q[j] == 0);
             continue;
@@ -378,61 +392,68 @@ TEST_CASE("int8 activation quantization follows its specification", "[matvec][in
         REQUIRE(step <= slot_max / 127.0 * (1 + 1e-6) + tile_max / (127.0 * 255.0) * (1 + 1e-6));
         REQUIRE(std::abs(x[j] - a.dequantized(j)) <= 0.5 * step * (1 + 1e-6));
     }
-    // The cpu back end's quantizers (portable and AVX2) produce the same integers.
-    sqz::detail::int8_activation_buffers<float> portable;
-    REQUIRE(sqz::detail::quantize_activations<float>(x, 4, portable));
-    for (std::size_t j = 0; j < x.size(); ++j) REQUIRE(portable.q[j] == a.q[j]);
-    for (std::size_t b = 0; b < a.slot_scale.size(); ++b) REQUIRE(portable.slot_scale[b] == a.slot_scale[b]);
+    // The cpu back end's quantizers (portable and AVX2) produce the same integers, in both modes.
+    for (const bool slot_scales : {true, false}) {
+        const auto& expected = slot_scales ? a : a_tile;
+        sqz::detail::int8_activation_buffers<float> portable;
+        REQUIRE(sqz::detail::quantize_activations<float>(x, 4, slot_scales, portable));
+        for (std::size_t j = 0; j < x.size(); ++j) REQUIRE(portable.q[j] == expected.q[j]);
+        for (std::size_t b = 0; b < expected.slot_scale.size(); ++b) REQUIRE(portable.slot_scale[b] == expected.slot_scale[b]);
+        for (std::size_t t = 0; t < expected.tile_scale.size(); ++t) REQUIRE(portable.tile_scale[t] == expected.tile_scale[t]);
 #if SQZ_HAVE_X86_SIMD
-    if (sqz::detail::cpu_has_avx2_fma()) {
-        sqz::detail::int8_activation_buffers<float> simd;
-        REQUIRE(sqz::detail::avx2::quantize_activations(x.data(), x.size(), 4, simd));
-        REQUIRE(std::equal(simd.q.begin(), simd.q.end(), portable.q.begin()));
-        REQUIRE(simd.slot_scale == portable.slot_scale);
-        REQUIRE(simd.tile_scale == portable.tile_scale);
-        REQUIRE(simd.x_hat_sum == portable.x_hat_sum);
-    }
+        if (sqz::detail::cpu_has_avx2_fma()) {
+            sqz::detail::int8_activation_buffers<float> simd;
+            REQUIRE(sqz::detail::avx2::quantize_activations(x.data(), x.size(), 4, slot_scales, simd));
+            REQUIRE(std::equal(simd.q.begin(), simd.q.end(), portable.q.begin()));
+            REQUIRE(simd.slot_scale == portable.slot_scale);
+            REQUIRE(simd.tile_scale == portable.tile_scale);
+            REQUIRE(simd.x_hat_sum == portable.x_hat_sum);
+        }
 #endif
+    }
 }
 
-TEST_CASE("int8 mode stays within its documented error bound", "[matvec][int8]") {
+TEST_CASE("int8 modes stay within their documented error bound", "[matvec][int8]") {
     // Bound (docs/design.md): |y_int8 - y| <= (s_i / 2) sum_j |x^_j| + sum_j |L_i[code_ij]| |x_j - x^_j|
     // plus float rounding, where s_i is the row's 7-bit LUT step and x^ the dequantized activations.
-    for (const int bits : {2, 3, 4, 8})
-        for (const bool outliers : {false, true}) {
-            const auto m = make_matrix(40, 700, bits, 300 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
-            auto x = random_vector(700, 301);
-            if (outliers)
-                for (std::size_t j = 0; j < x.size(); j += 50) x[j] *= 100.0f;
-            const auto a = sqz::reference::quantize_activations<float>(x);
-            std::vector<float> exact(40);
-            sqz::matvec<sqz::backend::reference>(m.q, x, exact);
-            const auto scale = magnitudes(m, x);
-            for (const auto kernel : cpu_kernels) {
-                if (kernel != sqz::cpu_kernel::portable && bits > 4) continue;
-                std::vector<float> y(40);
-                sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.mode = numeric_mode::int8, .kernel = kernel});
-                double worst_ratio = 0;
-                for (Index i = 0; i < 40; ++i) {
-                    const auto lut_row = m.q.lut_row(i);
-                    const auto [lo, hi] = std::minmax_element(lut_row.begin(), lut_row.end());
-                    const double lut_step = (static_cast<double>(*hi) - *lo) / 127.0;
-                    double bound = 0;
-                    for (std::size_t j = 0; j < x.size(); ++j) {
-                        const double w = m.lut(i, m.codes[static_cast<std::size_t>(i) * 700 + j]);
-                        bound += 0.5 * lut_step * std::abs(static_cast<double>(a.dequantized(j))) +
-                                 std::abs(w) * std::abs(static_cast<double>(x[j]) - static_cast<double>(a.dequantized(j)));
+    for (const auto mode : int8_modes)
+        for (const int bits : {2, 3, 4, 8})
+            for (const bool outliers : {false, true}) {
+                const auto m = make_matrix(40, 700, bits, 300 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
+                auto x = random_vector(700, 301);
+                if (outliers)
+                    for (std::size_t j = 0; j < x.size(); j += 50) x[j] *= 100.0f;
+                const auto a = sqz::reference::quantize_activations<float>(x, mode == numeric_mode::int8);
+                std::vector<float> exact(40);
+                sqz::matvec<sqz::backend::reference>(m.q, x, exact);
+                const auto scale = magnitudes(m, x);
+                for (const auto kernel : cpu_kernels) {
+                    if (kernel != sqz::cpu_kernel::portable && bits > 4) continue;
+                    INFO(sqz::to_string(mode) << " bits " << bits << (outliers ? " with outliers " : " ") << name(kernel));
+                    std::vector<float> y(40);
+                    sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.mode = mode, .kernel = kernel});
+                    double worst_ratio = 0;
+                    for (Index i = 0; i < 40; ++i) {
+                        const auto lut_row = m.q.lut_row(i);
+                        const auto [lo, hi] = std::minmax_element(lut_row.begin(), lut_row.end());
+                        const double lut_step = (static_cast<double>(*hi) - *lo) / 127.0;
+                        double bound = 0;
+                        for (std::size_t j = 0; j < x.size(); ++j) {
+                            const double w = m.lut(i, m.codes[static_cast<std::size_t>(i) * 700 + j]);
+                            bound += 0.5 * lut_step * std::abs(static_cast<double>(a.dequantized(j))) +
+                                     std::abs(w) * std::abs(static_cast<double>(x[j]) - static_cast<double>(a.dequantized(j)));
+                        }
+                        bound += 1e-5 * scale[static_cast<std::size_t>(i)];  // float rounding of both products
+                        const double err = std::abs(static_cast<double>(y[static_cast<std::size_t>(i)]) - exact[static_cast<std::size_t>(i)]);
+                        REQUIRE(err <= bound);
+                        worst_ratio = std::max(worst_ratio, err / scale[static_cast<std::size_t>(i)]);
                     }
-                    bound += 1e-5 * scale[static_cast<std::size_t>(i)];  // float rounding of both products
-                    const double err = std::abs(static_cast<double>(y[static_cast<std::size_t>(i)]) - exact[static_cast<std::size_t>(i)]);
-                    REQUIRE(err <= bound);
-                    worst_ratio = std::max(worst_ratio, err / scale[static_cast<std::size_t>(i)]);
+                    // And small in absolute terms: about 1% of sum_j |w_ij x_j| at most here, a little more
+                    // when 100x outliers coarsen the steps of their slots (int8), of their whole tiles (int8_tile).
+                    CAPTURE(worst_ratio);
+                    REQUIRE(worst_ratio < (outliers ? 0.03 : 0.015));
                 }
-                // And small in absolute terms: about 1% of sum_j |w_ij x_j| at most here, a little more
-                // when 100x outliers coarsen the steps of their slots.
-                REQUIRE(worst_ratio < (outliers ? 0.03 : 0.015));
             }
-        }
 }
 
 TEST_CASE("NaN and infinity in x propagate as IEEE arithmetic says", "[matvec][nan]") {
@@ -479,7 +500,7 @@ TEST_CASE("NaN and infinity in x propagate as IEEE arithmetic says", "[matvec][n
                     REQUIRE(std::isfinite(r));
             }
             for (const auto kernel : cpu_kernels)
-                for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+                for (const auto mode : all_modes) {
                     if (kernel != sqz::cpu_kernel::portable && bits > 4) continue;
                     std::vector<float> y(24);
                     sqz::matvec<sqz::backend::cpu>(p, x, y, {.mode = mode, .kernel = kernel});
@@ -524,7 +545,7 @@ TEST_CASE("cpu results do not depend on the number of threads", "[matvec][cpu][t
             const auto m = make_matrix(203, 777, bits, 70 + static_cast<std::uint64_t>(bits), sparse_kind::scattered);
             const auto x = random_vector(777, 71);
             const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
-            for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+            for (const auto mode : all_modes) {
                 std::vector<float> one(203), two(203), three(203);
                 sqz::matvec<sqz::backend::cpu>(p, x, one, {.mode = mode, .threads = 1, .kernel = kernel});
                 sqz::matvec<sqz::backend::cpu>(p, x, two, {.mode = mode, .threads = 2, .kernel = kernel});
@@ -549,7 +570,7 @@ TEST_CASE("matmul agrees with the reference for 1..16 columns", "[matvec][matmul
             for (const Index k : {1, 2, 5, 16}) {
                 Eigen::MatrixXf big = Eigen::MatrixXf::Random(301, k + 2);
                 const auto X = big.middleCols(1, k);  // a strided block: Eigen::Ref must cope
-                for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+                for (const auto mode : all_modes) {
                     Eigen::MatrixXf Y(37, k), R(37, k);
                     sqz::matmul<sqz::backend::cpu>(p, X, Y, {.mode = mode, .kernel = kernel});
                     sqz::matmul<sqz::backend::reference>(m.q, X, R, {.mode = mode});
@@ -573,7 +594,7 @@ TEST_CASE("empty matrices and empty sparse parts", "[matvec][cpu]") {
         sqz::matvec<sqz::backend::reference>(m.q, x, y);
         for (const float v : y) REQUIRE(v == 0.0f);
         std::fill(y.begin(), y.end(), 42.0f);
-        for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+        for (const auto mode : all_modes) {
             sqz::matvec<sqz::backend::cpu>(m.q, x, y, {.mode = mode});
             for (const float v : y) REQUIRE(v == 0.0f);
         }
@@ -622,20 +643,20 @@ void redraw_sparse_values(test_matrix<T>& m, value_form form, std::uint64_t seed
     m.q = sqz::quantized_matrix<T>::from_codes(m.q.rows(), m.q.cols(), m.q.bits(), m.lut, m.codes, sparse);
 }
 
-/// y from the cpu back end (and the reference) for x, in both modes, both thread counts and every
-/// kernel: exact mode within 1e-5 relative of the reference, int8 mode within 1e-5 of the reference's
-/// int8 specification, NaN and infinities in the same rows as the reference, 1 and 2 threads identical.
+/// y from the cpu back end (and the reference) for x, in every mode, both thread counts and every
+/// kernel: exact mode within 1e-5 relative of the reference, the int8 modes within 1e-5 of the
+/// reference's implementation of their specification, NaN and infinities in the same rows as the reference, 1 and 2 threads identical.
 void check_against_reference(const test_matrix<float>& m, const sqz::cpu_matrix<float>& p, const std::vector<float>& x,
                              const std::string& what) {
     const auto rows = static_cast<std::size_t>(m.q.rows());
     const auto scale = magnitudes(m, x);
-    for (const auto mode : {numeric_mode::exact, numeric_mode::int8}) {
+    for (const auto mode : all_modes) {
         std::vector<float> reference(rows);
         sqz::matvec<sqz::backend::reference>(m.q, x, reference, {.mode = mode});
         const bool finite = std::all_of(x.begin(), x.end(), [](float v) { return std::isfinite(v); });
         for (const auto kernel : cpu_kernels) {
             if (kernel != sqz::cpu_kernel::portable && m.q.bits() > 4) continue;
-            const std::string label = what + (mode == numeric_mode::int8 ? " int8 " : " exact ") + name(kernel);
+            const std::string label = what + " " + std::string(sqz::to_string(mode)) + " " + name(kernel);
             std::vector<float> one(rows), two(rows);
             sqz::matvec<sqz::backend::cpu>(p, x, one, {.mode = mode, .threads = 1, .kernel = kernel});
             sqz::matvec<sqz::backend::cpu>(p, x, two, {.mode = mode, .threads = 2, .kernel = kernel});
@@ -761,7 +782,7 @@ TEST_CASE("cpu sparse storage: decoded values are bit-identical to the originals
         const auto dense_only = sqz::prepare<sqz::backend::cpu>(
             sqz::quantized_matrix<float>::from_codes(37, 301, 4, m.lut, m.codes, sqz::csr_matrix<float>(37, 301)));
         const std::size_t per_nonzero = form == value_form::any ? 6 : 4;
-        for (const auto mode : {numeric_mode::exact, numeric_mode::int8})
+        for (const auto mode : all_modes)
             REQUIRE(p.bytes_read(mode) - dense_only.bytes_read(mode) ==
                     (static_cast<std::size_t>(nnz) + sqz::detail::sparse_padding) * per_nonzero + 38 * 4);
     }
@@ -860,7 +881,7 @@ TEST_CASE("AVX-512 exact decoder: weight p of a tile is the LUT entry of the cod
 #endif
 }
 
-TEST_CASE("AVX-512 int8 kernel computes the AVX2 kernel's integers: bit-identical results", "[matvec][cpu][avx512]") {
+TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identical results", "[matvec][cpu][avx512]") {
     if (!sqz::detail::cpu_has_avx512()) {
         WARN("no AVX-512: skipped");
         return;
@@ -871,11 +892,14 @@ TEST_CASE("AVX-512 int8 kernel computes the AVX2 kernel's integers: bit-identica
                 const auto m = make_matrix(s.rows, s.cols, bits, 600 + static_cast<std::uint64_t>(bits), kind);
                 const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
                 const auto x = random_vector(s.cols, 601);
-                std::vector<float> avx2(static_cast<std::size_t>(s.rows)), avx512(avx2.size());
-                sqz::matvec<sqz::backend::cpu>(p, x, avx2, {.mode = numeric_mode::int8, .kernel = sqz::cpu_kernel::avx2});
-                sqz::matvec<sqz::backend::cpu>(p, x, avx512, {.mode = numeric_mode::int8, .kernel = sqz::cpu_kernel::avx512});
-                INFO("bits " << bits << " shape " << s.rows << "x" << s.cols);
-                for (std::size_t i = 0; i < avx2.size(); ++i) REQUIRE(std::bit_cast<std::uint32_t>(avx512[i]) == std::bit_cast<std::uint32_t>(avx2[i]));
+                for (const auto mode : int8_modes) {
+                    std::vector<float> avx2(static_cast<std::size_t>(s.rows)), avx512(avx2.size());
+                    sqz::matvec<sqz::backend::cpu>(p, x, avx2, {.mode = mode, .kernel = sqz::cpu_kernel::avx2});
+                    sqz::matvec<sqz::backend::cpu>(p, x, avx512, {.mode = mode, .kernel = sqz::cpu_kernel::avx512});
+                    INFO(sqz::to_string(mode) << " bits " << bits << " shape " << s.rows << "x" << s.cols);
+                    for (std::size_t i = 0; i < avx2.size(); ++i)
+                        REQUIRE(std::bit_cast<std::uint32_t>(avx512[i]) == std::bit_cast<std::uint32_t>(avx2[i]));
+                }
             }
 }
 

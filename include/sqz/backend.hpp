@@ -35,10 +35,23 @@ namespace sqz {
 ///  - int8: x is quantized to int8 in blocks of 32 (per-block scales, see docs/design.md) and the LUT
 ///    to 7-bit integers per row, and the dense part is an integer dot product; faster, with the error
 ///    bound of docs/design.md. A non-finite x falls back to exact for that call.
-enum class numeric_mode { exact, int8 };
+///  - int8_tile: int8 with one activation scale per 256 columns (as llama.cpp's Q8_K) instead of one
+///    per 32: coarser steps where a tile's magnitudes vary (error bound in docs/design.md), but the
+///    AVX-512 kernel multiplies and accumulates with one instruction per 64 weights (vpdpbusd). The
+///    fastest mode; otherwise as int8.
+enum class numeric_mode { exact, int8, int8_tile };
 
 inline constexpr std::string_view to_string(numeric_mode mode) noexcept {
-    return mode == numeric_mode::int8 ? "int8" : "exact";
+    switch (mode) {
+        case numeric_mode::int8: return "int8";
+        case numeric_mode::int8_tile: return "int8_tile";
+        default: return "exact";
+    }
+}
+
+/// True for the modes that quantize the activations to int8 (int8, int8_tile).
+inline constexpr bool quantizes_activations(numeric_mode mode) noexcept {
+    return mode == numeric_mode::int8 || mode == numeric_mode::int8_tile;
 }
 
 /// Which CPU kernels the cpu back end runs: the best one the processor supports (automatic: AVX-512,

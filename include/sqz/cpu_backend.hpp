@@ -124,7 +124,7 @@ public:
     /// Bytes a product reads from this layout: codes, the LUT form of the mode, and the sparse part as
     /// stored (16- or 32-bit columns and values, with their padding, and the row offsets).
     std::size_t bytes_read(numeric_mode mode) const noexcept {
-        const std::size_t lut = mode == numeric_mode::int8 ? rows_ * (lut_stride_ + 2 * sizeof(T))
+        const std::size_t lut = quantizes_activations(mode) ? rows_ * (lut_stride_ + 2 * sizeof(T))
                                 : exact_tables_.empty()    ? lut_.size() * sizeof(T)
                                                            : exact_tables_.size();
         const std::size_t codes = codes_.size() - (tiled_ ? code_padding : 0);  // the padding is never read as codes
@@ -348,13 +348,14 @@ void avx512_exact(const cpu_matrix_view<float>& m, const float* xp, const float*
     });
 }
 
-template <int Bits>
+/// SlotScales = false: int8_tile mode (a quantized with D_b = 1 in every slot).
+template <int Bits, bool SlotScales>
 void avx512_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<float>& a, const float* x, float* y,
                  int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         grouped_rows<int8_rows_together>(
-            m, first, end, x, y, [&](std::size_t i) { avx512::int8_rows<Bits, 1>(m, i, a, y); },
-            [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together>(m, i, a, y); });
+            m, first, end, x, y, [&](std::size_t i) { avx512::int8_rows<Bits, 1, SlotScales>(m, i, a, y); },
+            [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together, SlotScales>(m, i, a, y); });
     });
 }
 
@@ -403,15 +404,18 @@ activation_scratch<T>& scratch() {
     return buffers;
 }
 
-/// Quantizes one activation vector with the kernels' quantizer; false when x is not finite.
+/// Quantizes one activation vector with the kernels' quantizer for `mode` (int8 or int8_tile); false
+/// when x is not finite.
 template <class T>
-bool quantize_for(const cpu_matrix_view<T>& m, simd_kernel simd, std::span<const T> x, int8_activation_buffers<T>& out) {
+bool quantize_for(const cpu_matrix_view<T>& m, simd_kernel simd, numeric_mode mode, std::span<const T> x,
+                  int8_activation_buffers<T>& out) {
+    const bool slot_scales = mode == numeric_mode::int8;
 #if SQZ_HAVE_X86_SIMD
     if constexpr (std::is_same_v<T, float>)
-        if (simd != simd_kernel::none) return avx2::quantize_activations(x.data(), m.cols, m.tiles, out);
+        if (simd != simd_kernel::none) return avx2::quantize_activations(x.data(), m.cols, m.tiles, slot_scales, out);
 #endif
     (void)simd;
-    return quantize_activations(x, m.tiles, out);
+    return quantize_activations(x, m.tiles, slot_scales, out);
 }
 
 template <class T>
@@ -422,14 +426,19 @@ void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const 
     const simd_kernel simd = choose_kernel(m, options);
     if (m.rows == 0) return;
     activation_scratch<T>& buffers = scratch<T>();
-    if (options.mode == numeric_mode::int8) {
+    if (quantizes_activations(options.mode)) {
         const int8_activation_buffers<T>& act = buffers.int8;
-        if (quantize_for(m, simd, x, buffers.int8)) {
+        if (quantize_for(m, simd, options.mode, x, buffers.int8)) {
 #if SQZ_HAVE_X86_SIMD
             if constexpr (std::is_same_v<T, float>) {
                 if (simd == simd_kernel::avx512) {
                     if (m.bits != 4) avx512::order_activations(m.bits, m.tiles, buffers.int8);
-                    with_tiled_bits(m.bits, [&]<int Bits>() { avx512_int8<Bits>(m, act, x.data(), y.data(), threads); });
+                    with_tiled_bits(m.bits, [&]<int Bits>() {
+                        if (options.mode == numeric_mode::int8)
+                            avx512_int8<Bits, true>(m, act, x.data(), y.data(), threads);
+                        else
+                            avx512_int8<Bits, false>(m, act, x.data(), y.data(), threads);
+                    });
                     return;
                 }
                 if (simd == simd_kernel::avx2) {
@@ -482,9 +491,10 @@ void matmul(const cpu_matrix<T>& a, matrix_cref<T> x, matrix_ref<T> y, const mat
         y(static_cast<index_t>(i), static_cast<index_t>(c)) = static_cast<T>(dense + sparse_row_dot(m, i, columns[c].data()));
     };
 
-    bool int8 = options.mode == numeric_mode::int8;
+    bool int8 = quantizes_activations(options.mode);
     std::vector<int8_activation_buffers<T>> act(int8 ? k : 0);
-    for (std::size_t c = 0; c < act.size() && int8; ++c) int8 = quantize_for(m, simd, std::span<const T>(columns[c]), act[c]);
+    for (std::size_t c = 0; c < act.size() && int8; ++c)
+        int8 = quantize_for(m, simd, options.mode, std::span<const T>(columns[c]), act[c]);
 
     if (int8) {
 #if SQZ_HAVE_X86_SIMD

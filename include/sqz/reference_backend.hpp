@@ -10,7 +10,8 @@
 //   x:    tiles of 256 columns, slots of 32; e_t = amax_t / (127 * 255) per tile, D_b = ceil(255 amax_b /
 //         amax_t) in 1..255 per slot, q_j = round(x_j / (e_t D_b)) in -127..127 (round to nearest even)
 //   y_i = s_i * sum_t e_t * sum_{b in t} D_b * sum_{j in b} u_i[code_ij] q_j  +  lo_i * sum_j x^_j  +  S x
-// where x^_j = e_t D_b q_j. If x holds a NaN or an infinity, int8 mode computes the call exactly.
+// where x^_j = e_t D_b q_j. Int8_tile mode is the same with one step per tile: e_t = amax_t / 127 and
+// D_b = 1 in every slot. If x holds a NaN or an infinity, both compute the call exactly.
 #pragma once
 
 #include <sqz/backend.hpp>
@@ -80,8 +81,9 @@ struct int8_activations {
     }
 };
 
+/// x quantized per the int8 specification; slot_scales = false: int8_tile's (e_t = amax_t / 127, D_b = 1).
 template <class T>
-int8_activations<T> quantize_activations(std::span<const T> x) {
+int8_activations<T> quantize_activations(std::span<const T> x, bool slot_scales = true) {
     int8_activations<T> out;
     for (const T v : x)
         if (!std::isfinite(v)) {
@@ -100,14 +102,14 @@ int8_activations<T> quantize_activations(std::span<const T> x) {
         for (std::size_t j = begin; j < end; ++j) tile_max = std::max(tile_max, std::abs(x[j]));
         // A tile so small that its unit would be subnormal is treated as zero (error <= its max).
         if (!(tile_max >= T(127 * 255) * std::numeric_limits<T>::min())) continue;
-        const T unit = tile_max / T(127 * 255);
+        const T unit = slot_scales ? tile_max / T(127 * 255) : tile_max / T(127);
         out.tile_scale[t] = unit;
         for (std::size_t s = begin; s < end; s += int8_slot) {
             const std::size_t slot_end = std::min(end, s + int8_slot);
             T slot_max = 0;
             for (std::size_t j = s; j < slot_end; ++j) slot_max = std::max(slot_max, std::abs(x[j]));
-            if (slot_max == T(0)) continue;
-            const T multiplier = std::clamp(std::ceil(T(255) * (slot_max / tile_max)), T(1), T(255));
+            if (slot_max == T(0) && slot_scales) continue;
+            const T multiplier = slot_scales ? std::clamp(std::ceil(T(255) * (slot_max / tile_max)), T(1), T(255)) : T(1);
             out.slot_scale[s / int8_slot] = static_cast<std::uint8_t>(multiplier);
             const T step = unit * multiplier;
             for (std::size_t j = s; j < slot_end; ++j)
@@ -147,8 +149,8 @@ void matvec_exact(const quantized_matrix<T, Bits>& q, std::span<const T> x, std:
 }
 
 template <class T, int Bits>
-void matvec_int8(const quantized_matrix<T, Bits>& q, std::span<const T> x, std::span<T> y) {
-    const int8_activations<T> xq = quantize_activations(x);
+void matvec_int8(const quantized_matrix<T, Bits>& q, std::span<const T> x, std::span<T> y, bool slot_scales) {
+    const int8_activations<T> xq = quantize_activations(x, slot_scales);
     if (!xq.finite) {
         matvec_exact(q, x, y);
         return;
@@ -178,8 +180,8 @@ template <class T, int Bits>
 void matvec(const quantized_matrix<T, Bits>& q, std::span<const T> x, std::span<T> y,
             numeric_mode mode = numeric_mode::exact) {
     detail::check_matvec_args(q, x.size(), y.size());
-    if (mode == numeric_mode::int8)
-        detail::matvec_int8(q, x, y);
+    if (quantizes_activations(mode))
+        detail::matvec_int8(q, x, y, mode == numeric_mode::int8);
     else
         detail::matvec_exact(q, x, y);
 }

@@ -172,11 +172,12 @@ struct int8_activation_buffers {
     bool finite = true;
 };
 
-/// Quantizes x (cols entries) for int8 mode; returns false (and leaves `out` unusable) when x holds a
-/// NaN or an infinity, which the callers answer with an exact product. The AVX2 kernels use their own
-/// bit-identical version that also fills slot_scale_pairs (cpu_kernels_avx2.hpp).
+/// Quantizes x (cols entries) for int8 mode (slot_scales = false: int8_tile mode, e_t = a_t / 127 and
+/// D_b = 1 in every slot); returns false (and leaves `out` unusable) when x holds a NaN or an infinity, which the
+/// callers answer with an exact product. The AVX2 kernels use their own bit-identical version that
+/// also fills slot_scale_pairs (cpu_kernels_avx2.hpp).
 template <class T>
-bool quantize_activations(std::span<const T> x, std::size_t tiles, int8_activation_buffers<T>& out) {
+bool quantize_activations(std::span<const T> x, std::size_t tiles, bool slot_scales, int8_activation_buffers<T>& out) {
     using cpu_layout::slot_columns;
     using cpu_layout::tile_columns;
     const std::size_t n = x.size();
@@ -198,12 +199,12 @@ bool quantize_activations(std::span<const T> x, std::size_t tiles, int8_activati
         }
         const T tile_max = *std::max_element(slot_max.begin(), slot_max.end());
         if (!(tile_max >= T(127 * 255) * std::numeric_limits<T>::min())) continue;  // zero (or negligible) tile
-        const T unit = tile_max / T(127 * 255);
+        const T unit = slot_scales ? tile_max / T(127 * 255) : tile_max / T(127);
         out.tile_scale[t] = unit;
         std::int64_t tile_sum = 0;
         for (std::size_t s = 0; s < cpu_layout::slots_per_tile; ++s) {
-            if (slot_max[s] == T(0)) continue;
-            const T multiplier = std::clamp(std::ceil(T(255) * (slot_max[s] / tile_max)), T(1), T(255));
+            if (slot_max[s] == T(0) && slot_scales) continue;
+            const T multiplier = slot_scales ? std::clamp(std::ceil(T(255) * (slot_max[s] / tile_max)), T(1), T(255)) : T(1);
             const auto d = static_cast<std::uint8_t>(multiplier);
             out.slot_scale[t * cpu_layout::slots_per_tile + s] = d;
             const T step = unit * multiplier;

@@ -308,8 +308,9 @@ inline void permute_for_exact(int bits, const float* x, std::size_t cols, std::s
 
 /// The int8 activation quantization of cpu_kernels.hpp (quantize_activations) with AVX2: the same
 /// IEEE operations in the same order (division, round to nearest even, ceil), so the result is
-/// bit-identical to the portable one. Returns false when x holds a NaN or an infinity.
-SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t cols, std::size_t tiles,
+/// bit-identical to the portable one (slot_scales = false: int8_tile mode, D_b = 1). Returns false
+/// when x holds a NaN or an infinity.
+SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t cols, std::size_t tiles, bool slot_scales,
                                                  int8_activation_buffers<float>& out) {
     using cpu_layout::slots_per_tile;
     using cpu_layout::tile_columns;
@@ -356,14 +357,15 @@ SQZ_AVX2_TARGET inline bool quantize_activations(const float* x, std::size_t col
             out.tile_scale[t] = 0.0f;
             continue;
         }
-        const float unit = tile_max / (127.0f * 255.0f);
+        const float unit = slot_scales ? tile_max / (127.0f * 255.0f) : tile_max / 127.0f;
         out.tile_scale[t] = unit;
         std::int64_t tile_sum = 0;
         for (std::size_t s = 0; s < slots_per_tile; ++s) {
             std::uint8_t d = 0;
             __m256i packed = _mm256_setzero_si256();
-            if (slot_max[s] != 0.0f) {
-                const float multiplier = std::clamp(std::ceil(255.0f * (slot_max[s] / tile_max)), 1.0f, 255.0f);
+            if (slot_max[s] != 0.0f || !slot_scales) {
+                const float multiplier =
+                    slot_scales ? std::clamp(std::ceil(255.0f * (slot_max[s] / tile_max)), 1.0f, 255.0f) : 1.0f;
                 d = static_cast<std::uint8_t>(multiplier);
                 const __m256 step = _mm256_set1_ps(unit * multiplier);
                 __m256i level[4];

@@ -367,8 +367,9 @@ SQZ_AVX512_INLINE __m512i pair_scales(const std::uint32_t* scales, int s0, int s
 /// form (two loads joined by an insert, a merge-masked broadcast of the scales, the codes reloaded
 /// into the shifts, the code prefetch as a loop): the form used below 4 bits made it 14% faster from
 /// the cache but 5-8% slower from DRAM on two threads of an idle host (docs/benchmarks.md), where the
-/// 4-bit product is bound by memory, not by its instructions.
-template <int Bits, int R, int Chunk>
+/// 4-bit product is bound by memory, not by its instructions. Without SlotScales (int8_tile mode,
+/// D_b = 1 in every slot) one vpdpbusd multiplies and accumulates.
+template <int Bits, int R, int Chunk, bool SlotScales>
 SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
                                            const std::uint32_t* scales, __m512i (&acc)[R]) noexcept {
     __m512i codes[R];
@@ -380,27 +381,32 @@ SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::
     SQZ_UNROLL
     for (int step = 0; step < int8_steps<Bits>; ++step) {
         const std::array<int, 2> slots = int8_step_slots<Bits>(Chunk, step);
-        __m512i x, d;
+        __m512i x;
+        [[maybe_unused]] __m512i d;
         if constexpr (Bits == 4) {
             const auto* q = reinterpret_cast<const __m256i*>(xq);
             x = join_halves(_mm256_load_si256(q + slots[0]), _mm256_load_si256(q + slots[1]));
-            d = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(scales[slots[0]])), 0xff00, static_cast<int>(scales[slots[1]]));
+            if constexpr (!SlotScales && R > 1) in_register(x);
+            if constexpr (SlotScales) d = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(scales[slots[0]])), 0xff00, static_cast<int>(scales[slots[1]]));
         } else {
             x = _mm512_load_si512(xq + 2 * cpu_layout::slot_columns * static_cast<std::size_t>(Chunk * int8_steps<Bits> + step));
             if constexpr (R > 1) in_register(x);
-            d = pair_scales(scales, slots[0], slots[1]);
+            if constexpr (SlotScales) d = pair_scales(scales, slots[0], slots[1]);
         }
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
             const __m512i shifted = step == 0 ? codes[r] : _mm512_srli_epi16(codes[r], static_cast<unsigned>(code_step<Bits> * step));
-            acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(permute_bytes(shifted, luts[r]), x), d);
+            if constexpr (SlotScales)
+                acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(permute_bytes(shifted, luts[r]), x), d);
+            else
+                acc[r] = _mm512_dpbusd_epi32(acc[r], permute_bytes(shifted, luts[r]), x);
         }
     }
 }
 
 /// 3 bits: the products of slots 4-7 of one tile of each row, added to acc: 256-bit steps through V_2
 /// and the codes of slots 6 and 7 (spare_bit_codes), which then need no insert into a 512-bit register.
-template <int R>
+template <int R, bool SlotScales>
 SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
                                            const std::uint32_t* scales, __m256i (&acc)[R]) noexcept {
     __m256i v2[R], spare[R];
@@ -414,13 +420,16 @@ SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::
         const int slot = 4 + q;
         __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + slot * static_cast<int>(cpu_layout::slot_columns)));
         if constexpr (R > 1) in_register(x);
-        const __m256i d = _mm256_set1_epi32(static_cast<int>(scales[slot]));
+        [[maybe_unused]] const __m256i d = _mm256_set1_epi32(SlotScales ? static_cast<int>(scales[slot]) : 0);
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
             const __m256i codes = q < 2 ? v2[r] : spare[r];
             const __m256i shifted = q % 2 == 0 ? codes : _mm256_srli_epi16(codes, 4);
             const __m256i w = _mm256_maskz_permutexvar_epi8(~__mmask32{0}, shifted, _mm512_castsi512_si256(luts[r]));
-            acc[r] = _mm256_dpwssd_epi32(acc[r], _mm256_maddubs_epi16(w, x), d);
+            if constexpr (SlotScales)
+                acc[r] = _mm256_dpwssd_epi32(acc[r], _mm256_maddubs_epi16(w, x), d);
+            else
+                acc[r] = _mm256_dpbusd_epi32(acc[r], w, x);
         }
     }
 }
@@ -428,7 +437,9 @@ SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::
 /// Rows [row, row + R): y = scale * (sum_t e_t I_t) + lo * x_hat_sum, the integer dot products I_t of
 /// each tile as the AVX2 kernel computes them (its eight 32-bit lane sums, then the same float steps).
 /// Below 4 bits a.q_avx512 must hold the activations in int8_slot_order<Bits> (order_activations).
-template <int Bits, int R>
+/// SlotScales = false: int8_tile mode (a quantized with D_b = 1 everywhere): the same integer sums,
+/// without the multiplications by D.
+template <int Bits, int R, bool SlotScales = true>
 SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
                                  float* y) noexcept {
     __m512i luts[R];
@@ -453,13 +464,13 @@ SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t ro
         const std::uint8_t* tiles[R];
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) tiles[r] = m.row_tiles(row + r) + t * stride;
-        int8_chunk_products<Bits, R, 0>(luts, tiles, xq, scales, acc);
-        if constexpr (Bits == 4) int8_chunk_products<Bits, R, 1>(luts, tiles, xq, scales, acc);
+        int8_chunk_products<Bits, R, 0, SlotScales>(luts, tiles, xq, scales, acc);
+        if constexpr (Bits == 4) int8_chunk_products<Bits, R, 1, SlotScales>(luts, tiles, xq, scales, acc);
         // The low half of each row's sums; at 3 bits the products of slots 4-7 are added to it.
         __m256i low[R];
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) low[r] = _mm512_castsi512_si256(acc[r]);
-        if constexpr (Bits == 3) int8_spare_products<R>(luts, tiles, xq, scales, low);
+        if constexpr (Bits == 3) int8_spare_products<R, SlotScales>(luts, tiles, xq, scales, low);
         const __m256 unit = _mm256_set1_ps(a.tile_scale[t]);
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {

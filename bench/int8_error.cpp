@@ -1,0 +1,87 @@
+// The error of the int8 modes against exact mode, on even activations and on activations with
+// outlier channels (as LLM activations have): the numbers behind docs/design.md ("Int8 mode").
+//
+//   sqz-bench-int8-error [--rows N] [--cols N] [--json]
+//
+// Per width (2, 3, 4 bits) a matrix with N(0, 0.02) LUT entries and uniformly random codes; per
+// activation kind and mode, the largest and the mean over rows of |y_mode - y_exact| / sum_j |w_ij x_j|,
+// y_exact from the reference back end. Not a timing: the cpu back end computes y_mode.
+#include <sqz/sqz.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct activation_kind {
+    const char* name;
+    long every;    ///< every `every`-th channel is an outlier (0: none)
+    float factor;  ///< its magnitude factor
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    long rows = 1024;
+    long cols = 14336;
+    bool json = false;
+    for (int a = 1; a < argc; ++a) {
+        const std::string arg = argv[a];
+        if (arg == "--rows" && a + 1 < argc) rows = std::atol(argv[++a]);
+        else if (arg == "--cols" && a + 1 < argc) cols = std::atol(argv[++a]);
+        else if (arg == "--json") json = true;
+        else {
+            std::fprintf(stderr, "usage: sqz-bench-int8-error [--rows N] [--cols N] [--json]\n");
+            return arg == "--help" ? 0 : 2;
+        }
+    }
+    if (rows < 1 || cols < 1) {
+        std::fprintf(stderr, "sqz-bench-int8-error: --rows %ld and --cols %ld must be positive\n", rows, cols);
+        return 2;
+    }
+    const activation_kind kinds[] = {{"normal", 0, 1.0f}, {"every_997th_x50", 997, 50.0f}, {"every_101st_x20", 101, 20.0f}};
+    for (const int bits : {2, 3, 4}) {
+        sqz::synthetic::rng random(7 + static_cast<std::uint64_t>(bits));
+        Eigen::MatrixXf lut(rows, 1 << bits);
+        for (long i = 0; i < rows; ++i)
+            for (int k = 0; k < (1 << bits); ++k) lut(i, k) = static_cast<float>(0.02 * random.normal());
+        std::vector<std::uint8_t> codes(static_cast<std::size_t>(rows * cols));
+        for (auto& c : codes) c = static_cast<std::uint8_t>(random.below(1u << bits));
+        const auto q = sqz::quantized_matrix<float>::from_codes(rows, cols, bits, lut, codes, sqz::csr_matrix<float>(rows, cols));
+        const auto prepared = sqz::prepare<sqz::backend::cpu>(q);
+        for (const activation_kind& kind : kinds) {
+            std::vector<float> x(static_cast<std::size_t>(cols));
+            for (long j = 0; j < cols; ++j) {
+                x[static_cast<std::size_t>(j)] = static_cast<float>(random.normal());
+                if (kind.every > 0 && j % kind.every == 0) x[static_cast<std::size_t>(j)] *= kind.factor;
+            }
+            std::vector<float> exact(static_cast<std::size_t>(rows)), y(exact.size());
+            sqz::matvec<sqz::backend::reference>(q, x, exact);
+            std::vector<double> magnitude(exact.size(), 0.0);
+            for (long i = 0; i < rows; ++i)
+                for (long j = 0; j < cols; ++j)
+                    magnitude[static_cast<std::size_t>(i)] +=
+                        std::abs(static_cast<double>(lut(i, codes[static_cast<std::size_t>(i * cols + j)])) * x[static_cast<std::size_t>(j)]);
+            for (const auto mode : {sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile}) {
+                sqz::matvec<sqz::backend::cpu>(prepared, x, y, {.mode = mode});
+                double largest = 0.0, mean = 0.0;
+                for (std::size_t i = 0; i < y.size(); ++i) {
+                    const double error = std::abs(static_cast<double>(y[i]) - exact[i]) / magnitude[i];
+                    largest = std::max(largest, error);
+                    mean += error / static_cast<double>(y.size());
+                }
+                const std::string mode_name(sqz::to_string(mode));
+                if (json)
+                    std::printf("{\"bench\":\"int8_error\",\"rows\":%ld,\"cols\":%ld,\"bits\":%d,\"activations\":\"%s\",\"mode\":\"%s\","
+                                "\"max_rel_err\":%.3e,\"mean_rel_err\":%.3e}\n",
+                                rows, cols, bits, kind.name, mode_name.c_str(), largest, mean);
+                else
+                    std::printf("%d bits  %-16s %-9s  max %.2e  mean %.2e\n", bits, kind.name, mode_name.c_str(), largest, mean);
+            }
+        }
+    }
+}

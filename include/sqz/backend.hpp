@@ -36,9 +36,9 @@ namespace sqz {
 ///    to 7-bit integers per row, and the dense part is an integer dot product; faster, with the error
 ///    bound of docs/design.md. A non-finite x falls back to exact for that call.
 ///  - int8_tile: int8 with one activation scale per 256 columns (as llama.cpp's Q8_K) instead of one
-///    per 32: coarser steps where a tile's magnitudes vary (error bound in docs/design.md), but the
-///    AVX-512 kernel multiplies and accumulates with one instruction per 64 weights (vpdpbusd). The
-///    fastest mode; otherwise as int8.
+///    per 32: coarser steps where a tile's magnitudes vary (error bound in docs/design.md), but below
+///    4 bits the AVX-512 kernel multiplies and accumulates with one instruction per 64 weights
+///    (vpdpbusd). The fastest mode below 4 bits, as fast as int8 at 4; otherwise as int8.
 enum class numeric_mode { exact, int8, int8_tile };
 
 inline constexpr std::string_view to_string(numeric_mode mode) noexcept {

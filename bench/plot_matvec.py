@@ -33,7 +33,7 @@ def main():
     rows = [r for r in rows if r.get("bench") == "matvec"]
     shapes = sorted({r["shape"] for r in rows}, key=lambda s: [int(v) for v in s.split("x")])
     configs = sorted({(r["bits"], r["sparse"], r["mode"]) for r in rows}, key=lambda c: (c[0], c[1], c[2]))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2))
     width = 0.8 / max(1, len(configs))
     colors = {"exact": "#4c72b0", "int8": "#dd8452", "int8_tile": "#55a868"}
     for k, (bits, sparse, mode) in enumerate(configs):
@@ -57,11 +57,13 @@ def main():
         ax.set_xticklabels(shapes)
         ax.set_xlabel("matrix shape (rows x cols)")
         ax.grid(axis="y", alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+    # Below both panels, so that no bar is hidden behind it.
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=6)
     threads = rows[0]["threads"] if rows else 0
     kernels = ", ".join(sorted({r.get("kernel_used", r.get("kernel", "automatic")) for r in rows}))
     fig.suptitle(f"sqz cpu back end, y = Q x, {threads} threads, kernel {kernels} ({processor_name()}, shared machine)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(sys.argv[2], dpi=110)
 
 

@@ -71,7 +71,7 @@ int8_lut_row<T> quantize_lut_row(std::span<const T> lut) {
 template <class T>
 struct int8_activations {
     std::vector<std::int8_t> q;
-    std::vector<std::uint8_t> slot_scale;  ///< D_b, 0..255 (0 only for an all-zero slot)
+    std::vector<std::uint8_t> slot_scale;  ///< D_b, 0..255 (0 only in an all-zero slot or tile; int8_tile: 1 elsewhere)
     std::vector<T> tile_scale;             ///< e_t
     bool finite = true;                    ///< false: x holds NaN or Inf and nothing else is filled in
 

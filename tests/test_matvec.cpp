@@ -561,6 +561,25 @@ TEST_CASE("cpu results do not depend on the number of threads", "[matvec][cpu][t
         }
 }
 
+TEST_CASE("cpu results do not depend on the number of threads when threads take runs of blocks", "[matvec][cpu][threads]") {
+    // 16384 columns at 4 bits make row blocks of 32 rows, so 430 rows are 14 blocks: with 2 or 3
+    // threads each takes runs of 2-3 consecutive blocks (for_row_blocks), and the last block is short.
+    const auto m = make_matrix(430, 16384, 4, 77, sparse_kind::scattered);
+    const auto x = random_vector(16384, 78);
+    const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+    for (const auto kernel : cpu_kernels)
+        for (const auto mode : all_modes) {
+            std::vector<float> one(430), two(430), three(430);
+            sqz::matvec<sqz::backend::cpu>(p, x, one, {.mode = mode, .threads = 1, .kernel = kernel});
+            sqz::matvec<sqz::backend::cpu>(p, x, two, {.mode = mode, .threads = 2, .kernel = kernel});
+            sqz::matvec<sqz::backend::cpu>(p, x, three, {.mode = mode, .threads = 3, .kernel = kernel});
+            INFO(sqz::to_string(mode) << " " << name(kernel));
+            REQUIRE(one == two);
+            REQUIRE(one == three);
+            if (mode == numeric_mode::exact) require_close(one, brute_force(m, x), magnitudes(m, x), 1e-5, "runs of blocks");
+        }
+}
+
 TEST_CASE("matmul agrees with the reference for 1..16 columns", "[matvec][matmul]") {
     for (const auto kernel : cpu_kernels)
         for (const int bits : {1, 3, 4, 5}) {

@@ -302,7 +302,7 @@ simd_kernel choose_kernel(const cpu_matrix_view<T>& m, const matvec_options& opt
 /// Runs body(first_row, end_row) over the matrix's row blocks on `threads` threads. Threads take
 /// runs of consecutive blocks, about two per thread, so that each reads one long stream of codes: with
 /// one block at a time every block started a new stream, which the prefetches and the hardware
-/// prefetcher reach only after its first kilobytes (12-15% slower from DRAM on an idle host,
+/// prefetcher reach only after its first kilobytes (10-16% slower from DRAM on an idle host,
 /// docs/benchmarks.md). Two runs per thread rather than one leave some balancing when a core is busy.
 template <class T, class Body>
 void for_row_blocks(const cpu_matrix_view<T>& m, int threads, Body&& body) {

@@ -168,10 +168,10 @@ inline sqz::quantized_matrix<float> random_matrix(shape s, int bits, double frac
     return sqz::quantized_matrix<float>::from_codes(s.rows, s.cols, bits, std::move(lut), codes, std::move(sparse));
 }
 
-/// max_i |y_i - ref_i| / sum_j |w_ij x_j| (the dense part's magnitude plus the sparse part's).
-inline double max_relative_error(const sqz::quantized_matrix<float>& q, const std::vector<float>& x,
-                          const std::vector<float>& y, const std::vector<float>& ref) {
-    double worst = 0;
+/// |y_i - ref_i| / sum_j |w_ij x_j| for every row i (the dense part's magnitude plus the sparse part's).
+inline std::vector<double> relative_errors(const sqz::quantized_matrix<float>& q, const std::vector<float>& x,
+                                           const std::vector<float>& y, const std::vector<float>& ref) {
+    std::vector<double> errors(static_cast<std::size_t>(q.rows()));
     std::vector<std::uint8_t> codes(static_cast<std::size_t>(q.cols()));
     for (Eigen::Index i = 0; i < q.rows(); ++i) {
         sqz::unpack(q.row_codes(i), q.bits(), codes.size(), codes);
@@ -182,9 +182,16 @@ inline double max_relative_error(const sqz::quantized_matrix<float>& q, const st
         for (sqz::csr_matrix<float>::InnerIterator it(q.sparse(), i); it; ++it)
             magnitude += std::abs(static_cast<double>(it.value()) * x[static_cast<std::size_t>(it.col())]);
         const double err = std::abs(static_cast<double>(y[static_cast<std::size_t>(i)]) - ref[static_cast<std::size_t>(i)]);
-        worst = std::max(worst, magnitude > 0 ? err / magnitude : err);
+        errors[static_cast<std::size_t>(i)] = magnitude > 0 ? err / magnitude : err;
     }
-    return worst;
+    return errors;
+}
+
+/// max_i |y_i - ref_i| / sum_j |w_ij x_j| (relative_errors).
+inline double max_relative_error(const sqz::quantized_matrix<float>& q, const std::vector<float>& x,
+                          const std::vector<float>& y, const std::vector<float>& ref) {
+    const std::vector<double> errors = relative_errors(q, x, y, ref);
+    return errors.empty() ? 0.0 : *std::max_element(errors.begin(), errors.end());
 }
 
 }  // namespace sqz_bench

@@ -3,9 +3,10 @@
 //
 //   sqz-bench-int8-error [--rows N] [--cols N] [--json]
 //
-// Per width (2, 3, 4 bits) a matrix with N(0, 0.02) LUT entries and uniformly random codes; per
-// activation kind and mode, the largest and the mean over rows of |y_mode - y_exact| / sum_j |w_ij x_j|,
-// y_exact from the reference back end. Not a timing: the cpu back end computes y_mode.
+// Per width (2, 3, 4 bits) bench_common.hpp's random matrix without a sparse part (sorted N(0, 0.02)
+// codebooks, uniform codes); per activation kind and mode, the largest and the mean over rows of
+// |y_mode - y_exact| / sum_j |w_ij x_j| (bench_common.hpp's relative_errors), y_exact from the
+// reference back end. Not a timing: the cpu back end computes y_mode.
 #include <sqz/sqz.hpp>
 
 #include <algorithm>
@@ -14,6 +15,8 @@
 #include <cstdlib>
 #include <string>
 #include <vector>
+
+#include "bench_common.hpp"
 
 namespace {
 
@@ -45,14 +48,9 @@ int main(int argc, char** argv) {
     }
     const activation_kind kinds[] = {{"normal", 0, 1.0f}, {"every_997th_x50", 997, 50.0f}, {"every_101st_x20", 101, 20.0f}};
     for (const int bits : {2, 3, 4}) {
-        sqz::synthetic::rng random(7 + static_cast<std::uint64_t>(bits));
-        Eigen::MatrixXf lut(rows, 1 << bits);
-        for (long i = 0; i < rows; ++i)
-            for (int k = 0; k < (1 << bits); ++k) lut(i, k) = static_cast<float>(0.02 * random.normal());
-        std::vector<std::uint8_t> codes(static_cast<std::size_t>(rows * cols));
-        for (auto& c : codes) c = static_cast<std::uint8_t>(random.below(1u << bits));
-        const auto q = sqz::quantized_matrix<float>::from_codes(rows, cols, bits, lut, codes, sqz::csr_matrix<float>(rows, cols));
+        const auto q = sqz_bench::random_matrix({rows, cols}, bits, 0.0, 7 + static_cast<std::uint64_t>(bits));
         const auto prepared = sqz::prepare<sqz::backend::cpu>(q);
+        sqz::synthetic::rng random(17 + static_cast<std::uint64_t>(bits));
         for (const activation_kind& kind : kinds) {
             std::vector<float> x(static_cast<std::size_t>(cols));
             for (long j = 0; j < cols; ++j) {
@@ -61,16 +59,10 @@ int main(int argc, char** argv) {
             }
             std::vector<float> exact(static_cast<std::size_t>(rows)), y(exact.size());
             sqz::matvec<sqz::backend::reference>(q, x, exact);
-            std::vector<double> magnitude(exact.size(), 0.0);
-            for (long i = 0; i < rows; ++i)
-                for (long j = 0; j < cols; ++j)
-                    magnitude[static_cast<std::size_t>(i)] +=
-                        std::abs(static_cast<double>(lut(i, codes[static_cast<std::size_t>(i * cols + j)])) * x[static_cast<std::size_t>(j)]);
             for (const auto mode : {sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile}) {
                 sqz::matvec<sqz::backend::cpu>(prepared, x, y, {.mode = mode});
                 double largest = 0.0, mean = 0.0;
-                for (std::size_t i = 0; i < y.size(); ++i) {
-                    const double error = std::abs(static_cast<double>(y[i]) - exact[i]) / magnitude[i];
+                for (const double error : sqz_bench::relative_errors(q, x, y, exact)) {
                     largest = std::max(largest, error);
                     mean += error / static_cast<double>(y.size());
                 }

@@ -439,11 +439,7 @@ void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const 
                 if (simd == simd_kernel::avx512) {
                     if (m.bits != 4) avx512::order_activations(m.bits, m.tiles, buffers.int8);
                     with_tiled_bits(m.bits, [&]<int Bits>() {
-                        // At 4 bits int8_tile runs the int8 kernel, whose D_b are then all 1: its
-                        // vpdpbusd form streamed worse from DRAM there (avx512::int8_chunk_products).
-                        if constexpr (Bits == 4)
-                            avx512_int8<Bits, true>(m, act, x.data(), y.data(), threads);
-                        else if (options.mode == numeric_mode::int8)
+                        if (options.mode == numeric_mode::int8)
                             avx512_int8<Bits, true>(m, act, x.data(), y.data(), threads);
                         else
                             avx512_int8<Bits, false>(m, act, x.data(), y.data(), threads);

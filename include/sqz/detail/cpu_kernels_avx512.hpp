@@ -368,14 +368,14 @@ SQZ_AVX512_INLINE __m512i pair_scales(const std::uint32_t* scales, int s0, int s
 /// into the shifts, the code prefetch as a loop): the form used below 4 bits made it 14% faster from
 /// the cache but 5-8% slower from DRAM on two threads of an idle host (docs/benchmarks.md), where the
 /// 4-bit product is bound by memory, not by its instructions. Without SlotScales (int8_tile mode,
-/// D_b = 1 in every slot, 1-3 bits) one vpdpbusd multiplies and accumulates. At 4 bits int8_tile runs
-/// this int8 kernel with its D_b = 1 (cpu_backend.hpp): with vpdpbusd it was 33% faster from the cache
-/// but 15-20% slower from DRAM (one thread, and two on an idle host; design.md), like the faster 4-bit
-/// int8 form above.
+/// D_b = 1 in every slot) one vpdpbusd multiplies and accumulates below 4 bits. At 4 bits int8_tile
+/// takes the vpmaddubsw + vpdpwssd form with its D_b (all 1): with vpdpbusd it was 33% faster from
+/// the cache but 15-20% slower from DRAM (one thread, and two on an idle host; design.md), like the
+/// faster 4-bit int8 form above.
 template <int Bits, int R, int Chunk, bool SlotScales>
 SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
                                            const std::uint32_t* scales, __m512i (&acc)[R]) noexcept {
-    static_assert(SlotScales || Bits != 4, "int8_tile at 4 bits runs the int8 kernel");
+    constexpr bool byte_dot = !SlotScales && Bits != 4;  // one vpdpbusd per step
     __m512i codes[R];
     SQZ_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -394,15 +394,15 @@ SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::
         } else {
             x = _mm512_load_si512(xq + 2 * cpu_layout::slot_columns * static_cast<std::size_t>(Chunk * int8_steps<Bits> + step));
             if constexpr (R > 1) in_register(x);
-            if constexpr (SlotScales) d = pair_scales(scales, slots[0], slots[1]);
+            if constexpr (!byte_dot) d = pair_scales(scales, slots[0], slots[1]);
         }
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
             const __m512i shifted = step == 0 ? codes[r] : _mm512_srli_epi16(codes[r], static_cast<unsigned>(code_step<Bits> * step));
-            if constexpr (SlotScales)
-                acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(permute_bytes(shifted, luts[r]), x), d);
-            else
+            if constexpr (byte_dot)
                 acc[r] = _mm512_dpbusd_epi32(acc[r], permute_bytes(shifted, luts[r]), x);
+            else
+                acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(permute_bytes(shifted, luts[r]), x), d);
         }
     }
 }

@@ -7,11 +7,17 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <stdexcept>
 #include <string>
+#include <system_error>
+#include <type_traits>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -33,8 +39,40 @@ inline double seconds_since(clock_type::time_point start) {
     return std::chrono::duration<double>(clock_type::now() - start).count();
 }
 
+/// A command-line value that cannot be used; the programs print what() and exit with status 2.
+class bad_argument : public std::invalid_argument {
+public:
+    using std::invalid_argument::invalid_argument;
+};
+
+template <class T>
+std::string number_text(T value) {
+    if constexpr (std::is_integral_v<T>) {
+        return std::to_string(value);
+    } else {
+        char text[32];
+        std::snprintf(text, sizeof text, "%g", static_cast<double>(value));
+        return text;
+    }
+}
+
+/// `item` as a number in [lowest, highest]. Anything else (an empty string, trailing characters, a
+/// value out of range) is a bad_argument naming `option` and the item: atoi and atof would read it
+/// silently as 0 or as its leading digits.
+template <class T>
+T parse_number(const std::string& item, const char* option, T lowest, T highest) {
+    T value{};
+    const char* end = item.data() + item.size();
+    const auto [stop, error] = std::from_chars(item.data(), end, value);
+    if (error != std::errc{} || stop != end || !(value >= lowest && value <= highest))
+        throw bad_argument(std::string(option) + " " + item + ": expected a number in [" + number_text(lowest) + ", " +
+                           number_text(highest) + "]");
+    return value;
+}
+
+/// A comma-separated list, each item through parse(item); an empty list is a bad_argument.
 template <class T, class Parse>
-std::vector<T> parse_list(const char* text, Parse parse) {
+std::vector<T> parse_list(const char* text, const char* option, Parse parse) {
     std::vector<T> out;
     std::string s(text);
     std::size_t start = 0;
@@ -45,33 +83,42 @@ std::vector<T> parse_list(const char* text, Parse parse) {
         if (comma == std::string::npos) break;
         start = comma + 1;
     }
+    if (out.empty()) throw bad_argument(std::string(option) + " '" + s + "': the list is empty");
     return out;
 }
 
-/// A comma-separated list of names, each one of `choices` as sqz::to_string spells it; false when
-/// one is not (out is then unusable).
+/// A comma-separated list of names, each one of `choices` as sqz::to_string spells it.
 template <class T, std::size_t N>
-bool parse_names(const char* text, const std::array<T, N>& choices, std::vector<T>& out) {
-    bool known = true;
-    out = parse_list<T>(text, [&](const std::string& item) {
+std::vector<T> parse_names(const char* text, const char* option, const std::array<T, N>& choices) {
+    return parse_list<T>(text, option, [&](const std::string& item) {
         for (const T c : choices)
             if (item == sqz::to_string(c)) return c;
-        known = false;
-        return choices[0];
+        std::string known;
+        for (const T c : choices) known += (known.empty() ? "" : ", ") + std::string(sqz::to_string(c));
+        throw bad_argument(std::string(option) + " " + item + ": unknown, expected one of " + known);
     });
-    return known;
 }
 
-/// "4096x14336,14336x4096": rows x columns.
-inline std::vector<shape> parse_shapes(const char* text) {
-    return parse_list<shape>(text, [](const std::string& item) {
+/// "4096x14336,14336x4096": rows x columns, each at least 1.
+inline std::vector<shape> parse_shapes(const char* text, const char* option = "--shapes") {
+    return parse_list<shape>(text, option, [&](const std::string& item) {
+        constexpr long most = std::numeric_limits<int>::max();
+        const auto wrong = [&] {
+            return bad_argument(std::string(option) + " " + item + ": expected ROWSxCOLUMNS, each a whole number in [1, " +
+                                number_text(most) + "]");
+        };
         const auto x = item.find('x');
-        return shape{std::atol(item.substr(0, x).c_str()), std::atol(item.substr(x + 1).c_str())};
+        if (x == std::string::npos) throw wrong();
+        try {
+            return shape{parse_number<long>(item.substr(0, x), option, 1, most), parse_number<long>(item.substr(x + 1), option, 1, most)};
+        } catch (const bad_argument&) {
+            throw wrong();
+        }
     });
 }
 
-inline std::vector<int> parse_ints(const char* text) {
-    return parse_list<int>(text, [](const std::string& item) { return std::atoi(item.c_str()); });
+inline std::vector<int> parse_ints(const char* text, const char* option, int lowest, int highest) {
+    return parse_list<int>(text, option, [&](const std::string& item) { return parse_number<int>(item, option, lowest, highest); });
 }
 
 /// Streams through 32 MiB pieces of a 512 MiB buffer with all threads; returns GB/s of one piece.

@@ -82,42 +82,42 @@ void usage() {
 
 int main(int argc, char** argv) {
     settings cfg;
-    for (int a = 1; a < argc; ++a) {
-        const std::string arg = argv[a];
-        const bool has_value = a + 1 < argc;
-        if (arg == "--json") {
-            cfg.json = true;
-        } else if (arg == "--threads" && has_value) {
-            cfg.threads = std::atoi(argv[++a]);
-        } else if (arg == "--rounds" && has_value) {
-            cfg.rounds = std::max(1, std::atoi(argv[++a]));
-        } else if (arg == "--shapes" && has_value) {
-            cfg.shapes = parse_shapes(argv[++a]);
-        } else if (arg == "--bits" && has_value) {
-            cfg.bits = parse_ints(argv[++a]);
-        } else if (arg == "--sparse" && has_value) {
-            cfg.sparse = parse_list<double>(argv[++a], [](const std::string& item) { return std::atof(item.c_str()); });
-        } else if (arg == "--modes" && has_value) {
-            if (!parse_names(argv[++a], std::array{sqz::numeric_mode::exact, sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile},
-                             cfg.modes)) {
-                std::fprintf(stderr, "sqz-bench-matvec: unknown mode in --modes %s\n", argv[a]);
-                return 2;
+    try {
+        for (int a = 1; a < argc; ++a) {
+            const std::string arg = argv[a];
+            const bool has_value = a + 1 < argc;
+            if (arg == "--json") {
+                cfg.json = true;
+            } else if (arg == "--threads" && has_value) {  // 0: OpenMP's default
+                cfg.threads = parse_number<int>(argv[++a], "--threads", 0, 1024);
+            } else if (arg == "--rounds" && has_value) {
+                cfg.rounds = parse_number<int>(argv[++a], "--rounds", 1, 1000000);
+            } else if (arg == "--shapes" && has_value) {
+                cfg.shapes = parse_shapes(argv[++a]);
+            } else if (arg == "--bits" && has_value) {
+                cfg.bits = parse_ints(argv[++a], "--bits", 1, 8);
+            } else if (arg == "--sparse" && has_value) {
+                cfg.sparse = parse_list<double>(argv[++a], "--sparse",
+                                                [](const std::string& item) { return parse_number<double>(item, "--sparse", 0.0, 1.0); });
+            } else if (arg == "--modes" && has_value) {
+                cfg.modes = parse_names(argv[++a], "--modes",
+                                        std::array{sqz::numeric_mode::exact, sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile});
+            } else if (arg == "--kernels" && has_value) {
+                cfg.kernels = parse_names(argv[++a], "--kernels",
+                                          std::array{sqz::cpu_kernel::automatic, sqz::cpu_kernel::avx2, sqz::cpu_kernel::avx512,
+                                                     sqz::cpu_kernel::portable});
+            } else if (arg == "--smoke") {  // a seconds-long run for the test suite: small shapes, few rounds
+                cfg.shapes = {{300, 1000}, {64, 4096}};
+                cfg.rounds = 2;
+                cfg.cache_bytes = std::size_t{1} << 20;
+            } else {
+                usage();
+                return arg == "--help" ? 0 : 2;
             }
-        } else if (arg == "--kernels" && has_value) {
-            if (!parse_names(argv[++a], std::array{sqz::cpu_kernel::automatic, sqz::cpu_kernel::avx2, sqz::cpu_kernel::avx512,
-                                                   sqz::cpu_kernel::portable},
-                             cfg.kernels)) {
-                std::fprintf(stderr, "sqz-bench-matvec: unknown kernel in --kernels %s\n", argv[a]);
-                return 2;
-            }
-        } else if (arg == "--smoke") {  // a seconds-long run for the test suite: small shapes, few rounds
-            cfg.shapes = {{300, 1000}, {64, 4096}};
-            cfg.rounds = 2;
-            cfg.cache_bytes = std::size_t{1} << 20;
-        } else {
-            usage();
-            return arg == "--help" ? 0 : 2;
         }
+    } catch (const bad_argument& e) {
+        std::fprintf(stderr, "sqz-bench-matvec: %s\n", e.what());
+        return 2;
     }
     const int threads = thread_count(cfg);
     // Every mode with every kernel, timed side by side.

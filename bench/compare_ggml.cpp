@@ -80,8 +80,7 @@ ggml_type parse_type(const std::string& name) {
         const char* n = ggml_type_name(static_cast<ggml_type>(t));
         if (n != nullptr && upper(n) == upper(name)) return static_cast<ggml_type>(t);
     }
-    std::fprintf(stderr, "compare_ggml: unknown ggml type %s\n", name.c_str());
-    std::exit(2);
+    throw bad_argument("--types " + name + ": unknown ggml type");
 }
 
 std::size_t copies_for(std::size_t bytes, std::size_t cache_bytes) {
@@ -311,33 +310,38 @@ void usage() {
 
 int main(int argc, char** argv) {
     settings cfg;
-    for (int a = 1; a < argc; ++a) {
-        const std::string arg = argv[a];
-        const bool has_value = a + 1 < argc;
-        if (arg == "--json") {
-            cfg.json = true;
-        } else if (arg == "--threads" && has_value) {
-            cfg.threads = std::max(1, std::atoi(argv[++a]));
-        } else if (arg == "--rounds" && has_value) {
-            cfg.rounds = std::max(1, std::atoi(argv[++a]));
-        } else if (arg == "--shapes" && has_value) {
-            cfg.shapes = parse_shapes(argv[++a]);
-        } else if (arg == "--types" && has_value) {
-            cfg.types = parse_list<ggml_type>(argv[++a], parse_type);
-        } else if (arg == "--bits" && has_value) {
-            cfg.bits = parse_ints(argv[++a]);
-        } else if (arg == "--l3-mib" && has_value) {  // the cache to defeat; small values: a from-cache test
-            cfg.cache_bytes = static_cast<std::size_t>(std::max(1, std::atoi(argv[++a]))) << 20;
-        } else if (arg == "--no-repack") {
-            cfg.repack = false;
-        } else if (arg == "--smoke") {  // seconds: small shapes, few rounds
-            cfg.shapes = {{256, 1024}, {64, 4096}};
-            cfg.rounds = 2;
-            cfg.cache_bytes = std::size_t{1} << 20;
-        } else {
-            usage();
-            return arg == "--help" ? 0 : 2;
+    try {
+        for (int a = 1; a < argc; ++a) {
+            const std::string arg = argv[a];
+            const bool has_value = a + 1 < argc;
+            if (arg == "--json") {
+                cfg.json = true;
+            } else if (arg == "--threads" && has_value) {
+                cfg.threads = parse_number<int>(argv[++a], "--threads", 1, 1024);
+            } else if (arg == "--rounds" && has_value) {
+                cfg.rounds = parse_number<int>(argv[++a], "--rounds", 1, 1000000);
+            } else if (arg == "--shapes" && has_value) {
+                cfg.shapes = parse_shapes(argv[++a]);
+            } else if (arg == "--types" && has_value) {
+                cfg.types = parse_list<ggml_type>(argv[++a], "--types", parse_type);
+            } else if (arg == "--bits" && has_value) {
+                cfg.bits = parse_ints(argv[++a], "--bits", 1, 8);
+            } else if (arg == "--l3-mib" && has_value) {  // the cache to defeat; small values: a from-cache test
+                cfg.cache_bytes = static_cast<std::size_t>(parse_number<int>(argv[++a], "--l3-mib", 1, 1 << 16)) << 20;
+            } else if (arg == "--no-repack") {
+                cfg.repack = false;
+            } else if (arg == "--smoke") {  // seconds: small shapes, few rounds
+                cfg.shapes = {{256, 1024}, {64, 4096}};
+                cfg.rounds = 2;
+                cfg.cache_bytes = std::size_t{1} << 20;
+            } else {
+                usage();
+                return arg == "--help" ? 0 : 2;
+            }
         }
+    } catch (const bad_argument& e) {
+        std::fprintf(stderr, "compare_ggml: %s\n", e.what());
+        return 2;
     }
     for (const shape s : cfg.shapes)
         if (s.rows <= 0 || s.cols <= 0 || s.cols % 256 != 0) {

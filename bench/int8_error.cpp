@@ -32,18 +32,19 @@ int main(int argc, char** argv) {
     long rows = 1024;
     long cols = 14336;
     bool json = false;
-    for (int a = 1; a < argc; ++a) {
-        const std::string arg = argv[a];
-        if (arg == "--rows" && a + 1 < argc) rows = std::atol(argv[++a]);
-        else if (arg == "--cols" && a + 1 < argc) cols = std::atol(argv[++a]);
-        else if (arg == "--json") json = true;
-        else {
-            std::fprintf(stderr, "usage: sqz-bench-int8-error [--rows N] [--cols N] [--json]\n");
-            return arg == "--help" ? 0 : 2;
+    try {
+        for (int a = 1; a < argc; ++a) {
+            const std::string arg = argv[a];
+            if (arg == "--rows" && a + 1 < argc) rows = sqz_bench::parse_number<long>(argv[++a], "--rows", 1, 1L << 20);
+            else if (arg == "--cols" && a + 1 < argc) cols = sqz_bench::parse_number<long>(argv[++a], "--cols", 1, 1L << 24);
+            else if (arg == "--json") json = true;
+            else {
+                std::fprintf(stderr, "usage: sqz-bench-int8-error [--rows N] [--cols N] [--json]\n");
+                return arg == "--help" ? 0 : 2;
+            }
         }
-    }
-    if (rows < 1 || cols < 1) {
-        std::fprintf(stderr, "sqz-bench-int8-error: --rows %ld and --cols %ld must be positive\n", rows, cols);
+    } catch (const sqz_bench::bad_argument& e) {
+        std::fprintf(stderr, "sqz-bench-int8-error: %s\n", e.what());
         return 2;
     }
     const activation_kind kinds[] = {{"normal", 0, 1.0f}, {"every_997th_x50", 997, 50.0f}, {"every_101st_x20", 101, 20.0f}};

@@ -135,9 +135,10 @@ double sparse_row_dot(const cpu_matrix_view<T>& m, std::size_t row, const T* x) 
 }
 
 /// Asks for the sparse part (column indices and values) of rows [first, end) to be brought into the
-/// cache. The kernels call it for the next group of rows before computing the current one: the CSR
-/// arrays are read in short bursts between long runs of codes, which the hardware prefetcher does
-/// not anticipate, and waiting on DRAM for them costs far more than the products themselves.
+/// cache. The sparse pre-pass (avx2::sparse_row_sums) calls it sparse_prefetch_rows rows ahead of
+/// the row it computes: the CSR arrays are read in short bursts between long runs of codes, which the
+/// hardware prefetcher does not anticipate, and waiting on DRAM for them costs far more than the
+/// products themselves.
 template <class T>
 void prefetch_sparse_rows(const cpu_matrix_view<T>& m, std::size_t first, std::size_t end) noexcept {
     if (m.row_ptr == nullptr || first >= end) return;

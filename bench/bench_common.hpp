@@ -121,6 +121,45 @@ inline std::vector<int> parse_ints(const char* text, const char* option, int low
     return parse_list<int>(text, option, [&](const std::string& item) { return parse_number<int>(item, option, lowest, highest); });
 }
 
+/// Reads argv[1..argc) through take(arg, next), which handles one option and returns false for one it
+/// does not know; next() returns the option's value (a bad_argument when none follows). Returns the
+/// status to exit with: 0 after --help, 2 after a bad or unknown argument (with a message naming it
+/// and `program`, then the usage), or -1 to go on.
+template <class Take>
+int parse_arguments(int argc, char** argv, const char* program, const char* usage, Take&& take) {
+    try {
+        for (int a = 1; a < argc; ++a) {
+            const std::string arg = argv[a];
+            if (arg == "--help") {
+                std::printf("%s\n", usage);
+                return 0;
+            }
+            const auto next = [&]() -> const char* {
+                if (a + 1 >= argc) throw bad_argument(arg + ": a value must follow");
+                return argv[++a];
+            };
+            if (!take(arg, next)) throw bad_argument(arg + ": unknown option");
+        }
+    } catch (const bad_argument& e) {
+        std::fprintf(stderr, "%s: %s\nusage: %s\n", program, e.what(), usage);
+        return 2;
+    }
+    return -1;
+}
+
+/// The options sqz-bench-matvec and compare_ggml share: --json, --threads (at least
+/// `fewest_threads`), --rounds, --shapes and --bits, into the like-named fields of cfg.
+template <class Settings, class Next>
+bool take_shared_option(const std::string& arg, Next& next, Settings& cfg, int fewest_threads) {
+    if (arg == "--json") cfg.json = true;
+    else if (arg == "--threads") cfg.threads = parse_number<int>(next(), "--threads", fewest_threads, 1024);
+    else if (arg == "--rounds") cfg.rounds = parse_number<int>(next(), "--rounds", 1, 1000000);
+    else if (arg == "--shapes") cfg.shapes = parse_shapes(next());
+    else if (arg == "--bits") cfg.bits = parse_ints(next(), "--bits", 1, 8);
+    else return false;
+    return true;
+}
+
 /// Streams through 32 MiB pieces of a 512 MiB buffer with all threads; returns GB/s of one piece.
 class dram_probe {
 public:

@@ -72,53 +72,34 @@ int thread_count(const settings& s) {
 #endif
 }
 
-void usage() {
-    std::puts(
-        "sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--bits 2,3,4]\n"
-        "                 [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable] [--smoke]");
-}
+constexpr const char* usage =
+    "sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--bits 2,3,4]\n"
+    "                 [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable] [--smoke]";
 
 }  // namespace
 
 int main(int argc, char** argv) {
     settings cfg;
-    try {
-        for (int a = 1; a < argc; ++a) {
-            const std::string arg = argv[a];
-            const bool has_value = a + 1 < argc;
-            if (arg == "--json") {
-                cfg.json = true;
-            } else if (arg == "--threads" && has_value) {  // 0: OpenMP's default
-                cfg.threads = parse_number<int>(argv[++a], "--threads", 0, 1024);
-            } else if (arg == "--rounds" && has_value) {
-                cfg.rounds = parse_number<int>(argv[++a], "--rounds", 1, 1000000);
-            } else if (arg == "--shapes" && has_value) {
-                cfg.shapes = parse_shapes(argv[++a]);
-            } else if (arg == "--bits" && has_value) {
-                cfg.bits = parse_ints(argv[++a], "--bits", 1, 8);
-            } else if (arg == "--sparse" && has_value) {
-                cfg.sparse = parse_list<double>(argv[++a], "--sparse",
-                                                [](const std::string& item) { return parse_number<double>(item, "--sparse", 0.0, 1.0); });
-            } else if (arg == "--modes" && has_value) {
-                cfg.modes = parse_names(argv[++a], "--modes",
-                                        std::array{sqz::numeric_mode::exact, sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile});
-            } else if (arg == "--kernels" && has_value) {
-                cfg.kernels = parse_names(argv[++a], "--kernels",
-                                          std::array{sqz::cpu_kernel::automatic, sqz::cpu_kernel::avx2, sqz::cpu_kernel::avx512,
-                                                     sqz::cpu_kernel::portable});
-            } else if (arg == "--smoke") {  // a seconds-long run for the test suite: small shapes, few rounds
-                cfg.shapes = {{300, 1000}, {64, 4096}};
-                cfg.rounds = 2;
-                cfg.cache_bytes = std::size_t{1} << 20;
-            } else {
-                usage();
-                return arg == "--help" ? 0 : 2;
-            }
+    const int status = parse_arguments(argc, argv, "sqz-bench-matvec", usage, [&](const std::string& arg, auto& next) {
+        if (take_shared_option(arg, next, cfg, 0)) return true;  // --threads 0: OpenMP's default
+        if (arg == "--sparse") {
+            cfg.sparse =
+                parse_list<double>(next(), "--sparse", [](const std::string& item) { return parse_number<double>(item, "--sparse", 0.0, 1.0); });
+        } else if (arg == "--modes") {
+            cfg.modes = parse_names(next(), "--modes", std::array{sqz::numeric_mode::exact, sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile});
+        } else if (arg == "--kernels") {
+            cfg.kernels = parse_names(next(), "--kernels",
+                                      std::array{sqz::cpu_kernel::automatic, sqz::cpu_kernel::avx2, sqz::cpu_kernel::avx512, sqz::cpu_kernel::portable});
+        } else if (arg == "--smoke") {  // a seconds-long run for the test suite: small shapes, few rounds
+            cfg.shapes = {{300, 1000}, {64, 4096}};
+            cfg.rounds = 2;
+            cfg.cache_bytes = std::size_t{1} << 20;
+        } else {
+            return false;
         }
-    } catch (const bad_argument& e) {
-        std::fprintf(stderr, "sqz-bench-matvec: %s\n", e.what());
-        return 2;
-    }
+        return true;
+    });
+    if (status >= 0) return status;
     const int threads = thread_count(cfg);
     // Every mode with every kernel, timed side by side.
     std::vector<std::pair<sqz::numeric_mode, sqz::cpu_kernel>> runs;

@@ -300,49 +300,32 @@ std::vector<std::string> comparable_types(int bits) {
     return {};
 }
 
-void usage() {
-    std::puts(
-        "compare_ggml [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--types Q4_0,Q4_K,Q3_K,Q2_K,Q8_0]\n"
-        "             [--bits 2,3,4] [--l3-mib 32] [--no-repack] [--smoke]");
-}
+constexpr const char* usage =
+    "compare_ggml [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--types Q4_0,Q4_K,Q3_K,Q2_K,Q8_0]\n"
+    "             [--bits 2,3,4] [--l3-mib 32] [--no-repack] [--smoke]";
 
 }  // namespace
 
 int main(int argc, char** argv) {
     settings cfg;
-    try {
-        for (int a = 1; a < argc; ++a) {
-            const std::string arg = argv[a];
-            const bool has_value = a + 1 < argc;
-            if (arg == "--json") {
-                cfg.json = true;
-            } else if (arg == "--threads" && has_value) {
-                cfg.threads = parse_number<int>(argv[++a], "--threads", 1, 1024);
-            } else if (arg == "--rounds" && has_value) {
-                cfg.rounds = parse_number<int>(argv[++a], "--rounds", 1, 1000000);
-            } else if (arg == "--shapes" && has_value) {
-                cfg.shapes = parse_shapes(argv[++a]);
-            } else if (arg == "--types" && has_value) {
-                cfg.types = parse_list<ggml_type>(argv[++a], "--types", parse_type);
-            } else if (arg == "--bits" && has_value) {
-                cfg.bits = parse_ints(argv[++a], "--bits", 1, 8);
-            } else if (arg == "--l3-mib" && has_value) {  // the cache to defeat; small values: a from-cache test
-                cfg.cache_bytes = static_cast<std::size_t>(parse_number<int>(argv[++a], "--l3-mib", 1, 1 << 16)) << 20;
-            } else if (arg == "--no-repack") {
-                cfg.repack = false;
-            } else if (arg == "--smoke") {  // seconds: small shapes, few rounds
-                cfg.shapes = {{256, 1024}, {64, 4096}};
-                cfg.rounds = 2;
-                cfg.cache_bytes = std::size_t{1} << 20;
-            } else {
-                usage();
-                return arg == "--help" ? 0 : 2;
-            }
+    const int status = parse_arguments(argc, argv, "compare_ggml", usage, [&](const std::string& arg, auto& next) {
+        if (take_shared_option(arg, next, cfg, 1)) return true;
+        if (arg == "--types") {
+            cfg.types = parse_list<ggml_type>(next(), "--types", parse_type);
+        } else if (arg == "--l3-mib") {  // the cache to defeat; small values: a from-cache test
+            cfg.cache_bytes = static_cast<std::size_t>(parse_number<int>(next(), "--l3-mib", 1, 1 << 16)) << 20;
+        } else if (arg == "--no-repack") {
+            cfg.repack = false;
+        } else if (arg == "--smoke") {  // seconds: small shapes, few rounds
+            cfg.shapes = {{256, 1024}, {64, 4096}};
+            cfg.rounds = 2;
+            cfg.cache_bytes = std::size_t{1} << 20;
+        } else {
+            return false;
         }
-    } catch (const bad_argument& e) {
-        std::fprintf(stderr, "compare_ggml: %s\n", e.what());
-        return 2;
-    }
+        return true;
+    });
+    if (status >= 0) return status;
     for (const shape s : cfg.shapes)
         if (s.rows <= 0 || s.cols <= 0 || s.cols % 256 != 0) {
             std::fprintf(stderr, "compare_ggml: shape %ldx%ld: columns must be a positive multiple of 256 (K-quant blocks)\n",

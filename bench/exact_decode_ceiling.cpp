@@ -165,20 +165,14 @@ float decode(form f, long chunks, const std::uint8_t* codes, const float* x) {
 int main(int argc, char** argv) {
     int threads = 0;
     bool json = false;
-    try {
-        for (int a = 1; a < argc; ++a) {
-            const std::string arg = argv[a];
-            if (arg == "--threads" && a + 1 < argc) threads = parse_number<int>(argv[++a], "--threads", 0, 1024);
-            else if (arg == "--json") json = true;
-            else {
-                std::fprintf(stderr, "usage: sqz-bench-exact-ceiling [--threads N] [--json]\n");
-                return arg == "--help" ? 0 : 2;
-            }
-        }
-    } catch (const bad_argument& e) {
-        std::fprintf(stderr, "sqz-bench-exact-ceiling: %s\n", e.what());
-        return 2;
-    }
+    const int status = parse_arguments(argc, argv, "sqz-bench-exact-ceiling", "sqz-bench-exact-ceiling [--threads N] [--json]",
+                                       [&](const std::string& arg, auto& next) {
+                                           if (arg == "--threads") threads = parse_number<int>(next(), "--threads", 0, 1024);
+                                           else if (arg == "--json") json = true;
+                                           else return false;
+                                           return true;
+                                       });
+    if (status >= 0) return status;
 #if defined(__x86_64__)
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512ifma")) {
         std::printf("sqz-bench-exact-ceiling: this CPU lacks AVX-512 F/BW/IFMA; nothing measured\n");

@@ -32,21 +32,15 @@ int main(int argc, char** argv) {
     long rows = 1024;
     long cols = 14336;
     bool json = false;
-    try {
-        for (int a = 1; a < argc; ++a) {
-            const std::string arg = argv[a];
-            if (arg == "--rows" && a + 1 < argc) rows = sqz_bench::parse_number<long>(argv[++a], "--rows", 1, 1L << 20);
-            else if (arg == "--cols" && a + 1 < argc) cols = sqz_bench::parse_number<long>(argv[++a], "--cols", 1, 1L << 24);
+    const int status = sqz_bench::parse_arguments(
+        argc, argv, "sqz-bench-int8-error", "sqz-bench-int8-error [--rows N] [--cols N] [--json]", [&](const std::string& arg, auto& next) {
+            if (arg == "--rows") rows = sqz_bench::parse_number<long>(next(), "--rows", 1, 1L << 20);
+            else if (arg == "--cols") cols = sqz_bench::parse_number<long>(next(), "--cols", 1, 1L << 24);
             else if (arg == "--json") json = true;
-            else {
-                std::fprintf(stderr, "usage: sqz-bench-int8-error [--rows N] [--cols N] [--json]\n");
-                return arg == "--help" ? 0 : 2;
-            }
-        }
-    } catch (const sqz_bench::bad_argument& e) {
-        std::fprintf(stderr, "sqz-bench-int8-error: %s\n", e.what());
-        return 2;
-    }
+            else return false;
+            return true;
+        });
+    if (status >= 0) return status;
     const activation_kind kinds[] = {{"normal", 0, 1.0f}, {"every_997th_x50", 997, 50.0f}, {"every_101st_x20", 101, 20.0f}};
     for (const int bits : {2, 3, 4}) {
         const auto q = sqz_bench::random_matrix({rows, cols}, bits, 0.0, 7 + static_cast<std::uint64_t>(bits));

@@ -12,6 +12,8 @@
 //  - none:        no index work at all (the same chunk every step): the lower bound of a LUT decoder;
 //  - ifma:        vpmadd52huq by 2^(52 - s) instead of a shift by s (runs on the multiply pipes);
 //  - mulhi:       vpmulhuw by 2^(16 - s) on 16-bit lanes, one vpsrld by 16 for the upper half;
+//  - gfni:        vgf2p8affineqb moves each byte's high nibble to its low one (the odd steps), vpsrld
+//                 by 8, 16, 24 for the even ones;
 //  - load_offset: 64-byte loads at byte offsets 1-3 for the shifts by 8, 16, 24 (they cross lines);
 //  - ymm_load:    256-bit vpermps with 32-byte loads at byte offsets 0-3 that stay inside a line
 //                 (needs 8 bits per code: an upper bound, not a layout).
@@ -46,10 +48,10 @@ namespace {
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#define SQZ_CEILING_TARGET __attribute__((target("avx512f,avx512bw,avx512ifma,avx2,fma"), noinline))
+#define SQZ_CEILING_TARGET __attribute__((target("avx512f,avx512bw,avx512ifma,gfni,avx2,fma"), noinline))
 
-enum class form { shift, none, ifma, mulhi, load_offset, ymm_load };
-constexpr form all_forms[] = {form::shift, form::none, form::ifma, form::mulhi, form::load_offset, form::ymm_load};
+enum class form { shift, none, ifma, mulhi, gfni, load_offset, ymm_load };
+constexpr form all_forms[] = {form::shift, form::none, form::ifma, form::mulhi, form::gfni, form::load_offset, form::ymm_load};
 
 const char* name(form f) {
     switch (f) {
@@ -57,6 +59,7 @@ const char* name(form f) {
         case form::none: return "none";
         case form::ifma: return "ifma";
         case form::mulhi: return "mulhi";
+        case form::gfni: return "gfni";
         case form::load_offset: return "load_offset";
         case form::ymm_load: return "ymm_load";
     }
@@ -100,6 +103,11 @@ SQZ_CEILING_TARGET float decode_zmm(long chunks, const std::uint8_t* codes, cons
                     if (m > 0 && m < 4) i = _mm512_mulhi_epu16(index[r], _mm512_set1_epi16(static_cast<short>(1 << (16 - 4 * m))));
                     else if (m == 4) i = upper[r];
                     else if (m > 4) i = _mm512_mulhi_epu16(upper[r], _mm512_set1_epi16(static_cast<short>(1 << (16 - 4 * (m - 4)))));
+                } else if constexpr (F == form::gfni) {
+                    // Output bit k of each byte = input bit k + 4 (matrix row k, in byte 7 - k).
+                    constexpr long long high_nibble_down = 0x1020408000000000LL;
+                    if (m >= 2) i = _mm512_srli_epi32(index[r], 8 * (m / 2));
+                    if (m % 2 == 1) i = _mm512_gf2p8affine_epi64_epi8(i, _mm512_set1_epi64(high_nibble_down), 0);
                 } else if constexpr (F == form::load_offset) {
                     if (m >= 2) i = _mm512_loadu_si512(chunk + 64 * r + m / 2);
                     if (m % 2 == 1) i = _mm512_srli_epi32(i, 4);
@@ -150,6 +158,7 @@ float decode(form f, long chunks, const std::uint8_t* codes, const float* x) {
         case form::none: return decode_zmm<form::none>(chunks, codes, x);
         case form::ifma: return decode_zmm<form::ifma>(chunks, codes, x);
         case form::mulhi: return decode_zmm<form::mulhi>(chunks, codes, x);
+        case form::gfni: return decode_zmm<form::gfni>(chunks, codes, x);
         case form::load_offset: return decode_zmm<form::load_offset>(chunks, codes, x);
         case form::ymm_load: return decode_ymm_loads(chunks, codes, x);
     }
@@ -174,8 +183,9 @@ int main(int argc, char** argv) {
                                        });
     if (status >= 0) return status;
 #if defined(__x86_64__)
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512ifma")) {
-        std::printf("sqz-bench-exact-ceiling: this CPU lacks AVX-512 F/BW/IFMA; nothing measured\n");
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512ifma") ||
+        !__builtin_cpu_supports("gfni")) {
+        std::printf("sqz-bench-exact-ceiling: this CPU lacks AVX-512 F/BW/IFMA or GFNI; nothing measured\n");
         return 0;
     }
 #if defined(_OPENMP)

@@ -9,7 +9,8 @@
 // them with x (FMA), four rows at a time sharing x as the kernel does. They differ in how each step
 // gets its 16 indices into bits 0-3 of 32-bit lanes:
 //  - shift:       vpsrld of a 64-byte chunk of codes (the kernel's form; one per step but the first);
-//  - none:        no index work at all (the same chunk every step): the lower bound of a LUT decoder;
+//  - load_index:  each step's indices loaded ready-made (an aligned 64-byte load per step, as if every
+//                 code took 32 bits): no vector instruction for them, the lower bound of a LUT decoder;
 //  - ifma:        vpmadd52huq by 2^(52 - s) instead of a shift by s (runs on the multiply pipes);
 //  - mulhi:       vpmulhuw by 2^(16 - s) on 16-bit lanes, one vpsrld by 16 for the upper half;
 //  - gfni:        vgf2p8affineqb moves each byte's high nibble to its low one (the odd steps), vpsrld
@@ -17,6 +18,8 @@
 //  - load_offset: 64-byte loads at byte offsets 1-3 for the shifts by 8, 16, 24 (they cross lines);
 //  - ymm_load:    256-bit vpermps with 32-byte loads at byte offsets 0-3 that stay inside a line
 //                 (needs 8 bits per code: an upper bound, not a layout).
+// Every step reads its indices from a different register or address, so that the compiler cannot
+// merge two steps' lookups (checked in the disassembly: 32 vpermps per chunk of four rows, 64 at 256 bits).
 // Each thread runs the form on its own registers and its own 2 KB of codes; ns_per_step is the
 // slowest thread's time per step of 16 weights. ceiling_gbps is what a product of 3-bit codes could
 // reach if decoding cost nothing more: threads * 6 bytes per step / ns_per_step. The DRAM probe of
@@ -50,13 +53,13 @@ namespace {
 #endif
 #define SQZ_CEILING_TARGET __attribute__((target("avx512f,avx512bw,avx512ifma,gfni,avx2,fma"), noinline))
 
-enum class form { shift, none, ifma, mulhi, gfni, load_offset, ymm_load };
-constexpr form all_forms[] = {form::shift, form::none, form::ifma, form::mulhi, form::gfni, form::load_offset, form::ymm_load};
+enum class form { shift, load_index, ifma, mulhi, gfni, load_offset, ymm_load };
+constexpr form all_forms[] = {form::shift, form::load_index, form::ifma, form::mulhi, form::gfni, form::load_offset, form::ymm_load};
 
 const char* name(form f) {
     switch (f) {
         case form::shift: return "shift";
-        case form::none: return "none";
+        case form::load_index: return "load_index";
         case form::ifma: return "ifma";
         case form::mulhi: return "mulhi";
         case form::gfni: return "gfni";
@@ -68,9 +71,13 @@ const char* name(form f) {
 
 constexpr int rows = 4;            // rows decoded together, sharing each x load (as the kernel)
 constexpr int steps_per_chunk = 8;  // steps of 16 weights per 64-byte chunk of 4-bit index fields
+constexpr int chunk_cycle = 8;      // the chunks cycle through 8 places in `codes`
+// Bytes of codes a chunk of four rows spans: 64 per row, but 64 per step and row for load_index.
+constexpr std::size_t chunk_span = rows * steps_per_chunk * 64;
+constexpr std::size_t code_bytes = chunk_cycle * chunk_span + 64;  // 16 KB and the offset loads' overrun: in L1
 
-/// `chunks` passes over 8 chunks of codes per row (2 KB, in L1); returns the sum of all products so
-/// that nothing can be optimized away. Steps per call: chunks * steps_per_chunk * rows.
+/// `chunks` chunks of four rows, cycling through `codes` (code_bytes, in L1); returns the sum of all
+/// products so that nothing can be optimized away. Steps per call: chunks * steps_per_chunk * rows.
 template <form F>
 SQZ_CEILING_TARGET float decode_zmm(long chunks, const std::uint8_t* codes, const float* x) {
     __m512 lut[rows];
@@ -80,7 +87,7 @@ SQZ_CEILING_TARGET float decode_zmm(long chunks, const std::uint8_t* codes, cons
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     }
     for (long c = 0; c < chunks; ++c) {
-        const std::uint8_t* chunk = codes + (c & 7) * rows * 64;
+        const std::uint8_t* chunk = codes + (c % chunk_cycle) * chunk_span;
         __m512i index[rows], upper[rows];
         for (int r = 0; r < rows; ++r) {
             index[r] = _mm512_load_si512(chunk + 64 * r);
@@ -96,6 +103,8 @@ SQZ_CEILING_TARGET float decode_zmm(long chunks, const std::uint8_t* codes, cons
                 __m512i i = index[r];
                 if constexpr (F == form::shift) {
                     if (m > 0) i = _mm512_srli_epi32(index[r], 4 * m);
+                } else if constexpr (F == form::load_index) {
+                    i = _mm512_load_si512(chunk + 64 * (steps_per_chunk * r + m));
                 } else if constexpr (F == form::ifma) {  // fields 1-4: the product's high bits (low dword's and high dword's)
                     if (m > 0 && m <= 4) i = _mm512_madd52hi_epu64(_mm512_setzero_si512(), index[r], _mm512_set1_epi64(1LL << (52 - 4 * m)));
                     else if (m > 4) i = _mm512_srli_epi32(index[r], 4 * m);
@@ -130,15 +139,15 @@ SQZ_CEILING_TARGET float decode_ymm_loads(long chunks, const std::uint8_t* codes
         acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     }
     for (long c = 0; c < chunks; ++c) {
-        const std::uint8_t* chunk = codes + (c & 7) * rows * 64;
+        const std::uint8_t* chunk = codes + (c % chunk_cycle) * chunk_span;
 #pragma GCC unroll 16
         for (int h = 0; h < 2 * steps_per_chunk; ++h) {  // half steps of 8 weights
             __m256 xv = _mm256_load_ps(x + 8 * h);
             __asm__("" : "+x"(xv));
 #pragma GCC unroll 4
             for (int r = 0; r < rows; ++r) {
-                // Offsets 0-3 of a 64-byte line: never across it.
-                const __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + 64 * r + h % 4));
+                // Half step h of row r: line 4r + h / 4, offset h % 4 (never across the line).
+                const __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + 64 * (4 * r + h / 4) + h % 4));
                 acc[r][h & 1] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(lut[r], i), xv, acc[r][h & 1]);
             }
         }
@@ -155,7 +164,7 @@ SQZ_CEILING_TARGET float decode_ymm_loads(long chunks, const std::uint8_t* codes
 float decode(form f, long chunks, const std::uint8_t* codes, const float* x) {
     switch (f) {
         case form::shift: return decode_zmm<form::shift>(chunks, codes, x);
-        case form::none: return decode_zmm<form::none>(chunks, codes, x);
+        case form::load_index: return decode_zmm<form::load_index>(chunks, codes, x);
         case form::ifma: return decode_zmm<form::ifma>(chunks, codes, x);
         case form::mulhi: return decode_zmm<form::mulhi>(chunks, codes, x);
         case form::gfni: return decode_zmm<form::gfni>(chunks, codes, x);
@@ -193,7 +202,7 @@ int main(int argc, char** argv) {
 #else
     threads = 1;
 #endif
-    alignas(64) static std::uint8_t codes[8 * rows * 64 + 64];
+    alignas(64) static std::uint8_t codes[code_bytes];
     for (std::size_t i = 0; i < sizeof codes; ++i) codes[i] = static_cast<std::uint8_t>((i * 2654435761u) >> 24);
     alignas(64) static float x[16 * steps_per_chunk];
     for (std::size_t i = 0; i < std::size(x); ++i) x[i] = 1e-3f * static_cast<float>(i);

@@ -100,7 +100,8 @@ std::vector<T> parse_names(const char* text, const char* option, const std::arra
 }
 
 /// "4096x14336,14336x4096": rows x columns, each at least 1.
-inline std::vector<shape> parse_shapes(const char* text, const char* option = "--shapes") {
+inline std::vector<shape> parse_shapes(const char* text) {
+    constexpr const char* option = "--shapes";
     return parse_list<shape>(text, option, [&](const std::string& item) {
         constexpr long most = std::numeric_limits<int>::max();
         const auto wrong = [&] {
@@ -254,10 +255,10 @@ inline sqz::quantized_matrix<float> random_matrix(shape s, int bits, double frac
     return sqz::quantized_matrix<float>::from_codes(s.rows, s.cols, bits, std::move(lut), codes, std::move(sparse));
 }
 
-/// |y_i - ref_i| / sum_j |w_ij x_j| for every row i (the dense part's magnitude plus the sparse part's).
-inline std::vector<double> relative_errors(const sqz::quantized_matrix<float>& q, const std::vector<float>& x,
-                                           const std::vector<float>& y, const std::vector<float>& ref) {
-    std::vector<double> errors(static_cast<std::size_t>(q.rows()));
+/// sum_j |w_ij x_j| for every row i (the dense part's magnitude plus the sparse part's): what
+/// relative_errors divides by. One pass over the matrix, so compute it once per matrix and x.
+inline std::vector<double> row_magnitudes(const sqz::quantized_matrix<float>& q, const std::vector<float>& x) {
+    std::vector<double> magnitudes(static_cast<std::size_t>(q.rows()));
     std::vector<std::uint8_t> codes(static_cast<std::size_t>(q.cols()));
     for (Eigen::Index i = 0; i < q.rows(); ++i) {
         sqz::unpack(q.row_codes(i), q.bits(), codes.size(), codes);
@@ -267,16 +268,25 @@ inline std::vector<double> relative_errors(const sqz::quantized_matrix<float>& q
             magnitude += std::abs(static_cast<double>(lut[codes[static_cast<std::size_t>(j)]]) * x[static_cast<std::size_t>(j)]);
         for (sqz::csr_matrix<float>::InnerIterator it(q.sparse(), i); it; ++it)
             magnitude += std::abs(static_cast<double>(it.value()) * x[static_cast<std::size_t>(it.col())]);
-        const double err = std::abs(static_cast<double>(y[static_cast<std::size_t>(i)]) - ref[static_cast<std::size_t>(i)]);
-        errors[static_cast<std::size_t>(i)] = magnitude > 0 ? err / magnitude : err;
+        magnitudes[static_cast<std::size_t>(i)] = magnitude;
+    }
+    return magnitudes;
+}
+
+/// |y_i - ref_i| / sum_j |w_ij x_j| for every row i, the sums from row_magnitudes.
+inline std::vector<double> relative_errors(const std::vector<double>& magnitudes, const std::vector<float>& y,
+                                           const std::vector<float>& ref) {
+    std::vector<double> errors(magnitudes.size());
+    for (std::size_t i = 0; i < errors.size(); ++i) {
+        const double err = std::abs(static_cast<double>(y[i]) - ref[i]);
+        errors[i] = magnitudes[i] > 0 ? err / magnitudes[i] : err;
     }
     return errors;
 }
 
 /// max_i |y_i - ref_i| / sum_j |w_ij x_j| (relative_errors).
-inline double max_relative_error(const sqz::quantized_matrix<float>& q, const std::vector<float>& x,
-                          const std::vector<float>& y, const std::vector<float>& ref) {
-    const std::vector<double> errors = relative_errors(q, x, y, ref);
+inline double max_relative_error(const std::vector<double>& magnitudes, const std::vector<float>& y, const std::vector<float>& ref) {
+    const std::vector<double> errors = relative_errors(magnitudes, y, ref);
     return errors.empty() ? 0.0 : *std::max_element(errors.begin(), errors.end());
 }
 

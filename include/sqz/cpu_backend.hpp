@@ -324,30 +324,38 @@ void for_row_blocks(const cpu_matrix_view<T>& m, int threads, Body&& body) {
 }
 
 #if SQZ_HAVE_X86_SIMD
+/// Where grouped_rows computes the sparse part: in a pre-pass over the block, row by row
+/// (avx2::sparse_row_sums) or for whole groups in avx2::group_sparse's steps, or, for whole groups,
+/// in the group kernel along their dense part (the AVX-512 int8 kernel at 4 bits); the rows left
+/// over always in the pre-pass.
+enum class sparse_pass { rows_before, groups_before, groups_in_kernel };
+
 /// Rows [first, end) in groups of R (`group`), the rest one by one (`one`), with the sparse part
 /// around them: its row sums are computed first, into per-thread scratch, while the block's first
 /// codes are prefetched (avx2::sparse_row_sums), and added to y after the dense part. Otherwise
 /// DRAM would sit idle while the sparse part is computed (docs/design.md).
-template <int R, class Kernel1, class KernelR>
+template <int R, sparse_pass Pass, class Kernel1, class KernelR>
 void grouped_rows(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end, const float* x, float* y,
                   Kernel1&& one, KernelR&& group) {
-    const bool sparse = m.row_ptr != nullptr && m.row_ptr[first] != m.row_ptr[end];
+    const std::size_t grouped_end = first + (end - first) / R * R;
+    const std::size_t pass_first = Pass == sparse_pass::groups_in_kernel ? grouped_end : first;
+    const bool sparse = m.row_ptr != nullptr && m.row_ptr[pass_first] != m.row_ptr[end];
     thread_local std::vector<double> sparse_sums;
     if (sparse) {
-        sparse_sums.resize(end - first);
-        avx2::sparse_row_sums(m, first, end, x, sparse_sums.data());
+        sparse_sums.resize(end - pass_first);
+        avx2::sparse_row_sums<Pass == sparse_pass::groups_before>(m, pass_first, end, x, sparse_sums.data());
     }
-    std::size_t i = first;
-    for (; i + R <= end; i += R) group(i);
-    for (; i < end; ++i) one(i);
+    for (std::size_t i = first; i < grouped_end; i += R) group(i);
+    for (std::size_t i = grouped_end; i < end; ++i) one(i);
     if (sparse)
-        for (i = first; i < end; ++i) y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_sums[i - first]);
+        for (std::size_t i = pass_first; i < end; ++i)
+            y[i] = static_cast<float>(static_cast<double>(y[i]) + sparse_sums[i - pass_first]);
 }
 
 template <int Bits>
 void avx512_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x, float* y, int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
-        grouped_rows<cpu_layout::group_rows>(
+        grouped_rows<cpu_layout::group_rows, sparse_pass::rows_before>(
             m, first, end, x, y, [&](std::size_t i) { avx512::exact_rows<Bits, 1>(m, i, xp, y); },
             [&](std::size_t i) { avx512::exact_rows<Bits, static_cast<int>(cpu_layout::group_rows)>(m, i, xp, y); });
     });
@@ -358,16 +366,17 @@ template <int Bits, bool SlotScales>
 void avx512_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<float>& a, const float* x, float* y,
                  int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
-        grouped_rows<int8_rows_together>(
+        constexpr sparse_pass pass = avx2::int8_sparse_by_groups<Bits> ? sparse_pass::groups_in_kernel : sparse_pass::rows_before;
+        grouped_rows<int8_rows_together, pass>(
             m, first, end, x, y, [&](std::size_t i) { avx512::int8_rows<Bits, 1, SlotScales>(m, i, a, y); },
-            [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together, SlotScales>(m, i, a, y); });
+            [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together, SlotScales>(m, i, a, y, x); });
     });
 }
 
 template <int Bits>
 void avx2_exact(const cpu_matrix_view<float>& m, const float* xp, const float* x, float* y, int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
-        grouped_rows<cpu_layout::group_rows>(
+        grouped_rows<cpu_layout::group_rows, sparse_pass::rows_before>(
             m, first, end, x, y, [&](std::size_t i) { avx2::exact_row<Bits>(m, i, xp, y); },
             [&](std::size_t i) { avx2::exact_group<Bits>(m, i, xp, y); });
     });
@@ -377,7 +386,8 @@ template <int Bits>
 void avx2_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<float>& a, const float* x, float* y,
                int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
-        grouped_rows<int8_rows_together>(
+        constexpr sparse_pass pass = avx2::int8_sparse_by_groups<Bits> ? sparse_pass::groups_before : sparse_pass::rows_before;
+        grouped_rows<int8_rows_together, pass>(
             m, first, end, x, y, [&](std::size_t i) { avx2::int8_rows<Bits, 1>(m, i, a, y); },
             [&](std::size_t i) { avx2::int8_rows<Bits, int8_rows_together>(m, i, a, y); });
     });

@@ -24,7 +24,9 @@
 // vector once for four rows; the exact kernel four tiles of a row at a time, row after row,
 // reloading each row's table from L1 (it is limited by its shuffles, and registers are scarce).
 // The sparse part of a row block is computed just before its dense part (sparse_row_sums), eight
-// products per FMA, while the block's first codes are prefetched, and added to y after it.
+// products per FMA, while the block's first codes are prefetched, and added to y after it; at 4 bits
+// the int8 kernels' groups of four rows in group_sparse's steps (the AVX-512 kernel along the dense
+// part).
 #pragma once
 
 #include <sqz/detail/cpu_features.hpp>
@@ -37,6 +39,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #if SQZ_HAVE_X86_SIMD
 #include <immintrin.h>
@@ -156,13 +159,79 @@ SQZ_AVX2_INLINE double sparse_row_dot(const cpu_matrix_view<float>& m, std::size
     return static_cast<double>(horizontal_sum(acc));
 }
 
+/// The sparse part of a group of four rows in steps of eight consecutive CSR entries of the group,
+/// whatever rows they belong to, each product added to its row's sums through a lane mask. The
+/// AVX-512 int8 kernel at 4 bits takes one step per tile along the group's dense part: there these
+/// few instructions run while the core waits for the codes from DRAM, where the pre-pass before the
+/// block (sparse_row_sums) runs them while DRAM waits. That pays only where the kernel has spare
+/// issue slots and registers, which the AVX-512 int8 kernel has at 4 bits and no other kernel does
+/// (docs/design.md). The CSR arrays are then one more sequential stream, read at about a sixteenth
+/// of the codes' pace and prefetched ahead.
+struct group_sparse {
+    std::int32_t next = 0;            ///< the group's next CSR entry
+    std::int32_t end = 0;             ///< row_ptr[row + 4]
+    __m256i row_end[4];               ///< row_ptr[row + 1 .. row + 4], in every lane
+    __m256 sum[4];                    ///< eight partial sums per row
+};
+
+/// How many CSR entries ahead of the group's next one a step asks for (512 bytes of 16-bit columns,
+/// about 32 tiles ahead at one step per tile).
+inline constexpr std::int32_t group_sparse_prefetch_entries = 256;
+
+/// True, with `s` ready, when rows [row, row + 4) have a sparse part.
+SQZ_AVX2_TARGET inline bool start_group_sparse(const cpu_matrix_view<float>& m, std::size_t row, group_sparse& s) noexcept {
+    if (m.row_ptr == nullptr || m.row_ptr[row] == m.row_ptr[row + 4]) return false;
+    s.next = m.row_ptr[row];
+    s.end = m.row_ptr[row + 4];
+    for (std::size_t r = 0; r < 4; ++r) s.row_end[r] = _mm256_set1_epi32(m.row_ptr[row + 1 + r]);
+    for (auto& sum : s.sum) sum = _mm256_setzero_ps();
+    return true;
+}
+
+/// Entries [next, next + 8) of the group: lane e belongs to row r when row_end[r - 1] <= next + e <
+/// row_end[r]. The products of other rows' lanes and of lanes past the group are cleared (their bits,
+/// so that a NaN or an infinity there cannot leak in); the arrays' padding (sparse_padding) keeps the
+/// reads of the last group inside them.
+template <class Col, sparse_value_type V>
+SQZ_AVX2_INLINE void group_sparse_entries(const cpu_matrix_view<float>& m, const float* x, group_sparse& s) noexcept {
+    const __m256 products = _mm256_mul_ps(sparse_values8<V>(m.val, s.next), gather8(x, static_cast<const Col*>(m.col) + s.next));
+    const __m256i entry = _mm256_add_epi32(_mm256_set1_epi32(s.next), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i before = _mm256_setzero_si256();  // lanes of the rows before r
+    SQZ_UNROLL
+    for (int r = 0; r < 4; ++r) {
+        const __m256i upto = _mm256_cmpgt_epi32(s.row_end[r], entry);  // lanes of rows <= r
+        s.sum[r] = _mm256_add_ps(s.sum[r], _mm256_and_ps(_mm256_castsi256_ps(_mm256_andnot_si256(before, upto)), products));
+        before = upto;
+    }
+    s.next += 8;
+}
+
+/// Asks for the CSR entries group_sparse_prefetch_entries ahead of the group's next one.
+template <class Col, sparse_value_type V>
+SQZ_AVX2_INLINE void prefetch_group_sparse(const cpu_matrix_view<float>& m, const group_sparse& s) noexcept {
+    constexpr std::size_t value_bytes = V == sparse_value_type::scalar ? sizeof(float) : sizeof(std::uint16_t);
+    const auto ahead = static_cast<std::size_t>(s.next + group_sparse_prefetch_entries);
+    __builtin_prefetch(static_cast<const char*>(m.col) + ahead * sizeof(Col));
+    __builtin_prefetch(static_cast<const char*>(m.val) + ahead * value_bytes);
+}
+
+/// Each row's sum added to its dense result in y (in double, rounded once, as grouped_rows adds the
+/// pre-pass's sums), once all entries are in.
+SQZ_AVX2_TARGET inline void add_group_sparse(const group_sparse& s, std::size_t row, float* y) noexcept {
+    for (std::size_t r = 0; r < 4; ++r)
+        y[row + r] = static_cast<float>(static_cast<double>(y[row + r]) + static_cast<double>(horizontal_sum(s.sum[r])));
+}
+
 /// The sparse part of rows [first, end) of a row block, into sums[i - first], computed before the
 /// block's dense part. For each row it asks for its CSR entries a few rows ahead and for as many
 /// bytes of the block's codes as the row has CSR bytes, so that DRAM keeps streaming the codes the
 /// dense kernel will read next instead of idling while the sparse part is computed. (With 16-bit
 /// entries that is 4 bytes per nonzero; asking for 8 or 12 made a 0.45%-sparse 2-bit int8 product
-/// 2-8% slower, 1 or 2 made no difference.)
-template <class Col, sparse_value_type V>
+/// 2-8% slower, 1 or 2 made no difference.) Groups: whole groups of four rows from `first` in
+/// group_sparse's steps (the sums the AVX-512 int8 kernel computes along its dense part at 4 bits,
+/// so that the AVX2 kernel, which has no registers to spare for them, gives the same bits), the
+/// rows left over one by one.
+template <class Col, sparse_value_type V, bool Groups>
 SQZ_AVX2_TARGET void sparse_row_sums(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end,
                                      const float* x, double* sums) noexcept {
     const std::uintptr_t codes_begin = reinterpret_cast<std::uintptr_t>(m.row_tiles(first));
@@ -171,7 +240,19 @@ SQZ_AVX2_TARGET void sparse_row_sums(const cpu_matrix_view<float>& m, std::size_
     constexpr std::uintptr_t bytes_per_nonzero =
         sizeof(Col) + (V == sparse_value_type::scalar ? sizeof(float) : sizeof(std::uint16_t));
     std::uintptr_t ahead = codes_begin;
-    for (std::size_t i = first; i < end; ++i) {
+    std::size_t i = first;
+    if constexpr (Groups)
+        for (; i + 4 <= end; i += 4) {
+            prefetch_sparse_rows(m, i + sparse_prefetch_rows, i + sparse_prefetch_rows + 4);
+            const auto csr_bytes = static_cast<std::uintptr_t>(m.row_ptr[i + 4] - m.row_ptr[i]) * bytes_per_nonzero;
+            for (const std::uintptr_t stop = std::min(codes_end, ahead + csr_bytes); ahead < stop; ahead += 64)
+                __builtin_prefetch(reinterpret_cast<const void*>(ahead), 0, 2);
+            group_sparse group{};
+            if (start_group_sparse(m, i, group))
+                while (group.next < group.end) group_sparse_entries<Col, V>(m, x, group);
+            for (std::size_t r = 0; r < 4; ++r) sums[i + r - first] = static_cast<double>(horizontal_sum(group.sum[r]));
+        }
+    for (; i < end; ++i) {
         prefetch_sparse_rows(m, i + sparse_prefetch_rows, i + sparse_prefetch_rows + 1);
         const auto csr_bytes = static_cast<std::uintptr_t>(m.row_ptr[i + 1] - m.row_ptr[i]) * bytes_per_nonzero;
         for (const std::uintptr_t stop = std::min(codes_end, ahead + csr_bytes); ahead < stop; ahead += 64)
@@ -181,9 +262,10 @@ SQZ_AVX2_TARGET void sparse_row_sums(const cpu_matrix_view<float>& m, std::size_
 }
 
 /// The same for the matrix's storage (picked once per row block).
+template <bool Groups = false>
 SQZ_AVX2_TARGET inline void sparse_row_sums(const cpu_matrix_view<float>& m, std::size_t first, std::size_t end,
                                             const float* x, double* sums) noexcept {
-    with_sparse_storage(m, [&]<class Col, sparse_value_type V>() { sparse_row_sums<Col, V>(m, first, end, x, sums); });
+    with_sparse_storage(m, [&]<class Col, sparse_value_type V>() { sparse_row_sums<Col, V, Groups>(m, first, end, x, sums); });
 }
 
 /// The 32 float weights of one slot of a 4-bit tile, in the unpack order of cpu_layout.hpp.
@@ -501,6 +583,14 @@ SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint
     }
     if constexpr (Pair + 1 < slot_pairs) int8_slots<Bits, R, Pair + 1>(luts, tiles, xq, scales, acc);
 }
+
+/// Whether the int8 kernels compute a group's sparse part in group_sparse's steps at this width:
+/// the AVX-512 kernel along the group's dense part, the AVX2 kernel in its pre-pass (sparse_row_sums
+/// with Groups), so that the two give the same bits (but for the sign of a zero dense result in a
+/// group without sparse entries, to which the pre-pass adds +0). At the other widths both use the row
+/// pre-pass.
+template <int Bits>
+inline constexpr bool int8_sparse_by_groups = Bits == 4;
 
 template <int Bits, int R>
 SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,

@@ -23,7 +23,9 @@
 //    kernel's eight 32-bit sums (integer sums do not depend on their order), converted and scaled the
 //    same way: the results are bit-identical to the AVX2 kernel's.
 // Both process the four rows of a layout group together as the AVX2 kernels do; the sparse part,
-// the activation quantization and the code prefetch are the AVX2 ones (cpu_kernels_avx2.hpp).
+// the activation quantization and the code prefetch are the AVX2 ones (cpu_kernels_avx2.hpp), except
+// that at 4 bits the int8 kernel adds a group's sparse part itself, one step of eight entries per
+// tile (avx2::group_sparse, with mask registers: masked_sparse_entries).
 #pragma once
 
 #include <sqz/detail/cpu_features.hpp>
@@ -35,6 +37,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #if SQZ_HAVE_X86_SIMD
 #include <immintrin.h>
@@ -437,14 +440,36 @@ SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::
     }
 }
 
+/// avx2::group_sparse_entries with mask registers: each product goes into its row's sums through a
+/// masked add, fewer instructions than the AVX2 form's masks of ones and the same sums (a sum that
+/// starts at +0 never becomes -0, and adding +0 leaves every other value as it is), so the two
+/// kernels stay bit-identical.
+template <class Col, sparse_value_type V>
+SQZ_AVX512_INLINE void masked_sparse_entries(const cpu_matrix_view<float>& m, const float* x, avx2::group_sparse& s) noexcept {
+    const __m256 products =
+        _mm256_mul_ps(avx2::sparse_values8<V>(m.val, s.next), avx2::gather8(x, static_cast<const Col*>(m.col) + s.next));
+    const __m256i entry = _mm256_add_epi32(_mm256_set1_epi32(s.next), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __mmask8 before = 0;  // lanes of the rows before r
+    SQZ_UNROLL
+    for (int r = 0; r < 4; ++r) {
+        const __mmask8 upto = _mm256_cmpgt_epi32_mask(s.row_end[r], entry);  // lanes of rows <= r
+        s.sum[r] = _mm256_mask_add_ps(s.sum[r], static_cast<__mmask8>(upto & ~before), s.sum[r], products);
+        before = upto;
+    }
+    s.next += 8;
+}
+
 /// Rows [row, row + R): y = scale * (sum_t e_t I_t) + lo * x_hat_sum, the integer dot products I_t of
 /// each tile as the AVX2 kernel computes them (its eight 32-bit lane sums, then the same float steps).
 /// Below 4 bits a.q_avx512 must hold the activations in int8_slot_order<Bits> (order_activations).
 /// SlotScales = false: int8_tile mode (a quantized with D_b = 1 everywhere): the same integer sums,
 /// without the multiplications by D.
-template <int Bits, int R, bool SlotScales = true>
-SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
-                                 float* y) noexcept {
+/// Col = void: without the rows' sparse part, else with it (avx2::group_sparse, R = 4), its storage
+/// types Col and V.
+template <int Bits, int R, bool SlotScales, class Col, sparse_value_type V>
+[[gnu::noinline]] SQZ_AVX512_TARGET void int8_rows_with(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
+                                      float* y, const float* x, avx2::group_sparse sparse) noexcept {
+    constexpr bool with_sparse = !std::is_void_v<Col>;
     __m512i luts[R];
     __m256 total[R];
     SQZ_UNROLL
@@ -480,6 +505,11 @@ SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t ro
             const __m256i sums = _mm256_add_epi32(low[r], high_half(acc[r]));
             total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), unit, total[r]);
         }
+        if constexpr (with_sparse)
+            if (sparse.next < sparse.end) {
+                avx2::prefetch_group_sparse<Col, V>(m, sparse);
+                masked_sparse_entries<Col, V>(m, x, sparse);
+            }
     }
     SQZ_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -487,6 +517,27 @@ SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t ro
         y[i] = static_cast<float>(static_cast<double>(m.int8_scale[i]) * static_cast<double>(avx2::horizontal_sum(total[r])) +
                                   static_cast<double>(m.int8_lo[i]) * a.x_hat_sum);
     }
+    if constexpr (with_sparse) {
+        while (sparse.next < sparse.end) masked_sparse_entries<Col, V>(m, x, sparse);
+        avx2::add_group_sparse(sparse, row, y);
+    }
+}
+
+/// x: given for groups of four rows at 4 bits (avx2::int8_sparse_by_groups), whose sparse part the
+/// kernel then adds along their dense part; otherwise the caller adds the sparse part.
+template <int Bits, int R, bool SlotScales = true>
+SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
+                                 float* y, const float* x = nullptr) noexcept {
+    if constexpr (R == 4 && avx2::int8_sparse_by_groups<Bits>) {
+        avx2::group_sparse sparse;
+        if (x != nullptr && avx2::start_group_sparse(m, row, sparse)) {
+            with_sparse_storage(m, [&]<class Col, sparse_value_type V>() {
+                int8_rows_with<Bits, R, SlotScales, Col, V>(m, row, a, y, x, sparse);
+            });
+            return;
+        }
+    }
+    int8_rows_with<Bits, R, SlotScales, void, sparse_value_type::scalar>(m, row, a, y, x, {});
 }
 
 // ---- matmul, exact mode: decode each tile once, then every column ----

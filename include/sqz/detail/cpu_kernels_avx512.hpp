@@ -467,8 +467,9 @@ SQZ_AVX512_INLINE void masked_sparse_entries(const cpu_matrix_view<float>& m, co
 /// Col = void: without the rows' sparse part, else with it (avx2::group_sparse, R = 4), its storage
 /// types Col and V.
 template <int Bits, int R, bool SlotScales, class Col, sparse_value_type V>
-[[gnu::noinline]] SQZ_AVX512_TARGET void int8_rows_with(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
-                                      float* y, const float* x, avx2::group_sparse sparse) noexcept {
+[[gnu::noinline]] SQZ_AVX512_TARGET void int8_rows_with(const cpu_matrix_view<float>& m, std::size_t row,
+                                                        const int8_activation_buffers<float>& a, float* y, const float* x,
+                                                        avx2::group_sparse sparse) noexcept {
     constexpr bool with_sparse = !std::is_void_v<Col>;
     __m512i luts[R];
     __m256 total[R];

@@ -222,6 +222,17 @@ SQZ_AVX2_TARGET inline void add_group_sparse(const group_sparse& s, std::size_t 
         y[row + r] = static_cast<float>(static_cast<double>(y[row + r]) + static_cast<double>(horizontal_sum(s.sum[r])));
 }
 
+/// Before rows [i, i + n) of the sparse pre-pass: their CSR entries sparse_prefetch_rows rows ahead,
+/// and as many bytes of the block's codes (from `ahead`, up to codes_end) as they have CSR bytes.
+template <std::uintptr_t BytesPerNonzero>
+SQZ_AVX2_INLINE void ask_ahead(const cpu_matrix_view<float>& m, std::size_t i, std::size_t n, std::uintptr_t codes_end,
+                               std::uintptr_t& ahead) noexcept {
+    prefetch_sparse_rows(m, i + sparse_prefetch_rows, i + sparse_prefetch_rows + n);
+    const auto csr_bytes = static_cast<std::uintptr_t>(m.row_ptr[i + n] - m.row_ptr[i]) * BytesPerNonzero;
+    for (const std::uintptr_t stop = std::min(codes_end, ahead + csr_bytes); ahead < stop; ahead += 64)
+        __builtin_prefetch(reinterpret_cast<const void*>(ahead), 0, 2);
+}
+
 /// The sparse part of rows [first, end) of a row block, into sums[i - first], computed before the
 /// block's dense part. For each row it asks for its CSR entries a few rows ahead and for as many
 /// bytes of the block's codes as the row has CSR bytes, so that DRAM keeps streaming the codes the
@@ -243,20 +254,14 @@ SQZ_AVX2_TARGET void sparse_row_sums(const cpu_matrix_view<float>& m, std::size_
     std::size_t i = first;
     if constexpr (Groups)
         for (; i + 4 <= end; i += 4) {
-            prefetch_sparse_rows(m, i + sparse_prefetch_rows, i + sparse_prefetch_rows + 4);
-            const auto csr_bytes = static_cast<std::uintptr_t>(m.row_ptr[i + 4] - m.row_ptr[i]) * bytes_per_nonzero;
-            for (const std::uintptr_t stop = std::min(codes_end, ahead + csr_bytes); ahead < stop; ahead += 64)
-                __builtin_prefetch(reinterpret_cast<const void*>(ahead), 0, 2);
+            ask_ahead<bytes_per_nonzero>(m, i, 4, codes_end, ahead);
             group_sparse group{};
             if (start_group_sparse(m, i, group))
                 while (group.next < group.end) group_sparse_entries<Col, V>(m, x, group);
             for (std::size_t r = 0; r < 4; ++r) sums[i + r - first] = static_cast<double>(horizontal_sum(group.sum[r]));
         }
     for (; i < end; ++i) {
-        prefetch_sparse_rows(m, i + sparse_prefetch_rows, i + sparse_prefetch_rows + 1);
-        const auto csr_bytes = static_cast<std::uintptr_t>(m.row_ptr[i + 1] - m.row_ptr[i]) * bytes_per_nonzero;
-        for (const std::uintptr_t stop = std::min(codes_end, ahead + csr_bytes); ahead < stop; ahead += 64)
-            __builtin_prefetch(reinterpret_cast<const void*>(ahead), 0, 2);
+        ask_ahead<bytes_per_nonzero>(m, i, 1, codes_end, ahead);
         sums[i - first] = sparse_row_dot<Col, V>(m, i, x);
     }
 }

@@ -188,14 +188,25 @@ SQZ_AVX2_TARGET inline bool start_group_sparse(const cpu_matrix_view<float>& m, 
     return true;
 }
 
-/// Entries [next, next + 8) of the group: lane e belongs to row r when row_end[r - 1] <= next + e <
-/// row_end[r]. The products of other rows' lanes and of lanes past the group are cleared (their bits,
-/// so that a NaN or an infinity there cannot leak in); the arrays' padding (sparse_padding) keeps the
-/// reads of the last group inside them.
+/// The products of entries [next, next + 8) of the group: lane e belongs to row r when row_end[r - 1]
+/// <= next + e < row_end[r]. A step clears the products of other rows' lanes and of lanes past the
+/// group (their bits, so that a NaN or an infinity there cannot leak in); the arrays' padding
+/// (sparse_padding) keeps the reads of the last group inside them.
+template <class Col, sparse_value_type V>
+SQZ_AVX2_INLINE __m256 group_sparse_products(const cpu_matrix_view<float>& m, const float* x, const group_sparse& s) noexcept {
+    return _mm256_mul_ps(sparse_values8<V>(m.val, s.next), gather8(x, static_cast<const Col*>(m.col) + s.next));
+}
+
+/// The CSR positions next .. next + 7 of a step's lanes, which the row ends are compared with.
+SQZ_AVX2_INLINE __m256i group_sparse_lanes(const group_sparse& s) noexcept {
+    return _mm256_add_epi32(_mm256_set1_epi32(s.next), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/// One step: group_sparse_products into the rows' sums through masks of ones.
 template <class Col, sparse_value_type V>
 SQZ_AVX2_INLINE void group_sparse_entries(const cpu_matrix_view<float>& m, const float* x, group_sparse& s) noexcept {
-    const __m256 products = _mm256_mul_ps(sparse_values8<V>(m.val, s.next), gather8(x, static_cast<const Col*>(m.col) + s.next));
-    const __m256i entry = _mm256_add_epi32(_mm256_set1_epi32(s.next), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 products = group_sparse_products<Col, V>(m, x, s);
+    const __m256i entry = group_sparse_lanes(s);
     __m256i before = _mm256_setzero_si256();  // lanes of the rows before r
     SQZ_UNROLL
     for (int r = 0; r < 4; ++r) {

@@ -446,9 +446,8 @@ SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::
 /// kernels stay bit-identical.
 template <class Col, sparse_value_type V>
 SQZ_AVX512_INLINE void masked_sparse_entries(const cpu_matrix_view<float>& m, const float* x, avx2::group_sparse& s) noexcept {
-    const __m256 products =
-        _mm256_mul_ps(avx2::sparse_values8<V>(m.val, s.next), avx2::gather8(x, static_cast<const Col*>(m.col) + s.next));
-    const __m256i entry = _mm256_add_epi32(_mm256_set1_epi32(s.next), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 products = avx2::group_sparse_products<Col, V>(m, x, s);
+    const __m256i entry = avx2::group_sparse_lanes(s);
     __mmask8 before = 0;  // lanes of the rows before r
     SQZ_UNROLL
     for (int r = 0; r < 4; ++r) {

@@ -299,6 +299,23 @@ TEST_CASE("cpu matvec: rows of several fp32 windows and a partial last window", 
             }
 }
 
+TEST_CASE("cpu matvec: codes of more than 2 MiB (huge-page buffers) agree with the brute force", "[matvec][cpu]") {
+    // 1100 x 4096 at 4 bits: 2.2 MB of repacked codes, a buffer that asks for huge pages
+    // (aligned_buffer.hpp), read by every kernel on one and on two threads.
+    const auto m = make_matrix(1100, 4096, 4, 2024, sparse_kind::scattered, 0.005);
+    const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+    REQUIRE(p.bytes_read(sqz::numeric_mode::exact) > sqz::detail::huge_page_bytes);
+    const auto x = random_vector(4096, 9);
+    const auto exact = brute_force(m, x);
+    const auto scale = magnitudes(m, x);
+    for (const auto kernel : cpu_kernels)
+        for (const int threads : {1, 2}) {
+            std::vector<float> y(1100);
+            sqz::matvec<sqz::backend::cpu>(p, x, y, {.threads = threads, .kernel = kernel});
+            require_close(y, exact, scale, 1e-5, "huge-page codes, " + name(kernel) + ", threads " + std::to_string(threads));
+        }
+}
+
 TEST_CASE("cpu matvec: the sparse part over several row blocks, every count of nonzeros per row", "[matvec][cpu]") {
     // 9000 columns make a row block of a few dozen rows, so 301 rows are several blocks (and a tail
     // that is not a whole group of four); row i has i mod 41 nonzeros, which covers rows without any,

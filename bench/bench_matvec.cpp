@@ -8,9 +8,13 @@
 //  - The quantized matrix is prepared once and copied until the copies hold at least 4x the 32 MiB L3;
 //    each repetition multiplies the next copy, so the matrix comes from DRAM, not from the cache.
 //  - DRAM read bandwidth: all threads stream (AVX2 loads, 4 accumulators) through one 32 MiB piece of a
-//    512 MiB buffer, a different piece each time, so every piece comes from DRAM.
+//    512 MiB buffer, a different piece each time, so every piece comes from DRAM. The buffer, like the
+//    matrices' codes, is on transparent huge pages where the system allows (JSON `thp`: the system's
+//    setting; "madvise" and "always" give them): on 4 KB pages the same read was 13-22% slower here,
+//    which the fractions would have counted as the kernels' merit.
 //  - Eigen fp32 GEMV: y = W x with the dense row-major float matrix (4 bytes per weight, larger than
-//    the L3), split into row blocks over the same threads (Eigen's own GEMV is single-threaded).
+//    the L3, on huge pages as the codes are), split into row blocks over the same threads (Eigen's own
+//    GEMV is single-threaded).
 //  - --kernels times each listed cpu kernel (sqz::cpu_kernel) side by side: every mode with every kernel.
 //    JSON `kernel` is the one asked for, `kernel_used` what ran (sqz::cpu_kernel_used: automatic resolved).
 //  - Rounds interleave one bandwidth piece, one Eigen GEMV and one product per mode and kernel; every figure is
@@ -107,14 +111,19 @@ int main(int argc, char** argv) {
         for (const auto kernel : cfg.kernels) runs.emplace_back(mode, kernel);
     dram_probe probe(cfg.cache_bytes >= (std::size_t{32} << 20) ? std::size_t{512} << 20 : std::size_t{64} << 20,
                      std::min(cfg.cache_bytes, std::size_t{32} << 20));
+    const std::string thp = transparent_huge_pages();
+    if (!cfg.json) std::printf("# transparent huge pages: %s\n", thp.c_str());
     if (!cfg.json)
         std::printf("%-11s %4s %7s %5s %-9s %9s %7s %7s %6s %9s %7s %9s %8s\n", "shape", "bits", "sparse", "mode", "kernel", "us", "GB/s",
                     "DRAM", "frac", "eigen_us", "speedup", "rel_err", "cacheGB/s");
     bool all_correct = true;
     for (const shape s : cfg.shapes) {
-        // Eigen's fp32 GEMV on the same shape, split into row blocks over the same threads.
+        // Eigen's fp32 GEMV on the same shape, split into row blocks over the same threads; its matrix
+        // in sqz's allocator, so on huge pages as sqz's codes and the probe's buffer are.
         const Eigen::MatrixXf dense_columns = Eigen::MatrixXf::Random(s.rows, s.cols);
-        const sqz::row_matrix<float> dense = dense_columns;
+        sqz::detail::aligned_vector<float> dense_storage(static_cast<std::size_t>(s.rows) * static_cast<std::size_t>(s.cols));
+        Eigen::Map<sqz::row_matrix<float>, Eigen::Aligned64> dense(dense_storage.data(), s.rows, s.cols);
+        dense = dense_columns;
         Eigen::VectorXf ex = Eigen::VectorXf::Random(s.cols);
         Eigen::VectorXf ey(s.rows);
         const auto eigen_gemv = [&] {
@@ -200,12 +209,13 @@ int main(int argc, char** argv) {
                             "{\"bench\":\"matvec\",\"shape\":\"%s\",\"rows\":%ld,\"cols\":%ld,\"bits\":%d,\"sparse\":%g,"
                             "\"nnz\":%ld,\"mode\":\"%.*s\",\"kernel\":\"%.*s\",\"kernel_used\":\"%.*s\",\"threads\":%d,\"us\":%.1f,\"bytes\":%.0f,\"gbps\":%.2f,"
                             "\"dram_gbps\":%.2f,\"bw_fraction\":%.3f,\"eigen_fp32_us\":%.1f,\"speedup_vs_eigen_fp32\":%.2f,"
-                            "\"copies\":%zu,\"rounds\":%d,\"max_rel_err\":%.2e,\"cache_rows\":%ld,\"cache_gbps\":%.2f}\n",
+                            "\"copies\":%zu,\"rounds\":%d,\"max_rel_err\":%.2e,\"cache_rows\":%ld,\"cache_gbps\":%.2f,\"thp\":\"%s\"}\n",
                             shape_name.c_str(), static_cast<long>(s.rows), static_cast<long>(s.cols), bits, fraction,
                             static_cast<long>(q.sparse_nonzeros()), static_cast<int>(mode_name.size()), mode_name.data(),
                             static_cast<int>(kernel_name.size()), kernel_name.data(), static_cast<int>(used_name.size()),
                             used_name.data(), threads, best[m] * 1e6, bytes, gbps, best_bw, gbps / best_bw, best_eigen * 1e6,
-                            best_eigen / best[m], copies, cfg.rounds, rel_err, static_cast<long>(cache_rows), cache_gbps);
+                            best_eigen / best[m], copies, cfg.rounds, rel_err, static_cast<long>(cache_rows), cache_gbps,
+                            thp.c_str());
                     else
                         std::printf("%-11s %4d %7.4f %5.*s %-9.*s %9.1f %7.2f %7.2f %6.3f %9.1f %7.2f %9.2e %8.2f\n", shape_name.c_str(),
                                     bits, fraction, static_cast<int>(mode_name.size()), mode_name.data(),

@@ -100,7 +100,8 @@ public:
         const std::size_t mem = copies_ * (weight_bytes + 2 * ggml_tensor_overhead() + ggml_graph_overhead() +
                                            static_cast<std::size_t>(s.rows) * sizeof(float) + 256) +
                                 vector_bytes + ggml_tensor_overhead() + (std::size_t{1} << 20);
-        ctx_ = ggml_init(ggml_init_params{mem, nullptr, false});
+        memory_.resize(mem);  // sqz's allocator: on huge pages, as sqz's codes and the probe's buffer
+        ctx_ = ggml_init(ggml_init_params{mem, memory_.data(), false});
         if (ctx_ == nullptr) throw std::runtime_error("compare_ggml: ggml_init failed");
         x_ = ggml_new_tensor_1d(ctx_, GGML_TYPE_F32, s.cols);
         std::memcpy(x_->data, x.data(), x.size() * sizeof(float));
@@ -187,6 +188,7 @@ private:
     ggml_type type_;
     shape shape_;
     std::size_t copies_ = 0;
+    sqz::detail::aligned_vector<std::uint8_t> memory_;  // the memory given to ggml_init (ggml_free leaves it)
     ggml_context* ctx_ = nullptr;
     ggml_tensor* x_ = nullptr;
     std::vector<ggml_tensor*> weights_, outputs_;
@@ -228,6 +230,9 @@ public:
         // allocates it; for other types there is nothing to measure (and tensor_set would fail).
         repacked_ = weights_[0]->extra != nullptr;
         if (!repacked_) return;
+        // Huge pages before the weights are written, as sqz's codes and the DRAM probe's buffer have
+        // them (sqz/detail/aligned_buffer.hpp): both engines stream from the same kind of pages.
+        sqz::detail::advise_huge_pages(ggml_backend_buffer_get_base(weights_buffer_), ggml_backend_buffer_get_size(weights_buffer_));
         for (ggml_tensor* w : weights_) ggml_backend_tensor_set(w, plain.quantized(), 0, plain.bytes());
         ggml_backend_tensor_set(x_, x.data(), 0, x.size() * sizeof(float));
     }

@@ -34,7 +34,7 @@ inline void advise_huge_pages([[maybe_unused]] void* p, [[maybe_unused]] std::si
 /// Allocator returning memory aligned to `Alignment` bytes (a cache line by default), so SIMD kernels
 /// can use aligned loads on every row of a repacked layout; buffers of huge_page_bytes and more on
 /// huge pages where the system has them. (Not aligned to a huge page themselves: with every buffer
-/// starting on a 2 MiB boundary, the 4-bit exact product ran 5-7% slower from DRAM, huge pages or not.)
+/// starting on a 2 MiB boundary, the 4-bit exact product ran 5-8% slower from DRAM, huge pages or not.)
 template <class T, std::size_t Alignment = 64>
 struct aligned_allocator {
     using value_type = T;

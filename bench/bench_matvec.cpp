@@ -112,10 +112,11 @@ int main(int argc, char** argv) {
     dram_probe probe(cfg.cache_bytes >= (std::size_t{32} << 20) ? std::size_t{512} << 20 : std::size_t{64} << 20,
                      std::min(cfg.cache_bytes, std::size_t{32} << 20));
     const std::string thp = transparent_huge_pages();
-    if (!cfg.json) std::printf("# transparent huge pages: %s\n", thp.c_str());
-    if (!cfg.json)
+    if (!cfg.json) {
+        std::printf("# transparent huge pages: %s\n", thp.c_str());
         std::printf("%-11s %4s %7s %5s %-9s %9s %7s %7s %6s %9s %7s %9s %8s\n", "shape", "bits", "sparse", "mode", "kernel", "us", "GB/s",
                     "DRAM", "frac", "eigen_us", "speedup", "rel_err", "cacheGB/s");
+    }
     bool all_correct = true;
     for (const shape s : cfg.shapes) {
         // Eigen's fp32 GEMV on the same shape, split into row blocks over the same threads; its matrix

@@ -932,8 +932,13 @@ TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identica
         WARN("no AVX-512: skipped");
         return;
     }
+    // 8192 and 8449 columns: the widest matrix of the 4-bit int8_tile kernel's vpdpbusd form
+    // (avx512::int8_window_tiles = 32 tiles) and one tile more, its vpmaddubsw form.
+#if SQZ_HAVE_X86_SIMD
+    static_assert(sqz::detail::avx512::int8_window_tiles * sqz::detail::cpu_layout::tile_columns == 8192);
+#endif
     for (int bits = 1; bits <= 4; ++bits)
-        for (const shape s : {shape{5, 33}, shape{13, 255}, shape{70, 1000}, shape{9, 2049}})
+        for (const shape s : {shape{5, 33}, shape{13, 255}, shape{70, 1000}, shape{9, 2049}, shape{6, 8192}, shape{7, 8449}})
             for (const auto kind : {sparse_kind::none, sparse_kind::full_rows}) {
                 const auto m = make_matrix(s.rows, s.cols, bits, 600 + static_cast<std::uint64_t>(bits), kind);
                 const auto p = sqz::prepare<sqz::backend::cpu>(m.q);

@@ -361,15 +361,21 @@ void avx512_exact(const cpu_matrix_view<float>& m, const float* xp, const float*
     });
 }
 
-/// SlotScales = false: int8_tile mode (a quantized with D_b = 1 in every slot).
+/// SlotScales = false: int8_tile mode (a quantized with D_b = 1 in every slot). At 4 bits int8_tile
+/// mode takes the kernel's Narrow form on matrices of at most avx512::int8_window_tiles tiles.
 template <int Bits, bool SlotScales>
 void avx512_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<float>& a, const float* x, float* y,
                  int threads) {
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         constexpr sparse_pass pass = avx2::int8_sparse_by_groups<Bits> ? sparse_pass::groups_in_kernel : sparse_pass::rows_before;
-        grouped_rows<int8_rows_together, pass>(
-            m, first, end, x, y, [&](std::size_t i) { avx512::int8_rows<Bits, 1, SlotScales>(m, i, a, y); },
-            [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together, SlotScales>(m, i, a, y, x); });
+        const auto rows = [&]<bool Narrow>() {
+            grouped_rows<int8_rows_together, pass>(
+                m, first, end, x, y, [&](std::size_t i) { avx512::int8_rows<Bits, 1, SlotScales, Narrow>(m, i, a, y); },
+                [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together, SlotScales, Narrow>(m, i, a, y, x); });
+        };
+        if constexpr (Bits == 4 && !SlotScales)
+            if (m.tiles <= avx512::int8_window_tiles) return rows.template operator()<true>();
+        rows.template operator()<false>();
     });
 }
 

@@ -278,6 +278,15 @@ SQZ_AVX512_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t r
 
 // ---- int8 mode, matvec ----
 
+/// The widest matrix (in tiles: 8192 columns) on which the 4-bit int8_tile kernel multiplies with
+/// vpdpbusd and leaves the code stream to the hardware prefetchers. A row group re-reads its whole
+/// activation vector (one byte per column) while 2 bytes of codes per column stream past it; up to
+/// about 8 KB of activations the stream then runs at the bandwidth of a plain read, and the faster
+/// vpdpbusd form gains 5-14% from DRAM (docs/benchmarks.md, "The activation window"). Over 14 KB
+/// (14336 columns) the same consumer streamed 20-30% slower, with or without the code prefetch, and
+/// there the vpmaddubsw + vpdpwssd form with the prefetch is the faster one.
+inline constexpr std::size_t int8_window_tiles = 32;
+
 /// The byte positions 0..63.
 SQZ_AVX512_INLINE __m512i lut_positions() noexcept {
     alignas(64) static constexpr std::array<std::uint8_t, 64> positions = [] {
@@ -374,11 +383,13 @@ SQZ_AVX512_INLINE __m512i pair_scales(const std::uint32_t* scales, int s0, int s
 /// D_b = 1 in every slot) one vpdpbusd multiplies and accumulates below 4 bits. At 4 bits int8_tile
 /// takes the vpmaddubsw + vpdpwssd form with its D_b (all 1): with vpdpbusd it was 33% faster from
 /// the cache but 15-20% slower from DRAM (one thread, and two on an idle host; design.md), like the
-/// faster 4-bit int8 form above.
-template <int Bits, int R, int Chunk, bool SlotScales>
+/// faster 4-bit int8 form above. That slowness is the activation window's (int8_window_tiles): on
+/// matrices of at most int8_window_tiles tiles the 4-bit int8_tile kernel takes vpdpbusd too
+/// (Narrow), without the code prefetch.
+template <int Bits, int R, int Chunk, bool SlotScales, bool Narrow>
 SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
                                            const std::uint32_t* scales, __m512i (&acc)[R]) noexcept {
-    constexpr bool byte_dot = !SlotScales && Bits != 4;  // one vpdpbusd per step
+    constexpr bool byte_dot = !SlotScales && (Bits != 4 || Narrow);  // one vpdpbusd per step
     __m512i codes[R];
     SQZ_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -464,8 +475,9 @@ SQZ_AVX512_INLINE void masked_sparse_entries(const cpu_matrix_view<float>& m, co
 /// SlotScales = false: int8_tile mode (a quantized with D_b = 1 everywhere): the same integer sums,
 /// without the multiplications by D.
 /// Col = void: without the rows' sparse part, else with it (avx2::group_sparse, R = 4), its storage
-/// types Col and V.
-template <int Bits, int R, bool SlotScales, class Col, sparse_value_type V>
+/// types Col and V. Narrow (4 bits, int8_tile, at most int8_window_tiles tiles): vpdpbusd and no
+/// code prefetch (int8_window_tiles).
+template <int Bits, int R, bool SlotScales, bool Narrow, class Col, sparse_value_type V>
 [[gnu::noinline]] SQZ_AVX512_TARGET void int8_rows_with(const cpu_matrix_view<float>& m, std::size_t row,
                                                         const int8_activation_buffers<float>& a, float* y, const float* x,
                                                         avx2::group_sparse sparse) noexcept {
@@ -482,7 +494,7 @@ template <int Bits, int R, bool SlotScales, class Col, sparse_value_type V>
     const std::uint8_t* base = m.row_tiles(row);
     for (std::size_t t = 0; t < m.tiles; ++t) {
         // (At 4 bits the prefetch stays a loop over a run-time length: see int8_chunk_products.)
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows))
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows) && !Narrow)
             avx2::prefetch_codes(base + t * stride, Bits == 4 ? m.tile_stride() : stride);
         const std::int8_t* xq = (Bits == 4 ? a.q : a.q_avx512).data() + t * cpu_layout::tile_columns;
         const std::uint32_t* scales = a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile;
@@ -492,8 +504,8 @@ template <int Bits, int R, bool SlotScales, class Col, sparse_value_type V>
         const std::uint8_t* tiles[R];
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) tiles[r] = m.row_tiles(row + r) + t * stride;
-        int8_chunk_products<Bits, R, 0, SlotScales>(luts, tiles, xq, scales, acc);
-        if constexpr (Bits == 4) int8_chunk_products<Bits, R, 1, SlotScales>(luts, tiles, xq, scales, acc);
+        int8_chunk_products<Bits, R, 0, SlotScales, Narrow>(luts, tiles, xq, scales, acc);
+        if constexpr (Bits == 4) int8_chunk_products<Bits, R, 1, SlotScales, Narrow>(luts, tiles, xq, scales, acc);
         // The low half of each row's sums; at 3 bits the products of slots 4-7 are added to it.
         __m256i low[R];
         SQZ_UNROLL
@@ -524,20 +536,22 @@ template <int Bits, int R, bool SlotScales, class Col, sparse_value_type V>
 }
 
 /// x: given for groups of four rows at 4 bits (avx2::int8_sparse_by_groups), whose sparse part the
-/// kernel then adds along their dense part; otherwise the caller adds the sparse part.
-template <int Bits, int R, bool SlotScales = true>
+/// kernel then adds along their dense part; otherwise the caller adds the sparse part. Narrow holds
+/// for groups without a sparse part only: with one, the Narrow form without the code prefetch made
+/// 0.45%-sparse products 1.6-1.7x slower from DRAM (docs/benchmarks.md, "The activation window").
+template <int Bits, int R, bool SlotScales = true, bool Narrow = false>
 SQZ_AVX512_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row, const int8_activation_buffers<float>& a,
                                  float* y, const float* x = nullptr) noexcept {
     if constexpr (R == 4 && avx2::int8_sparse_by_groups<Bits>) {
         avx2::group_sparse sparse;
         if (x != nullptr && avx2::start_group_sparse(m, row, sparse)) {
             with_sparse_storage(m, [&]<class Col, sparse_value_type V>() {
-                int8_rows_with<Bits, R, SlotScales, Col, V>(m, row, a, y, x, sparse);
+                int8_rows_with<Bits, R, SlotScales, false, Col, V>(m, row, a, y, x, sparse);
             });
             return;
         }
     }
-    int8_rows_with<Bits, R, SlotScales, void, sparse_value_type::scalar>(m, row, a, y, x, {});
+    int8_rows_with<Bits, R, SlotScales, Narrow, void, sparse_value_type::scalar>(m, row, a, y, x, {});
 }
 
 // ---- matmul, exact mode: decode each tile once, then every column ----

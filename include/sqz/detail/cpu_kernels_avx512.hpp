@@ -282,7 +282,7 @@ SQZ_AVX512_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t r
 /// vpdpbusd and leaves the code stream to the hardware prefetchers. A row group re-reads its whole
 /// activation vector (one byte per column) while 2 bytes of codes per column stream past it; up to
 /// about 8 KB of activations the stream then runs at the bandwidth of a plain read, and the faster
-/// vpdpbusd form gains 5-14% from DRAM (docs/benchmarks.md, "The activation window"). Over 14 KB
+/// vpdpbusd form gains 7-12% from DRAM (docs/benchmarks.md, "The activation window"). Over 14 KB
 /// (14336 columns) the same consumer streamed 20-30% slower, with or without the code prefetch, and
 /// there the vpmaddubsw + vpdpwssd form with the prefetch is the faster one.
 inline constexpr std::size_t int8_window_tiles = 32;

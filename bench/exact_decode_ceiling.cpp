@@ -44,13 +44,7 @@ using namespace sqz_bench;
 namespace {
 
 #if defined(__x86_64__)
-// GCC 12's AVX-512 headers trip -Wuninitialized inside unmasked intrinsics (GCC bug 105593; see
-// cpu_kernels_avx512.hpp).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+SQZ_AVX512_WARNINGS_OFF  // GCC bug 105593 (sqz/detail/cpu_features.hpp)
 #define SQZ_CEILING_TARGET __attribute__((target("avx512f,avx512bw,avx512ifma,gfni,avx2,fma"), noinline))
 
 enum class form { shift, load_index, ifma, mulhi, gfni, load_offset, ymm_load };
@@ -173,9 +167,7 @@ float decode(form f, long chunks, const std::uint8_t* codes, const float* x) {
     }
     return 0;
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+SQZ_AVX512_WARNINGS_ON
 #endif
 
 }  // namespace

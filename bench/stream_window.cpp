@@ -36,11 +36,7 @@ using namespace sqz_bench;
 namespace {
 
 #if SQZ_HAVE_X86_SIMD
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+SQZ_AVX512_WARNINGS_OFF  // GCC bug 105593 (sqz/detail/cpu_features.hpp)
 #define SQZ_STREAM_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni,avx2,fma"), noinline))
 
 constexpr std::size_t step_bytes = 256;  // codes per step: four 64-byte lines
@@ -85,9 +81,7 @@ void add_settings(std::vector<setting>& out) {
     out.push_back({Work, false, consume<Work, false>});
     out.push_back({Work, true, consume<Work, true>});
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+SQZ_AVX512_WARNINGS_ON
 #endif
 
 }  // namespace

@@ -46,6 +46,20 @@
 #define SQZ_UNROLL
 #endif
 
+// GCC 12's AVX-512 headers (GCC bug 105593) initialize the pass-through operand of many unmasked
+// intrinsics from itself ("undefined"); -W(maybe-)uninitialized then fires inside them wherever they
+// are inlined, and -Werror makes that an error in every program that includes sqz. Code using those
+// intrinsics goes between these two (GCC honours them at the inlining site).
+#if defined(__GNUC__) && !defined(__clang__)
+#define SQZ_AVX512_WARNINGS_OFF \
+    _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
+        _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define SQZ_AVX512_WARNINGS_ON _Pragma("GCC diagnostic pop")
+#else
+#define SQZ_AVX512_WARNINGS_OFF
+#define SQZ_AVX512_WARNINGS_ON
+#endif
+
 namespace sqz::detail {
 
 /// True when the AVX2 + FMA (+ F16C) kernels are compiled in and this processor runs them.

@@ -42,21 +42,14 @@
 #if SQZ_HAVE_X86_SIMD
 #include <immintrin.h>
 
-// GCC 12's AVX-512 headers (GCC bug 105593) initialize the pass-through operand of many unmasked
-// intrinsics from itself ("undefined"); -W(maybe-)uninitialized then fires inside them wherever they
-// are inlined, and -Werror makes that an error in every program that includes sqz. The warnings are
-// off for the kernels below (GCC honours this at the inlining site).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// The warnings of GCC bug 105593 are off for the kernels below (cpu_features.hpp).
+SQZ_AVX512_WARNINGS_OFF
 
 namespace sqz::detail::avx512 {
 
 // Zero-masked forms with a full mask, which compile to the same instructions as the unmasked ones:
 // GCC 12 implements the unmasked ones (and the 512/256-bit casts) with a self-initialized operand
-// (see the pragma above); these helpers keep the kernels free of most of them.
+// (see SQZ_AVX512_WARNINGS_OFF above); these helpers keep the kernels free of most of them.
 SQZ_AVX512_INLINE __m512 permute_floats(__m512i index, __m512 table) noexcept {
     return _mm512_maskz_permutexvar_ps(0xffff, index, table);
 }
@@ -586,8 +579,6 @@ SQZ_AVX512_TARGET void exact_row_columns(const cpu_matrix_view<float>& m, std::s
 
 }  // namespace sqz::detail::avx512
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+SQZ_AVX512_WARNINGS_ON
 
 #endif  // SQZ_HAVE_X86_SIMD

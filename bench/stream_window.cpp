@@ -37,14 +37,13 @@ namespace {
 
 #if SQZ_HAVE_X86_SIMD
 SQZ_AVX512_WARNINGS_OFF  // GCC bug 105593 (sqz/detail/cpu_features.hpp)
-#define SQZ_STREAM_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni,avx2,fma"), noinline))
 
 constexpr std::size_t step_bytes = 256;  // codes per step: four 64-byte lines
 
 /// Streams [p, p + bytes) in steps of 256 bytes, `Work` vpdpbusd per line against two 64-byte
 /// loads per step from `window` (cycled through its first window_bytes, a multiple of 128).
 template <int Work, bool Prefetch>
-SQZ_STREAM_TARGET long long consume(const std::uint8_t* p, std::size_t bytes, const std::uint8_t* window, std::size_t window_bytes) {
+[[gnu::noinline]] SQZ_AVX512_TARGET long long consume(const std::uint8_t* p, std::size_t bytes, const std::uint8_t* window, std::size_t window_bytes) {
     __m512i acc[8];
     for (auto& a : acc) a = _mm512_setzero_si512();
     std::size_t w = 0;
@@ -142,7 +141,7 @@ int main(int argc, char** argv) {
     };
     std::vector<result> results(settings.size() * windows.size());
     std::vector<std::size_t> position(static_cast<std::size_t>(threads), 0);
-    dram_probe probe;
+    dram_probe probe(total, smoke ? std::size_t{8} << 20 : std::size_t{32} << 20);
     double dram_gbps = 0;
     long long checksum = 0;
     for (int round = 0; round < rounds; ++round) {  // rounds interleave the settings and the probe

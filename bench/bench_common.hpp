@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -149,8 +150,58 @@ int parse_arguments(int argc, char** argv, const char* program, const char* usag
     return -1;
 }
 
+/// The size in bytes of a cache size as sysfs writes it ("491520K", "32M", "512"); 0 when unreadable.
+inline std::size_t parse_cache_size(const char* text) {
+    char* end = nullptr;
+    const unsigned long long value = std::strtoull(text, &end, 10);
+    if (end == text) return 0;
+    switch (*end) {
+        case 'K': return static_cast<std::size_t>(value) << 10;
+        case 'M': return static_cast<std::size_t>(value) << 20;
+        case 'G': return static_cast<std::size_t>(value) << 30;
+        default: return static_cast<std::size_t>(value);
+    }
+}
+
+/// The fallback when the system names no last-level cache: the 32 MiB L3 of the machine these
+/// benchmarks were first written on.
+inline constexpr std::size_t default_cache_bytes = std::size_t{32} << 20;
+
+/// This machine's last-level data cache in bytes, as Linux reports it for CPU 0 (the largest level in
+/// /sys/devices/system/cpu/cpu0/cache that holds data; the size is the whole cache, shared or not),
+/// else default_cache_bytes. The benchmarks copy matrices until the copies exceed it 4x, so that they
+/// stream from DRAM: a fixed 32 MiB let a 480 MiB L3 hold most of them (docs/benchmarks.md).
+inline std::size_t last_level_cache_bytes() {
+    std::size_t best = 0;
+    int best_level = 0;
+    for (int index = 0; index < 16; ++index) {
+        const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+        const auto read = [&](const char* name) {
+            std::string text;
+            if (std::FILE* file = std::fopen((dir + name).c_str(), "r")) {
+                std::array<char, 64> line{};
+                if (std::fgets(line.data(), static_cast<int>(line.size()), file) != nullptr) text = line.data();
+                std::fclose(file);
+            }
+            return text;
+        };
+        const std::string level = read("level");
+        if (level.empty()) break;
+        if (read("type").rfind("Instruction", 0) == 0) continue;
+        const int l = std::atoi(level.c_str());
+        const std::size_t bytes = parse_cache_size(read("size").c_str());
+        if (bytes > 0 && l >= best_level) {
+            best_level = l;
+            best = bytes;
+        }
+    }
+    return best > 0 ? best : default_cache_bytes;
+}
+
 /// The options sqz-bench-matvec and compare_ggml share: --json, --threads (at least
-/// `fewest_threads`), --rounds, --shapes and --bits, into the like-named fields of cfg.
+/// `fewest_threads`), --rounds, --shapes, --bits and --l3-mib (the last-level cache that the matrix
+/// copies must exceed 4x, default last_level_cache_bytes(); small values with small shapes keep the
+/// matrices in the cache: a from-cache test), into the like-named fields of cfg.
 template <class Settings, class Next>
 bool take_shared_option(const std::string& arg, Next& next, Settings& cfg, int fewest_threads) {
     if (arg == "--json") cfg.json = true;
@@ -158,8 +209,15 @@ bool take_shared_option(const std::string& arg, Next& next, Settings& cfg, int f
     else if (arg == "--rounds") cfg.rounds = parse_number<int>(next(), "--rounds", 1, 1000000);
     else if (arg == "--shapes") cfg.shapes = parse_shapes(next());
     else if (arg == "--bits") cfg.bits = parse_ints(next(), "--bits", 1, 8);
+    else if (arg == "--l3-mib") cfg.cache_bytes = static_cast<std::size_t>(parse_number<int>(next(), "--l3-mib", 1, 1 << 20)) << 20;
     else return false;
     return true;
+}
+
+/// Copies of a matrix of `bytes` bytes that hold at least 4x `cache_bytes` (at least 2), so that
+/// multiplying them in turn reads each from DRAM.
+inline std::size_t copies_for(std::size_t bytes, std::size_t cache_bytes) {
+    return std::max<std::size_t>(2, (4 * cache_bytes + bytes - 1) / std::max<std::size_t>(bytes, 1));
 }
 
 /// The system's transparent-huge-page setting ("always", "madvise" or "never"; "unknown" where there is
@@ -176,13 +234,24 @@ inline std::string transparent_huge_pages() {
     return close != nullptr ? std::string(open + 1, close) : "unknown";
 }
 
-/// Streams through 32 MiB pieces of a 512 MiB buffer with all threads; returns GB/s of one piece. The
+/// Streams through 32 MiB pieces of a buffer of at least 512 MiB and 4x the last-level cache with all
+/// threads; returns GB/s of one piece, which has not been read since the rest of the buffer was. The
 /// buffer comes from sqz's allocator, so it is on huge pages wherever a matrix's codes are: the probe
 /// measures what the memory delivers to a stream, not the cost of 4 KB pages.
 class dram_probe {
 public:
-    explicit dram_probe(std::size_t total = std::size_t{512} << 20, std::size_t piece = std::size_t{32} << 20)
-        : buffer_(total / sizeof(long long), 1), piece_(piece) {}
+    explicit dram_probe(std::size_t total, std::size_t piece = std::size_t{32} << 20)
+        : buffer_(std::max(total, piece) / sizeof(long long), 1), piece_(piece) {}
+
+    /// The probe for a run that defeats `cache_bytes` of cache: 32 MiB pieces of max(512 MiB, 4 x the
+    /// cache); below 32 MiB (the benchmarks' --smoke runs) pieces of cache_bytes in 64 MiB.
+    static dram_probe for_cache(std::size_t cache_bytes) {
+        constexpr std::size_t piece = std::size_t{32} << 20;
+        if (cache_bytes < piece) return dram_probe(std::size_t{64} << 20, cache_bytes);
+        return dram_probe(std::max(std::size_t{512} << 20, (4 * cache_bytes + piece - 1) / piece * piece), piece);
+    }
+
+    std::size_t bytes() const noexcept { return buffer_.size() * sizeof(long long); }
 
     double measure(int threads) {
         const std::size_t pieces = buffer_.size() * sizeof(long long) / piece_;

@@ -2,19 +2,23 @@
 // Eigen's fp32 GEMV, measured side by side in one run.
 //
 //   sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes 4096x14336,...] [--bits 2,3,4]
-//                    [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable] [--smoke]
+//                    [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable]
+//                    [--l3-mib N] [--smoke]
 //
 // How it measures (docs/benchmarks.md, "Matrix-vector products"):
-//  - The quantized matrix is prepared once and copied until the copies hold at least 4x the 32 MiB L3;
-//    each repetition multiplies the next copy, so the matrix comes from DRAM, not from the cache.
+//  - The last-level cache to defeat: its size as Linux reports it (bench_common.hpp's
+//    last_level_cache_bytes; JSON `l3_mib`), or --l3-mib N. The quantized matrix is prepared once and
+//    copied until the copies hold at least 4x that cache; each repetition multiplies the next copy, so
+//    the matrix comes from DRAM, not from the cache.
 //  - DRAM read bandwidth: all threads stream (AVX2 loads, 4 accumulators) through one 32 MiB piece of a
-//    512 MiB buffer, a different piece each time, so every piece comes from DRAM. The buffer, like the
+//    buffer of max(512 MiB, 4x the cache), a different piece each time, so every piece comes from DRAM. The buffer, like the
 //    matrices' codes, is on transparent huge pages where the system allows (JSON `thp`: the system's
 //    setting; "madvise" and "always" give them): on 4 KB pages the same read was 13-22% slower here,
 //    which the fractions would have counted as the kernels' merit.
-//  - Eigen fp32 GEMV: y = W x with the dense row-major float matrix (4 bytes per weight, larger than
-//    the L3, on huge pages as the codes are), split into row blocks over the same threads (Eigen's own
-//    GEMV is single-threaded).
+//  - Eigen fp32 GEMV: y = W x with the dense row-major float matrix (4 bytes per weight, on huge pages
+//    as the codes are, copied like the quantized one until the copies hold 4x the cache, each
+//    repetition on the next copy), split into row blocks over the same threads (Eigen's own GEMV is
+//    single-threaded).
 //  - --kernels times each listed cpu kernel (sqz::cpu_kernel) side by side: every mode with every kernel.
 //    JSON `kernel` is the one asked for, `kernel_used` what ran (sqz::cpu_kernel_used: automatic resolved).
 //  - Rounds interleave one bandwidth piece, one Eigen GEMV and one product per mode and kernel; every figure is
@@ -27,7 +31,7 @@
 //  - Each configuration is checked once against the reference back end (max_rel_err: the largest
 //    |y - y_ref| / sum_j |w_ij x_j| over rows), so the timed code is known to compute the product.
 //  - cache_gbps (from cache, not DRAM): the same product on a matrix with the same columns but fewer
-//    rows (cache_rows, about 8 MB, which stays in the 32 MiB L3 cache), multiplied 3 times in a row
+//    rows (cache_rows, about 8 MB or a quarter of the cache, which stays in it), multiplied 3 times in a row
 //    after a first product that brings it into the cache, best of all: the speed of the kernel when
 //    DRAM is not the limit. When gbps is close to
 //    cache_gbps the mode is bound by its own instructions, not by DRAM.
@@ -64,7 +68,7 @@ struct settings {
     std::vector<double> sparse{0.0, 0.0045};
     std::vector<sqz::numeric_mode> modes{sqz::numeric_mode::exact, sqz::numeric_mode::int8, sqz::numeric_mode::int8_tile};
     std::vector<sqz::cpu_kernel> kernels{sqz::cpu_kernel::automatic};
-    std::size_t cache_bytes = std::size_t{32} << 20;  // last-level cache to defeat
+    std::size_t cache_bytes = last_level_cache_bytes();  // the cache to defeat (--l3-mib)
 };
 
 int thread_count(const settings& s) {
@@ -78,7 +82,8 @@ int thread_count(const settings& s) {
 
 constexpr const char* usage =
     "sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--bits 2,3,4]\n"
-    "                 [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable] [--smoke]";
+    "                 [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable]\n"
+    "                 [--l3-mib N] [--smoke]";
 
 }  // namespace
 
@@ -109,25 +114,32 @@ int main(int argc, char** argv) {
     std::vector<std::pair<sqz::numeric_mode, sqz::cpu_kernel>> runs;
     for (const auto mode : cfg.modes)
         for (const auto kernel : cfg.kernels) runs.emplace_back(mode, kernel);
-    dram_probe probe(cfg.cache_bytes >= (std::size_t{32} << 20) ? std::size_t{512} << 20 : std::size_t{64} << 20,
-                     std::min(cfg.cache_bytes, std::size_t{32} << 20));
+    dram_probe probe = dram_probe::for_cache(cfg.cache_bytes);
     const std::string thp = transparent_huge_pages();
+    const double l3_mib = static_cast<double>(cfg.cache_bytes) / (1 << 20);
     if (!cfg.json) {
-        std::printf("# transparent huge pages: %s\n", thp.c_str());
+        std::printf("# transparent huge pages: %s; cache to defeat: %.0f MiB; probe buffer %zu MiB\n", thp.c_str(), l3_mib,
+                    probe.bytes() >> 20);
         std::printf("%-11s %4s %7s %5s %-9s %9s %7s %7s %6s %9s %7s %9s %8s\n", "shape", "bits", "sparse", "mode", "kernel", "us", "GB/s",
                     "DRAM", "frac", "eigen_us", "speedup", "rel_err", "cacheGB/s");
     }
     bool all_correct = true;
     for (const shape s : cfg.shapes) {
         // Eigen's fp32 GEMV on the same shape, split into row blocks over the same threads; its matrix
-        // in sqz's allocator, so on huge pages as sqz's codes and the probe's buffer are.
+        // in sqz's allocator, so on huge pages as sqz's codes and the probe's buffer are, and copied
+        // like the quantized ones so that each GEMV reads its matrix from DRAM.
         const Eigen::MatrixXf dense_columns = Eigen::MatrixXf::Random(s.rows, s.cols);
-        sqz::detail::aligned_vector<float> dense_storage(static_cast<std::size_t>(s.rows) * static_cast<std::size_t>(s.cols));
-        Eigen::Map<sqz::row_matrix<float>, Eigen::Aligned64> dense(dense_storage.data(), s.rows, s.cols);
-        dense = dense_columns;
+        const std::size_t dense_elements = static_cast<std::size_t>(s.rows) * static_cast<std::size_t>(s.cols);
+        const std::size_t dense_copies = copies_for(dense_elements * sizeof(float), cfg.cache_bytes);
+        sqz::detail::aligned_vector<float> dense_storage(dense_elements * dense_copies);
+        for (std::size_t c = 0; c < dense_copies; ++c)
+            Eigen::Map<sqz::row_matrix<float>, Eigen::Aligned64>(dense_storage.data() + c * dense_elements, s.rows, s.cols) = dense_columns;
+        std::size_t dense_next = 0;
         Eigen::VectorXf ex = Eigen::VectorXf::Random(s.cols);
         Eigen::VectorXf ey(s.rows);
         const auto eigen_gemv = [&] {
+            const Eigen::Map<const sqz::row_matrix<float>> dense(dense_storage.data() + dense_next++ % dense_copies * dense_elements,
+                                                                 s.rows, s.cols);
             const Eigen::Index block = 64;
             const Eigen::Index blocks = (s.rows + block - 1) / block;
 #if defined(_OPENMP)
@@ -151,8 +163,7 @@ int main(int argc, char** argv) {
                 const auto q = random_matrix(s, bits, fraction, 1000u * static_cast<unsigned>(bits) + 7);
                 const sqz::cpu_matrix<float> prepared(q);
                 const std::size_t copy_bytes = prepared.bytes_read(sqz::numeric_mode::exact);
-                const std::size_t copies =
-                    std::max<std::size_t>(2, (4 * cfg.cache_bytes + copy_bytes - 1) / std::max<std::size_t>(copy_bytes, 1));
+                const std::size_t copies = copies_for(copy_bytes, cfg.cache_bytes);
                 std::vector<sqz::cpu_matrix<float>> pool(copies, prepared);
 
                 // The from-cache matrix: about 8 MB, multiplied repeatedly (see the top).
@@ -210,13 +221,14 @@ int main(int argc, char** argv) {
                             "{\"bench\":\"matvec\",\"shape\":\"%s\",\"rows\":%ld,\"cols\":%ld,\"bits\":%d,\"sparse\":%g,"
                             "\"nnz\":%ld,\"mode\":\"%.*s\",\"kernel\":\"%.*s\",\"kernel_used\":\"%.*s\",\"threads\":%d,\"us\":%.1f,\"bytes\":%.0f,\"gbps\":%.2f,"
                             "\"dram_gbps\":%.2f,\"bw_fraction\":%.3f,\"eigen_fp32_us\":%.1f,\"speedup_vs_eigen_fp32\":%.2f,"
-                            "\"copies\":%zu,\"rounds\":%d,\"max_rel_err\":%.2e,\"cache_rows\":%ld,\"cache_gbps\":%.2f,\"thp\":\"%s\"}\n",
+                            "\"copies\":%zu,\"rounds\":%d,\"max_rel_err\":%.2e,\"cache_rows\":%ld,\"cache_gbps\":%.2f,\"thp\":\"%s\","
+                            "\"l3_mib\":%.0f,\"probe_mib\":%zu}\n",
                             shape_name.c_str(), static_cast<long>(s.rows), static_cast<long>(s.cols), bits, fraction,
                             static_cast<long>(q.sparse_nonzeros()), static_cast<int>(mode_name.size()), mode_name.data(),
                             static_cast<int>(kernel_name.size()), kernel_name.data(), static_cast<int>(used_name.size()),
                             used_name.data(), threads, best[m] * 1e6, bytes, gbps, best_bw, gbps / best_bw, best_eigen * 1e6,
                             best_eigen / best[m], copies, cfg.rounds, rel_err, static_cast<long>(cache_rows), cache_gbps,
-                            thp.c_str());
+                            thp.c_str(), l3_mib, probe.bytes() >> 20);
                     else
                         std::printf("%-11s %4d %7.4f %5.*s %-9.*s %9.1f %7.2f %7.2f %6.3f %9.1f %7.2f %9.2e %8.2f\n", shape_name.c_str(),
                                     bits, fraction, static_cast<int>(mode_name.size()), mode_name.data(),

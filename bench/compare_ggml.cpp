@@ -3,7 +3,7 @@
 // downloads llama.cpp's sources (in the llama-cpp-python sdist), builds ggml's CPU back end and this file.
 //
 //   compare_ggml [--json] [--threads N] [--rounds N] [--shapes 4096x14336,...] [--types Q4_0,Q4_K,...]
-//                [--bits 2,3,4] [--l3-mib 32] [--no-repack] [--smoke]
+//                [--bits 2,3,4] [--l3-mib N] [--no-repack] [--smoke]
 //
 // How it measures (the same method as bench_matvec.cpp, docs/benchmarks.md "Against ggml (llama.cpp)"):
 //  - ggml: a random N(0, 0.02) matrix is quantized by ggml's own ggml_quantize_chunk (no importance
@@ -16,12 +16,13 @@
 //    Q4_K with AVX2 in this version), computed with ggml_backend_graph_compute (--no-repack: none).
 //  - sqz: bench_matvec's random matrices (sorted N(0, 0.02) codebooks, uniform codes, no sparse part),
 //    sqz::matvec<sqz::backend::cpu> in int8, int8_tile and exact modes.
-//  - Every quantized matrix is copied until the copies hold at least 4x the 32 MiB L3 and each
+//  - Every quantized matrix is copied until the copies hold at least 4x the last-level cache (its size as
+//    Linux reports it, bench_common.hpp's last_level_cache_bytes) and each
 //    repetition multiplies the next copy, so the matrix comes from DRAM. Rounds interleave one DRAM
 //    bandwidth piece (bench_common.hpp's probe), one product per ggml type and one per sqz width and
 //    mode; every figure is the best (shortest) of its rounds.
-//  - --l3-mib N (default 32) sets the cache the copies must exceed 4x; a small N with a small shape
-//    (e.g. --l3-mib 1 --shapes 1024x4096: 2-4 copies of 1-4.5 MB) keeps the matrices in the 32 MiB L3,
+//  - --l3-mib N (default: the system's) sets the cache the copies must exceed 4x; a small N with a small shape
+//    (e.g. --l3-mib 1 --shapes 1024x4096: 2-4 copies of 1-4.5 MB) keeps the matrices in the L3,
 //    which gives each kernel's speed when DRAM is not the limit (the probe then streams 1 MiB pieces
 //    of a 64 MiB buffer, still mostly from DRAM).
 //  - gbps = bytes of the weight as stored / time (ggml: ggml_nbytes of the quantized tensor; sqz: the
@@ -64,7 +65,7 @@ struct settings {
     std::vector<ggml_type> types{GGML_TYPE_Q4_0, GGML_TYPE_Q4_K, GGML_TYPE_Q3_K, GGML_TYPE_Q2_K, GGML_TYPE_Q8_0};
     std::vector<int> bits{2, 3, 4};
     std::vector<sqz::numeric_mode> modes{sqz::numeric_mode::int8_tile, sqz::numeric_mode::int8, sqz::numeric_mode::exact};
-    std::size_t cache_bytes = std::size_t{32} << 20;  // last-level cache to defeat
+    std::size_t cache_bytes = last_level_cache_bytes();  // the cache to defeat (--l3-mib)
     bool repack = true;
 };
 
@@ -83,9 +84,6 @@ ggml_type parse_type(const std::string& name) {
     throw bad_argument("--types " + name + ": unknown ggml type");
 }
 
-std::size_t copies_for(std::size_t bytes, std::size_t cache_bytes) {
-    return std::max<std::size_t>(2, (4 * cache_bytes + bytes - 1) / std::max<std::size_t>(bytes, 1));
-}
 
 /// One ggml type on one shape: `copies` quantized weight tensors, each with its own one-node graph
 /// y = W x (x shared) and compute plan, all in one ggml context.
@@ -307,7 +305,7 @@ std::vector<std::string> comparable_types(int bits) {
 
 constexpr const char* usage =
     "compare_ggml [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--types Q4_0,Q4_K,Q3_K,Q2_K,Q8_0]\n"
-    "             [--bits 2,3,4] [--l3-mib 32] [--no-repack] [--smoke]";
+    "             [--bits 2,3,4] [--l3-mib N] [--no-repack] [--smoke]";
 
 }  // namespace
 
@@ -317,8 +315,6 @@ int main(int argc, char** argv) {
         if (take_shared_option(arg, next, cfg, 1)) return true;
         if (arg == "--types") {
             cfg.types = parse_list<ggml_type>(next(), "--types", parse_type);
-        } else if (arg == "--l3-mib") {  // the cache to defeat; small values: a from-cache test
-            cfg.cache_bytes = static_cast<std::size_t>(parse_number<int>(next(), "--l3-mib", 1, 1 << 16)) << 20;
         } else if (arg == "--no-repack") {
             cfg.repack = false;
         } else if (arg == "--smoke") {  // seconds: small shapes, few rounds
@@ -352,8 +348,7 @@ int main(int argc, char** argv) {
     ggml_backend_cpu_set_threadpool(backend, pool);
     const ggml_backend_buffer_type_t repack_type = cfg.repack ? repack_buffer_type() : nullptr;
     const int threads = cfg.threads;
-    dram_probe probe(cfg.cache_bytes >= (std::size_t{32} << 20) ? std::size_t{512} << 20 : std::size_t{64} << 20,
-                     std::min(cfg.cache_bytes, std::size_t{32} << 20));
+    dram_probe probe = dram_probe::for_cache(cfg.cache_bytes);
 
     if (!cfg.json)
         std::printf("%-11s %-6s %-5s %-7s %6s %8s %7s %7s %6s %9s  %s\n", "shape", "engine", "type", "mode", "bits/w", "us",

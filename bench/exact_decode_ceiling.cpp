@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
     constexpr long chunks = 4'000'000;  // 128 M steps per thread: ~50 ms per form
     constexpr double steps = static_cast<double>(chunks) * steps_per_chunk * rows;
     constexpr double bytes_per_step = 16 * 3 / 8.0;  // 16 weights of 3 bits
-    dram_probe probe;
+    dram_probe probe = dram_probe::for_cache(last_level_cache_bytes());
     const int rounds = 3;
     std::vector<double> best(std::size(all_forms), 1e30);
     double dram_gbps = 0;

@@ -4,7 +4,7 @@
 //
 //   sqz-bench-stream-window [--threads N] [--rounds N] [--json] [--smoke]
 //
-// Each thread streams its own part of a 512 MiB buffer (huge pages where the system allows, as a
+// Each thread streams its own part of a buffer of max(512 MiB, 4x the last-level cache) (huge pages where the system allows, as a
 // cpu_matrix's codes), 16 MiB per call as one thread's share of a 4096 x 14336 product at 4 bits,
 // every call on fresh lines. Per 256 bytes of "codes" (four 64-byte loads) the consumer loads 128
 // bytes of a `window` that it cycles through, as the int8 kernels cycle through the quantized
@@ -111,7 +111,8 @@ int main(int argc, char** argv) {
 #else
     threads = 1;
 #endif
-    const std::size_t total = smoke ? std::size_t{64} << 20 : std::size_t{512} << 20;
+    // Fresh lines every call: the buffer is at least 4x the last-level cache (bench_common.hpp).
+    const std::size_t total = smoke ? std::size_t{64} << 20 : dram_probe::for_cache(last_level_cache_bytes()).bytes();
     const std::size_t call_bytes = smoke ? std::size_t{1} << 20 : std::size_t{16} << 20;  // per thread per call
     const std::size_t calls = 4;                                                              // per measurement
     const std::size_t cache_bytes = 192 << 10;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <span>
 #include <string>
@@ -970,4 +971,28 @@ TEST_CASE("cpu_kernel_used names the kernel the products run", "[matvec][cpu]") 
     else
         REQUIRE_THROWS_AS(sqz::cpu_kernel_used(tiled, {.kernel = cpu_kernel::avx2}), sqz::error);
     if (sqz::detail::cpu_has_avx2_fma()) REQUIRE_THROWS_AS(sqz::cpu_kernel_used(wide, {.kernel = cpu_kernel::avx2}), sqz::error);
+}
+
+TEST_CASE("cpu_is_intel agrees with /proc/cpuinfo, and the exact kernels get that vendor's code prefetch", "[matvec][cpu]") {
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string line;
+    std::string vendor;
+    while (vendor.empty() && std::getline(cpuinfo, line))
+        if (line.rfind("vendor_id", 0) == 0 && line.find(':') != std::string::npos) {
+            vendor = line.substr(line.find(':') + 1);
+            vendor.erase(0, vendor.find_first_not_of(" \t"));
+        }
+    const sqz::detail::code_prefetch plan = sqz::detail::exact_code_prefetch();
+    const auto prepared = sqz::prepare<sqz::backend::cpu>(make_matrix(8, 300, 4, 603, sparse_kind::none).q);
+    CHECK(prepared.view().exact_prefetch.l1 == plan.l1);
+    CHECK(prepared.view().exact_prefetch.l2 == plan.l2);
+    if (vendor.empty()) {
+        WARN("no vendor_id in /proc/cpuinfo: the vendor check is skipped");
+        return;
+    }
+    INFO("vendor_id: " << vendor);
+    const bool intel = vendor == "GenuineIntel";
+    REQUIRE(sqz::detail::cpu_is_intel() == intel);
+    CHECK(plan.l1 == (intel ? std::size_t{SQZ_EXACT_CODE_PREFETCH_INTEL} : sqz::detail::default_code_prefetch.l1));
+    CHECK(plan.l2 == (intel ? std::size_t{0} : sqz::detail::default_code_prefetch.l2));
 }

@@ -149,6 +149,7 @@ public:
         v.u7 = u7_.data();
         v.int8_lo = int8_lo_.data();
         v.int8_scale = int8_scale_.data();
+        v.exact_prefetch = detail::exact_code_prefetch();
         if (nonzeros_ > 0) {
             v.row_ptr = row_ptr_.data();
             v.col16 = !col16_.empty();

@@ -7,6 +7,8 @@
 // them. Compilers or targets without that support (not x86-64 GCC/Clang) get the portable kernels only.
 #pragma once
 
+#include <cstring>
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #define SQZ_HAVE_X86_SIMD 1
@@ -100,6 +102,25 @@ inline bool cpu_has_avx512() noexcept {
         return (ebx & (f | dq | bw | vl)) == (f | dq | bw | vl) && (ecx & (vbmi | vnni)) == (vbmi | vnni);
     }();
     return supported;
+#else
+    return false;
+#endif
+}
+
+/// True on an Intel processor (CPUID leaf 0 vendor "GenuineIntel"). The exact kernels' code
+/// prefetch is tuned per vendor (cpu_kernels.hpp, exact_code_prefetch).
+inline bool cpu_is_intel() noexcept {
+#if SQZ_HAVE_X86_SIMD
+    static const bool intel = [] {
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+        if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+        char vendor[12];  // EBX, EDX, ECX
+        std::memcpy(vendor, &ebx, 4);
+        std::memcpy(vendor + 4, &edx, 4);
+        std::memcpy(vendor + 8, &ecx, 4);
+        return std::memcmp(vendor, "GenuineIntel", sizeof vendor) == 0;
+    }();
+    return intel;
 #else
     return false;
 #endif

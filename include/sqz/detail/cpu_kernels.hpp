@@ -8,6 +8,7 @@
 #pragma once
 
 #include <sqz/detail/aligned_buffer.hpp>
+#include <sqz/detail/cpu_features.hpp>
 #include <sqz/detail/cpu_layout.hpp>
 #include <sqz/half.hpp>
 #include <sqz/pack.hpp>
@@ -25,6 +26,9 @@
 #endif
 #ifndef SQZ_CODE_PREFETCH_L2
 #define SQZ_CODE_PREFETCH_L2 8192
+#endif
+#ifndef SQZ_EXACT_CODE_PREFETCH_INTEL
+#define SQZ_EXACT_CODE_PREFETCH_INTEL 768
 #endif
 #ifndef SQZ_SPARSE_PREFETCH_ROWS
 #define SQZ_SPARSE_PREFETCH_ROWS 12
@@ -46,6 +50,25 @@ T sparse_value(const void* values, std::int32_t k) noexcept {
         const std::uint16_t bits = static_cast<const std::uint16_t*>(values)[k];
         return static_cast<T>(V == sparse_value_type::fp16 ? half_bits_to_float(bits) : bfloat16_bits_to_float(bits));
     }
+}
+
+/// How far ahead of the code bytes being decoded a kernel asks for codes (software prefetch), in
+/// bytes: into L1 (prefetcht0) at l1, into L2 only (prefetcht1) at l2; 0: not at all.
+struct code_prefetch {
+    std::size_t l1 = 0;
+    std::size_t l2 = 0;
+};
+
+/// The int8 kernels' prefetch everywhere, and the exact kernels' but on Intel: 2 KB into L1 and 8 KB
+/// into L2 (SQZ_CODE_PREFETCH, SQZ_CODE_PREFETCH_L2; measured on Zen 4, docs/benchmarks.md).
+inline constexpr code_prefetch default_code_prefetch{SQZ_CODE_PREFETCH, SQZ_CODE_PREFETCH_L2};
+
+/// The exact kernels' code prefetch on this processor. On Intel, 768 bytes into L1 and nothing into
+/// L2 (SQZ_EXACT_CODE_PREFETCH_INTEL): on a Xeon with AVX-512 the default made the exact products
+/// 25-45% slower from DRAM, while the int8 kernels there were best with the default or close to it
+/// (docs/benchmarks.md, "An Intel host"). Elsewhere the default.
+inline code_prefetch exact_code_prefetch() noexcept {
+    return cpu_is_intel() ? code_prefetch{SQZ_EXACT_CODE_PREFETCH_INTEL, 0} : default_code_prefetch;
 }
 
 template <class T>
@@ -77,6 +100,8 @@ struct cpu_matrix_view {
     bool col16 = false;
     const void* val = nullptr;
     sparse_value_type val_type = sparse_value_type::scalar;
+    /// The exact kernels' code prefetch (exact_code_prefetch).
+    code_prefetch exact_prefetch = default_code_prefetch;
 
     std::size_t sparse_column_bytes() const noexcept { return col16 ? sizeof(std::uint16_t) : sizeof(std::int32_t); }
     std::size_t sparse_value_bytes() const noexcept {
@@ -104,10 +129,6 @@ decltype(auto) with_sparse_storage(const cpu_matrix_view<T>& m, F&& f) {
     return values.template operator()<std::int32_t>();
 }
 
-/// How far ahead of the bytes being decoded the kernels ask for codes (software prefetch): into L1
-/// at code_prefetch_distance, and into L2 only at code_prefetch_l2_distance (0: not at all).
-inline constexpr std::size_t code_prefetch_distance = SQZ_CODE_PREFETCH;
-inline constexpr std::size_t code_prefetch_l2_distance = SQZ_CODE_PREFETCH_L2;
 /// How many rows ahead of the rows being multiplied the kernels ask for the sparse part's entries.
 inline constexpr std::size_t sparse_prefetch_rows = SQZ_SPARSE_PREFETCH_ROWS;
 

@@ -506,14 +506,17 @@ SQZ_AVX2_TARGET inline __m256d add_to_double(__m256d total, __m256 s) noexcept {
 /// (prefetcht1), near ones into L1: a core has few L1 miss buffers, and L2 prefetches do not take
 /// them, so the far requests add lines in flight that the near ones alone could not.
 /// (Addresses past the end of the codes are harmless to a prefetch; they are formed as integers.)
-inline void prefetch_codes(const std::uint8_t* p, std::size_t bytes) noexcept {
+/// The distances are `plan`'s (the int8 kernels: default_code_prefetch, constants; the exact kernels:
+/// cpu_matrix_view::exact_prefetch, chosen per processor).
+[[gnu::always_inline]] inline void prefetch_codes(const std::uint8_t* p, std::size_t bytes,
+                                                  code_prefetch plan = default_code_prefetch) noexcept {
     const auto start = reinterpret_cast<std::uintptr_t>(p);
-    if constexpr (code_prefetch_l2_distance != 0)
+    if (plan.l2 != 0)
         for (std::size_t o = 0; o < bytes; o += 64)
-            __builtin_prefetch(reinterpret_cast<const void*>(start + code_prefetch_l2_distance + o), 0, 2);
-    if constexpr (code_prefetch_distance != 0)
+            __builtin_prefetch(reinterpret_cast<const void*>(start + plan.l2 + o), 0, 2);
+    if (plan.l1 != 0)
         for (std::size_t o = 0; o < bytes; o += 64)
-            __builtin_prefetch(reinterpret_cast<const void*>(start + code_prefetch_distance + o));
+            __builtin_prefetch(reinterpret_cast<const void*>(start + plan.l1 + o));
 }
 
 /// Tiles a row's exact kernel multiplies in fp32 before it adds their sum into its double accumulator:
@@ -563,7 +566,7 @@ SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t ro
     for (std::size_t r = 0; r < R; ++r) total[r] = _mm256_setzero_pd();
     for (std::size_t t = 0; t < m.tiles; t += exact_float_tiles) {
         const std::size_t count = std::min(exact_float_tiles, m.tiles - t);
-        prefetch_codes(base + t * stride, count * stride);
+        prefetch_codes(base + t * stride, count * stride, m.exact_prefetch);
         for (std::size_t r = 0; r < R; ++r)
             total[r] = exact_tiles<Bits>(tables + r * cpu_layout::exact_table_bytes, base + r * m.tile_bytes, stride, xp, t,
                                          count, total[r]);

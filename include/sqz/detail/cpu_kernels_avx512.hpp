@@ -263,7 +263,8 @@ SQZ_AVX512_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t r
     }
     for (std::size_t t = 0; t < m.tiles; t += avx2::exact_float_tiles) {
         const std::size_t count = std::min(avx2::exact_float_tiles, m.tiles - t);
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) avx2::prefetch_codes(first_tiles[0] + t * stride, count * stride);
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows))
+            avx2::prefetch_codes(first_tiles[0] + t * stride, count * stride, m.exact_prefetch);
         exact_window<Bits, R>(luts, first_tiles, stride, xp, t, count, total);
     }
     for (int r = 0; r < R; ++r) y[row + r] = static_cast<float>(horizontal_sum(total[r]));

@@ -255,7 +255,13 @@ public:
 
     double measure(int threads) {
         const std::size_t pieces = buffer_.size() * sizeof(long long) / piece_;
-        const char* base = reinterpret_cast<const char*>(buffer_.data()) + (next_++ % pieces) * piece_;
+        return measure_at(reinterpret_cast<const char*>(buffer_.data()) + (next_++ % pieces) * piece_, piece_, threads);
+    }
+
+    /// The same streaming read over [base, base + bytes) (64-byte aligned) instead of the probe's own
+    /// buffer: GB/s of the bytes read (whole 128-byte steps per thread).
+    double measure_at(const char* base, std::size_t bytes, int threads) {
+        std::size_t read = 0;
         const auto start = clock_type::now();
         long long checksum = 0;
 #if defined(_OPENMP)
@@ -270,12 +276,13 @@ public:
             const int nt = 1;
             (void)threads;
 #endif
-            const std::size_t chunk = piece_ / static_cast<std::size_t>(nt) / 128 * 128;
+            const std::size_t chunk = bytes / static_cast<std::size_t>(nt) / 128 * 128;
             checksum += stream(base + static_cast<std::size_t>(t) * chunk, chunk);
+            if (t == 0) read = chunk * static_cast<std::size_t>(nt);
         }
         const double s = seconds_since(start);
         sink_ += checksum;
-        return static_cast<double>(piece_) / s / 1e9;
+        return static_cast<double>(read) / s / 1e9;
     }
 
     long long sink() const { return sink_; }

@@ -14,7 +14,10 @@
 //    buffer of max(512 MiB, 4x the cache), a different piece each time, so every piece comes from DRAM. The buffer, like the
 //    matrices' codes, is on transparent huge pages where the system allows (JSON `thp`: the system's
 //    setting; "madvise" and "always" give them): on 4 KB pages the same read was 13-22% slower here,
-//    which the fractions would have counted as the kernels' merit.
+//    which the fractions would have counted as the kernels' merit. Each round also streams the same way
+//    through the codes of the matrix copy halfway round the pool (JSON `pool_gbps`; `probe_gbps`: the
+//    probe's buffer alone): on a shared Xeon host the probe's buffer read 20-25% slower than the
+//    matrix copies for seconds at a time. dram_gbps is the higher of the two.
 //  - Eigen fp32 GEMV: y = W x with the dense row-major float matrix (4 bytes per weight, on huge pages
 //    as the codes are, copied like the quantized one until the copies hold 4x the cache, each
 //    repetition on the next copy), split into row blocks over the same threads (Eigen's own GEMV is
@@ -176,12 +179,19 @@ int main(int argc, char** argv) {
                 constexpr int cache_repeats = 3;
                 std::vector<double> best_cache(runs.size(), 1e30);
 
-                double best_bw = 0;
+                double best_probe = 0;
+                double best_pool = 0;
                 double best_eigen = 1e30;
                 std::vector<double> best(runs.size(), 1e30);
                 std::size_t next = 0;
                 for (int round = 0; round < cfg.rounds; ++round) {
-                    best_bw = std::max(best_bw, probe.measure(threads));
+                    best_probe = std::max(best_probe, probe.measure(threads));
+                    // The same read over the codes of the copy halfway round the pool: read by a product
+                    // copies / 2 products ago and again copies / 2 products on, so from DRAM both times.
+                    const auto halfway = pool[(next + copies / 2) % copies].view();
+                    const std::size_t stored_rows = halfway.tiled ? (halfway.rows + 3) / 4 * 4 : halfway.rows;
+                    best_pool = std::max(best_pool, probe.measure_at(reinterpret_cast<const char*>(halfway.codes),
+                                                                     stored_rows * halfway.row_bytes, threads));
                     auto start = clock_type::now();
                     eigen_gemv();
                     best_eigen = std::min(best_eigen, seconds_since(start));
@@ -199,6 +209,7 @@ int main(int argc, char** argv) {
                         }
                     }
                 }
+                const double best_bw = std::max(best_probe, best_pool);
                 sqz::matvec<sqz::backend::reference>(q, x, ref);
                 const std::vector<double> magnitudes = row_magnitudes(q, x);
                 for (std::size_t m = 0; m < runs.size(); ++m) {
@@ -222,13 +233,13 @@ int main(int argc, char** argv) {
                             "\"nnz\":%ld,\"mode\":\"%.*s\",\"kernel\":\"%.*s\",\"kernel_used\":\"%.*s\",\"threads\":%d,\"us\":%.1f,\"bytes\":%.0f,\"gbps\":%.2f,"
                             "\"dram_gbps\":%.2f,\"bw_fraction\":%.3f,\"eigen_fp32_us\":%.1f,\"speedup_vs_eigen_fp32\":%.2f,"
                             "\"copies\":%zu,\"rounds\":%d,\"max_rel_err\":%.2e,\"cache_rows\":%ld,\"cache_gbps\":%.2f,\"thp\":\"%s\","
-                            "\"l3_mib\":%.0f,\"probe_mib\":%zu}\n",
+                            "\"l3_mib\":%.0f,\"probe_mib\":%zu,\"probe_gbps\":%.2f,\"pool_gbps\":%.2f}\n",
                             shape_name.c_str(), static_cast<long>(s.rows), static_cast<long>(s.cols), bits, fraction,
                             static_cast<long>(q.sparse_nonzeros()), static_cast<int>(mode_name.size()), mode_name.data(),
                             static_cast<int>(kernel_name.size()), kernel_name.data(), static_cast<int>(used_name.size()),
                             used_name.data(), threads, best[m] * 1e6, bytes, gbps, best_bw, gbps / best_bw, best_eigen * 1e6,
                             best_eigen / best[m], copies, cfg.rounds, rel_err, static_cast<long>(cache_rows), cache_gbps,
-                            thp.c_str(), l3_mib, probe.bytes() >> 20);
+                            thp.c_str(), l3_mib, probe.bytes() >> 20, best_probe, best_pool);
                     else
                         std::printf("%-11s %4d %7.4f %5.*s %-9.*s %9.1f %7.2f %7.2f %6.3f %9.1f %7.2f %9.2e %8.2f\n", shape_name.c_str(),
                                     bits, fraction, static_cast<int>(mode_name.size()), mode_name.data(),

@@ -947,10 +947,17 @@ TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identica
                 for (const auto mode : int8_modes) {
                     std::vector<float> avx2(static_cast<std::size_t>(s.rows)), avx512(avx2.size());
                     sqz::matvec<sqz::backend::cpu>(p, x, avx2, {.mode = mode, .kernel = sqz::cpu_kernel::avx2});
-                    sqz::matvec<sqz::backend::cpu>(p, x, avx512, {.mode = mode, .kernel = sqz::cpu_kernel::avx512});
-                    INFO(sqz::to_string(mode) << " bits " << bits << " shape " << s.rows << "x" << s.cols);
-                    for (std::size_t i = 0; i < avx2.size(); ++i)
-                        REQUIRE(std::bit_cast<std::uint32_t>(avx512[i]) == std::bit_cast<std::uint32_t>(avx2[i]));
+                    // The 4-bit int8_tile kernel's narrow form is chosen per processor
+                    // (narrow_int8_tile_form): both forms are run here, whatever this processor is.
+                    for (const bool narrow : {true, false}) {
+                        auto view = p.view();
+                        view.narrow_int8_tile = narrow;
+                        sqz::detail::cpu::matvec_view(view, std::span<const float>(x), std::span<float>(avx512),
+                                                      {.mode = mode, .kernel = sqz::cpu_kernel::avx512});
+                        INFO(sqz::to_string(mode) << " bits " << bits << " shape " << s.rows << "x" << s.cols << " narrow " << narrow);
+                        for (std::size_t i = 0; i < avx2.size(); ++i)
+                            REQUIRE(std::bit_cast<std::uint32_t>(avx512[i]) == std::bit_cast<std::uint32_t>(avx2[i]));
+                    }
                 }
             }
 }
@@ -973,7 +980,7 @@ TEST_CASE("cpu_kernel_used names the kernel the products run", "[matvec][cpu]") 
     if (sqz::detail::cpu_has_avx2_fma()) REQUIRE_THROWS_AS(sqz::cpu_kernel_used(wide, {.kernel = cpu_kernel::avx2}), sqz::error);
 }
 
-TEST_CASE("cpu_is_intel agrees with /proc/cpuinfo, and the exact kernels get that vendor's code prefetch", "[matvec][cpu]") {
+TEST_CASE("cpu_is_intel agrees with /proc/cpuinfo, and the views carry that vendor's kernel choices", "[matvec][cpu]") {
     std::ifstream cpuinfo("/proc/cpuinfo");
     std::string line;
     std::string vendor;
@@ -986,6 +993,7 @@ TEST_CASE("cpu_is_intel agrees with /proc/cpuinfo, and the exact kernels get tha
     const auto prepared = sqz::prepare<sqz::backend::cpu>(make_matrix(8, 300, 4, 603, sparse_kind::none).q);
     CHECK(prepared.view().exact_prefetch.l1 == plan.l1);
     CHECK(prepared.view().exact_prefetch.l2 == plan.l2);
+    CHECK(prepared.view().narrow_int8_tile == sqz::detail::narrow_int8_tile_form());
     if (vendor.empty()) {
         WARN("no vendor_id in /proc/cpuinfo: the vendor check is skipped");
         return;
@@ -995,4 +1003,5 @@ TEST_CASE("cpu_is_intel agrees with /proc/cpuinfo, and the exact kernels get tha
     REQUIRE(sqz::detail::cpu_is_intel() == intel);
     CHECK(plan.l1 == (intel ? std::size_t{SQZ_EXACT_CODE_PREFETCH_INTEL} : sqz::detail::default_code_prefetch.l1));
     CHECK(plan.l2 == (intel ? std::size_t{0} : sqz::detail::default_code_prefetch.l2));
+    CHECK(sqz::detail::narrow_int8_tile_form() == !intel);
 }

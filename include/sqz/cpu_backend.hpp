@@ -150,6 +150,7 @@ public:
         v.int8_lo = int8_lo_.data();
         v.int8_scale = int8_scale_.data();
         v.exact_prefetch = detail::exact_code_prefetch();
+        v.narrow_int8_tile = detail::narrow_int8_tile_form();
         if (nonzeros_ > 0) {
             v.row_ptr = row_ptr_.data();
             v.col16 = !col16_.empty();
@@ -363,7 +364,8 @@ void avx512_exact(const cpu_matrix_view<float>& m, const float* xp, const float*
 }
 
 /// SlotScales = false: int8_tile mode (a quantized with D_b = 1 in every slot). At 4 bits int8_tile
-/// mode takes the kernel's Narrow form on matrices of at most avx512::int8_window_tiles tiles.
+/// mode takes the kernel's Narrow form on matrices of at most avx512::int8_window_tiles tiles where
+/// the view allows it (cpu_matrix_view::narrow_int8_tile).
 template <int Bits, bool SlotScales>
 void avx512_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<float>& a, const float* x, float* y,
                  int threads) {
@@ -375,7 +377,7 @@ void avx512_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<
                 [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together, SlotScales, Narrow>(m, i, a, y, x); });
         };
         if constexpr (Bits == 4 && !SlotScales)
-            if (m.tiles <= avx512::int8_window_tiles) return rows.template operator()<true>();
+            if (m.narrow_int8_tile && m.tiles <= avx512::int8_window_tiles) return rows.template operator()<true>();
         rows.template operator()<false>();
     });
 }
@@ -440,11 +442,12 @@ bool quantize_for(const cpu_matrix_view<T>& m, simd_kernel simd, numeric_mode mo
     return quantize_activations(x, m.tiles, slot_scales, out);
 }
 
+/// The product on a view of a cpu_matrix (the tests change a view's per-processor choices, e.g.
+/// narrow_int8_tile, to run every kernel form on any processor).
 template <class T>
-void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const matvec_options& options) {
-    check_matvec_sizes("sqz::matvec<cpu>", a.rows(), a.cols(), x.size(), y.size());
+void matvec_view(const cpu_matrix_view<T>& m, std::span<const T> x, std::span<T> y, const matvec_options& options) {
+    check_matvec_sizes("sqz::matvec<cpu>", static_cast<index_t>(m.rows), static_cast<index_t>(m.cols), x.size(), y.size());
     const int threads = thread_count(options);
-    const cpu_matrix_view<T> m = a.view();
     const simd_kernel simd = choose_kernel(m, options);
     if (m.rows == 0) return;
     activation_scratch<T>& buffers = scratch<T>();
@@ -494,6 +497,11 @@ void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const 
     for_row_blocks(m, threads, [&](std::size_t first, std::size_t end) {
         for (std::size_t i = first; i < end; ++i) y[i] = portable::exact_row(m, i, x.data());
     });
+}
+
+template <class T>
+void matvec(const cpu_matrix<T>& a, std::span<const T> x, std::span<T> y, const matvec_options& options) {
+    matvec_view(a.view(), x, y, options);
 }
 
 template <class T>

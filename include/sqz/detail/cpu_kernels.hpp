@@ -64,12 +64,18 @@ struct code_prefetch {
 inline constexpr code_prefetch default_code_prefetch{SQZ_CODE_PREFETCH, SQZ_CODE_PREFETCH_L2};
 
 /// The exact kernels' code prefetch on this processor. On Intel, 768 bytes into L1 and nothing into
-/// L2 (SQZ_EXACT_CODE_PREFETCH_INTEL): on a Xeon with AVX-512 the default made the exact products
-/// 25-45% slower from DRAM, while the int8 kernels there were best with the default or close to it
-/// (docs/benchmarks.md, "An Intel host"). Elsewhere the default.
+/// L2 (SQZ_EXACT_CODE_PREFETCH_INTEL): on a Xeon with AVX-512 that made the exact products 2-24%
+/// faster from DRAM than the default, while no other distance tried made the int8 kernels there
+/// faster (docs/benchmarks.md, "An Intel host"). Elsewhere the default.
 inline code_prefetch exact_code_prefetch() noexcept {
     return cpu_is_intel() ? code_prefetch{SQZ_EXACT_CODE_PREFETCH_INTEL, 0} : default_code_prefetch;
 }
+
+/// Whether the AVX-512 4-bit int8_tile kernel takes its narrow form (vpdpbusd, no code prefetch) on
+/// matrices of at most avx512::int8_window_tiles tiles on this processor: not on Intel, where it was
+/// 8-13% slower from DRAM than the default form on the Xeon host (docs/benchmarks.md, "An Intel
+/// host"); it was measured faster on Zen 4.
+inline bool narrow_int8_tile_form() noexcept { return !cpu_is_intel(); }
 
 template <class T>
 struct cpu_matrix_view {
@@ -102,6 +108,8 @@ struct cpu_matrix_view {
     sparse_value_type val_type = sparse_value_type::scalar;
     /// The exact kernels' code prefetch (exact_code_prefetch).
     code_prefetch exact_prefetch = default_code_prefetch;
+    /// Whether the 4-bit int8_tile kernel may take its narrow form (narrow_int8_tile_form).
+    bool narrow_int8_tile = true;
 
     std::size_t sparse_column_bytes() const noexcept { return col16 ? sizeof(std::uint16_t) : sizeof(std::int32_t); }
     std::size_t sparse_value_bytes() const noexcept {

@@ -947,11 +947,13 @@ TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identica
                 for (const auto mode : int8_modes) {
                     std::vector<float> avx2(static_cast<std::size_t>(s.rows)), avx512(avx2.size());
                     sqz::matvec<sqz::backend::cpu>(p, x, avx2, {.mode = mode, .kernel = sqz::cpu_kernel::avx2});
-                    // The 4-bit int8_tile kernel's narrow form is chosen per processor
-                    // (narrow_int8_tile_form): both forms are run here, whatever this processor is.
+                    // The 4-bit int8_tile kernel's narrow form and the code prefetch distances are
+                    // chosen per processor (narrow_int8_tile_form, cpu_is_intel): both forms and both
+                    // prefetch paths are run here, whatever this processor is.
                     for (const bool narrow : {true, false}) {
                         auto view = p.view();
                         view.narrow_int8_tile = narrow;
+                        view.intel_int8_prefetch = !narrow;
                         sqz::detail::cpu::matvec_view(view, std::span<const float>(x), std::span<float>(avx512),
                                                       {.mode = mode, .kernel = sqz::cpu_kernel::avx512});
                         INFO(sqz::to_string(mode) << " bits " << bits << " shape " << s.rows << "x" << s.cols << " narrow " << narrow);
@@ -994,6 +996,7 @@ TEST_CASE("cpu_is_intel agrees with /proc/cpuinfo, and the views carry that vend
     CHECK(prepared.view().exact_prefetch.l1 == plan.l1);
     CHECK(prepared.view().exact_prefetch.l2 == plan.l2);
     CHECK(prepared.view().narrow_int8_tile == sqz::detail::narrow_int8_tile_form());
+    CHECK(prepared.view().intel_int8_prefetch == sqz::detail::cpu_is_intel());
     if (vendor.empty()) {
         WARN("no vendor_id in /proc/cpuinfo: the vendor check is skipped");
         return;

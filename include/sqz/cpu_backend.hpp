@@ -151,6 +151,7 @@ public:
         v.int8_scale = int8_scale_.data();
         v.exact_prefetch = detail::exact_code_prefetch();
         v.narrow_int8_tile = detail::narrow_int8_tile_form();
+        v.intel_int8_prefetch = detail::cpu_is_intel();
         if (nonzeros_ > 0) {
             v.row_ptr = row_ptr_.data();
             v.col16 = !col16_.empty();

@@ -30,6 +30,12 @@
 #ifndef SQZ_EXACT_CODE_PREFETCH_INTEL
 #define SQZ_EXACT_CODE_PREFETCH_INTEL 768
 #endif
+#ifndef SQZ_INT8_CODE_PREFETCH_INTEL
+#define SQZ_INT8_CODE_PREFETCH_INTEL 1024
+#endif
+#ifndef SQZ_INT8_CODE_PREFETCH_L2_INTEL
+#define SQZ_INT8_CODE_PREFETCH_L2_INTEL 4096
+#endif
 #ifndef SQZ_SPARSE_PREFETCH_ROWS
 #define SQZ_SPARSE_PREFETCH_ROWS 12
 #endif
@@ -59,14 +65,19 @@ struct code_prefetch {
     std::size_t l2 = 0;
 };
 
-/// The int8 kernels' prefetch everywhere, and the exact kernels' but on Intel: 2 KB into L1 and 8 KB
-/// into L2 (SQZ_CODE_PREFETCH, SQZ_CODE_PREFETCH_L2; measured on Zen 4, docs/benchmarks.md).
+/// The kernels' prefetch but on Intel: 2 KB into L1 and 8 KB into L2 (SQZ_CODE_PREFETCH,
+/// SQZ_CODE_PREFETCH_L2; measured on Zen 4, docs/benchmarks.md).
 inline constexpr code_prefetch default_code_prefetch{SQZ_CODE_PREFETCH, SQZ_CODE_PREFETCH_L2};
+
+/// The int8 kernels' prefetch on Intel: 1 KB into L1 and 4 KB into L2 (SQZ_INT8_CODE_PREFETCH_INTEL,
+/// SQZ_INT8_CODE_PREFETCH_L2_INTEL). On the Xeon host its median times were 0.4-5.4% shorter than the
+/// default's on average over each of three batches, though not in every comparison (docs/benchmarks.md,
+/// "An Intel host"): a small gain on a noisy host.
+inline constexpr code_prefetch intel_int8_code_prefetch{SQZ_INT8_CODE_PREFETCH_INTEL, SQZ_INT8_CODE_PREFETCH_L2_INTEL};
 
 /// The exact kernels' code prefetch on this processor. On Intel, 768 bytes into L1 and nothing into
 /// L2 (SQZ_EXACT_CODE_PREFETCH_INTEL): on a Xeon with AVX-512 that made the exact products 2-24%
-/// faster from DRAM than the default, while no other distance tried made the int8 kernels there
-/// faster (docs/benchmarks.md, "An Intel host"). Elsewhere the default.
+/// faster from DRAM than the default (docs/benchmarks.md, "An Intel host"). Elsewhere the default.
 inline code_prefetch exact_code_prefetch() noexcept {
     return cpu_is_intel() ? code_prefetch{SQZ_EXACT_CODE_PREFETCH_INTEL, 0} : default_code_prefetch;
 }
@@ -110,6 +121,9 @@ struct cpu_matrix_view {
     code_prefetch exact_prefetch = default_code_prefetch;
     /// Whether the 4-bit int8_tile kernel may take its narrow form (narrow_int8_tile_form).
     bool narrow_int8_tile = true;
+    /// Whether the int8 kernels prefetch codes at intel_int8_code_prefetch's distances instead of the
+    /// default's (cpu_is_intel); both are constants in the kernels, so the default's code is as it was.
+    bool intel_int8_prefetch = false;
 
     std::size_t sparse_column_bytes() const noexcept { return col16 ? sizeof(std::uint16_t) : sizeof(std::int32_t); }
     std::size_t sparse_value_bytes() const noexcept {

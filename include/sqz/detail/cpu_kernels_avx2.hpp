@@ -506,7 +506,7 @@ SQZ_AVX2_TARGET inline __m256d add_to_double(__m256d total, __m256 s) noexcept {
 /// (prefetcht1), near ones into L1: a core has few L1 miss buffers, and L2 prefetches do not take
 /// them, so the far requests add lines in flight that the near ones alone could not.
 /// (Addresses past the end of the codes are harmless to a prefetch; they are formed as integers.)
-/// The distances are `plan`'s (the int8 kernels: default_code_prefetch, constants; the exact kernels:
+/// The distances are `plan`'s (the int8 kernels: constants, prefetch_int8_codes; the exact kernels:
 /// cpu_matrix_view::exact_prefetch, chosen per processor).
 [[gnu::always_inline]] inline void prefetch_codes(const std::uint8_t* p, std::size_t bytes,
                                                   code_prefetch plan = default_code_prefetch) noexcept {
@@ -517,6 +517,16 @@ SQZ_AVX2_TARGET inline __m256d add_to_double(__m256d total, __m256 s) noexcept {
     if (plan.l1 != 0)
         for (std::size_t o = 0; o < bytes; o += 64)
             __builtin_prefetch(reinterpret_cast<const void*>(start + plan.l1 + o));
+}
+
+/// The int8 kernels' code prefetch: the default's distances, or on Intel intel_int8_code_prefetch's
+/// (cpu_matrix_view::intel_int8_prefetch), both as constants.
+template <class T>
+[[gnu::always_inline]] inline void prefetch_int8_codes(const cpu_matrix_view<T>& m, const std::uint8_t* p, std::size_t bytes) noexcept {
+    if (m.intel_int8_prefetch)
+        prefetch_codes(p, bytes, intel_int8_code_prefetch);
+    else
+        prefetch_codes(p, bytes);
 }
 
 /// Tiles a row's exact kernel multiplies in fp32 before it adds their sum into its double accumulator:
@@ -622,7 +632,7 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
     }
     const std::size_t stride = m.tile_stride();
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) prefetch_codes(m.row_tiles(row) + t * stride, stride);
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) prefetch_int8_codes(m, m.row_tiles(row) + t * stride, stride);
         const std::uint8_t* tiles[R];
         __m256i acc[R];
         for (int r = 0; r < R; ++r) {

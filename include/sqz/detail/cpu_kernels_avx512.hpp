@@ -489,7 +489,7 @@ template <int Bits, int R, bool SlotScales, bool Narrow, class Col, sparse_value
     for (std::size_t t = 0; t < m.tiles; ++t) {
         // (At 4 bits the prefetch stays a loop over a run-time length: see int8_chunk_products.)
         if constexpr (R == static_cast<int>(cpu_layout::group_rows) && !Narrow)
-            avx2::prefetch_codes(base + t * stride, Bits == 4 ? m.tile_stride() : stride);
+            avx2::prefetch_int8_codes(m, base + t * stride, Bits == 4 ? m.tile_stride() : stride);
         const std::int8_t* xq = (Bits == 4 ? a.q : a.q_avx512).data() + t * cpu_layout::tile_columns;
         const std::uint32_t* scales = a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile;
         __m512i acc[R];

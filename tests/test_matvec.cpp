@@ -948,15 +948,14 @@ TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identica
                     std::vector<float> avx2(static_cast<std::size_t>(s.rows)), avx512(avx2.size());
                     sqz::matvec<sqz::backend::cpu>(p, x, avx2, {.mode = mode, .kernel = sqz::cpu_kernel::avx2});
                     // The 4-bit int8_tile kernel's narrow form and the code prefetch distances are
-                    // chosen per processor (narrow_int8_tile_form, cpu_is_intel): both forms and both
+                    // chosen per processor (cpu_matrix_view::intel_tuning): both forms and both
                     // prefetch paths are run here, whatever this processor is.
-                    for (const bool narrow : {true, false}) {
+                    for (const bool intel : {false, true}) {
                         auto view = p.view();
-                        view.narrow_int8_tile = narrow;
-                        view.intel_int8_prefetch = !narrow;
+                        view.intel_tuning = intel;
                         sqz::detail::cpu::matvec_view(view, std::span<const float>(x), std::span<float>(avx512),
                                                       {.mode = mode, .kernel = sqz::cpu_kernel::avx512});
-                        INFO(sqz::to_string(mode) << " bits " << bits << " shape " << s.rows << "x" << s.cols << " narrow " << narrow);
+                        INFO(sqz::to_string(mode) << " bits " << bits << " shape " << s.rows << "x" << s.cols << " intel_tuning " << intel);
                         for (std::size_t i = 0; i < avx2.size(); ++i)
                             REQUIRE(std::bit_cast<std::uint32_t>(avx512[i]) == std::bit_cast<std::uint32_t>(avx2[i]));
                     }
@@ -991,12 +990,8 @@ TEST_CASE("cpu_is_intel agrees with /proc/cpuinfo, and the views carry that vend
             vendor = line.substr(line.find(':') + 1);
             vendor.erase(0, vendor.find_first_not_of(" \t"));
         }
-    const sqz::detail::code_prefetch plan = sqz::detail::exact_code_prefetch();
     const auto prepared = sqz::prepare<sqz::backend::cpu>(make_matrix(8, 300, 4, 603, sparse_kind::none).q);
-    CHECK(prepared.view().exact_prefetch.l1 == plan.l1);
-    CHECK(prepared.view().exact_prefetch.l2 == plan.l2);
-    CHECK(prepared.view().narrow_int8_tile == sqz::detail::narrow_int8_tile_form());
-    CHECK(prepared.view().intel_int8_prefetch == sqz::detail::cpu_is_intel());
+    CHECK(prepared.view().intel_tuning == sqz::detail::cpu_is_intel());
     if (vendor.empty()) {
         WARN("no vendor_id in /proc/cpuinfo: the vendor check is skipped");
         return;
@@ -1004,7 +999,5 @@ TEST_CASE("cpu_is_intel agrees with /proc/cpuinfo, and the views carry that vend
     INFO("vendor_id: " << vendor);
     const bool intel = vendor == "GenuineIntel";
     REQUIRE(sqz::detail::cpu_is_intel() == intel);
-    CHECK(plan.l1 == (intel ? std::size_t{SQZ_EXACT_CODE_PREFETCH_INTEL} : sqz::detail::default_code_prefetch.l1));
-    CHECK(plan.l2 == (intel ? std::size_t{0} : sqz::detail::default_code_prefetch.l2));
-    CHECK(sqz::detail::narrow_int8_tile_form() == !intel);
+    CHECK(prepared.view().intel_tuning == intel);
 }

@@ -149,9 +149,7 @@ public:
         v.u7 = u7_.data();
         v.int8_lo = int8_lo_.data();
         v.int8_scale = int8_scale_.data();
-        v.exact_prefetch = detail::exact_code_prefetch();
-        v.narrow_int8_tile = detail::narrow_int8_tile_form();
-        v.intel_int8_prefetch = detail::cpu_is_intel();
+        v.intel_tuning = detail::cpu_is_intel();
         if (nonzeros_ > 0) {
             v.row_ptr = row_ptr_.data();
             v.col16 = !col16_.empty();
@@ -365,8 +363,8 @@ void avx512_exact(const cpu_matrix_view<float>& m, const float* xp, const float*
 }
 
 /// SlotScales = false: int8_tile mode (a quantized with D_b = 1 in every slot). At 4 bits int8_tile
-/// mode takes the kernel's Narrow form on matrices of at most avx512::int8_window_tiles tiles where
-/// the view allows it (cpu_matrix_view::narrow_int8_tile).
+/// mode takes the kernel's Narrow form on matrices of at most avx512::int8_window_tiles tiles, but
+/// not on Intel (cpu_matrix_view::intel_tuning).
 template <int Bits, bool SlotScales>
 void avx512_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<float>& a, const float* x, float* y,
                  int threads) {
@@ -378,7 +376,7 @@ void avx512_int8(const cpu_matrix_view<float>& m, const int8_activation_buffers<
                 [&](std::size_t i) { avx512::int8_rows<Bits, int8_rows_together, SlotScales, Narrow>(m, i, a, y, x); });
         };
         if constexpr (Bits == 4 && !SlotScales)
-            if (m.narrow_int8_tile && m.tiles <= avx512::int8_window_tiles) return rows.template operator()<true>();
+            if (!m.intel_tuning && m.tiles <= avx512::int8_window_tiles) return rows.template operator()<true>();
         rows.template operator()<false>();
     });
 }
@@ -443,8 +441,8 @@ bool quantize_for(const cpu_matrix_view<T>& m, simd_kernel simd, numeric_mode mo
     return quantize_activations(x, m.tiles, slot_scales, out);
 }
 
-/// The product on a view of a cpu_matrix (the tests change a view's per-processor choices, e.g.
-/// narrow_int8_tile, to run every kernel form on any processor).
+/// The product on a view of a cpu_matrix (the tests change a view's per-processor choices,
+/// intel_tuning, to run every kernel form on any processor).
 template <class T>
 void matvec_view(const cpu_matrix_view<T>& m, std::span<const T> x, std::span<T> y, const matvec_options& options) {
     check_matvec_sizes("sqz::matvec<cpu>", static_cast<index_t>(m.rows), static_cast<index_t>(m.cols), x.size(), y.size());

@@ -107,8 +107,8 @@ inline bool cpu_has_avx512() noexcept {
 #endif
 }
 
-/// True on an Intel processor (CPUID leaf 0 vendor "GenuineIntel"). The exact kernels' code
-/// prefetch is tuned per vendor (cpu_kernels.hpp, exact_code_prefetch).
+/// True on an Intel processor (CPUID leaf 0 vendor "GenuineIntel"): the kernels' code prefetch and
+/// the 4-bit int8_tile form are chosen per vendor (cpu_kernels.hpp, cpu_matrix_view::intel_tuning).
 inline bool cpu_is_intel() noexcept {
 #if SQZ_HAVE_X86_SIMD
     static const bool intel = [] {

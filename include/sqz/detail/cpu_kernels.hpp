@@ -69,24 +69,16 @@ struct code_prefetch {
 /// SQZ_CODE_PREFETCH_L2; measured on Zen 4, docs/benchmarks.md).
 inline constexpr code_prefetch default_code_prefetch{SQZ_CODE_PREFETCH, SQZ_CODE_PREFETCH_L2};
 
+/// The exact kernels' prefetch on Intel: 768 bytes into L1 and nothing into L2
+/// (SQZ_EXACT_CODE_PREFETCH_INTEL). On a Xeon with AVX-512 that made the exact products 2-24% faster
+/// from DRAM than the default (docs/benchmarks.md, "An Intel host").
+inline constexpr code_prefetch intel_exact_code_prefetch{SQZ_EXACT_CODE_PREFETCH_INTEL, 0};
+
 /// The int8 kernels' prefetch on Intel: 1 KB into L1 and 4 KB into L2 (SQZ_INT8_CODE_PREFETCH_INTEL,
 /// SQZ_INT8_CODE_PREFETCH_L2_INTEL). On the Xeon host its median times were 0.4-5.4% shorter than the
 /// default's on average over each of three batches, though not in every comparison (docs/benchmarks.md,
 /// "An Intel host"): a small gain on a noisy host.
 inline constexpr code_prefetch intel_int8_code_prefetch{SQZ_INT8_CODE_PREFETCH_INTEL, SQZ_INT8_CODE_PREFETCH_L2_INTEL};
-
-/// The exact kernels' code prefetch on this processor. On Intel, 768 bytes into L1 and nothing into
-/// L2 (SQZ_EXACT_CODE_PREFETCH_INTEL): on a Xeon with AVX-512 that made the exact products 2-24%
-/// faster from DRAM than the default (docs/benchmarks.md, "An Intel host"). Elsewhere the default.
-inline code_prefetch exact_code_prefetch() noexcept {
-    return cpu_is_intel() ? code_prefetch{SQZ_EXACT_CODE_PREFETCH_INTEL, 0} : default_code_prefetch;
-}
-
-/// Whether the AVX-512 4-bit int8_tile kernel takes its narrow form (vpdpbusd, no code prefetch) on
-/// matrices of at most avx512::int8_window_tiles tiles on this processor: not on Intel, where it was
-/// 8-13% slower from DRAM than the default form on the Xeon host (docs/benchmarks.md, "An Intel
-/// host"); it was measured faster on Zen 4.
-inline bool narrow_int8_tile_form() noexcept { return !cpu_is_intel(); }
 
 template <class T>
 struct cpu_matrix_view {
@@ -117,13 +109,12 @@ struct cpu_matrix_view {
     bool col16 = false;
     const void* val = nullptr;
     sparse_value_type val_type = sparse_value_type::scalar;
-    /// The exact kernels' code prefetch (exact_code_prefetch).
-    code_prefetch exact_prefetch = default_code_prefetch;
-    /// Whether the 4-bit int8_tile kernel may take its narrow form (narrow_int8_tile_form).
-    bool narrow_int8_tile = true;
-    /// Whether the int8 kernels prefetch codes at intel_int8_code_prefetch's distances instead of the
-    /// default's (cpu_is_intel); both are constants in the kernels, so the default's code is as it was.
-    bool intel_int8_prefetch = false;
+    /// The kernels' choices for Intel (cpu_is_intel, set by cpu_matrix::view): the code prefetch of
+    /// intel_exact_code_prefetch and intel_int8_code_prefetch instead of the default's (all constants
+    /// in the kernels, a branch between them), and the 4-bit int8_tile kernel without its narrow form,
+    /// which was 8-13% slower there (docs/benchmarks.md, "An Intel host"). The tests set it either way
+    /// to run every path on any processor.
+    bool intel_tuning = false;
 
     std::size_t sparse_column_bytes() const noexcept { return col16 ? sizeof(std::uint16_t) : sizeof(std::int32_t); }
     std::size_t sparse_value_bytes() const noexcept {

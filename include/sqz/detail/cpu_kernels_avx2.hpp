@@ -506,8 +506,7 @@ SQZ_AVX2_TARGET inline __m256d add_to_double(__m256d total, __m256 s) noexcept {
 /// (prefetcht1), near ones into L1: a core has few L1 miss buffers, and L2 prefetches do not take
 /// them, so the far requests add lines in flight that the near ones alone could not.
 /// (Addresses past the end of the codes are harmless to a prefetch; they are formed as integers.)
-/// The distances are `plan`'s (the int8 kernels: constants, prefetch_int8_codes; the exact kernels:
-/// cpu_matrix_view::exact_prefetch, chosen per processor).
+/// The distances are `plan`'s (prefetch_codes_tuned below).
 [[gnu::always_inline]] inline void prefetch_codes(const std::uint8_t* p, std::size_t bytes,
                                                   code_prefetch plan = default_code_prefetch) noexcept {
     const auto start = reinterpret_cast<std::uintptr_t>(p);
@@ -519,12 +518,14 @@ SQZ_AVX2_TARGET inline __m256d add_to_double(__m256d total, __m256 s) noexcept {
             __builtin_prefetch(reinterpret_cast<const void*>(start + plan.l1 + o));
 }
 
-/// The int8 kernels' code prefetch: the default's distances, or on Intel intel_int8_code_prefetch's
-/// (cpu_matrix_view::intel_int8_prefetch), both as constants.
+/// prefetch_codes with the default's distances, or with `intel_plan` (a kernel's Intel distances,
+/// intel_exact_code_prefetch or intel_int8_code_prefetch) where the view says so
+/// (cpu_matrix_view::intel_tuning); both inline as constants.
 template <class T>
-[[gnu::always_inline]] inline void prefetch_int8_codes(const cpu_matrix_view<T>& m, const std::uint8_t* p, std::size_t bytes) noexcept {
-    if (m.intel_int8_prefetch)
-        prefetch_codes(p, bytes, intel_int8_code_prefetch);
+[[gnu::always_inline]] inline void prefetch_codes_tuned(const cpu_matrix_view<T>& m, const std::uint8_t* p, std::size_t bytes,
+                                                        code_prefetch intel_plan) noexcept {
+    if (m.intel_tuning)
+        prefetch_codes(p, bytes, intel_plan);
     else
         prefetch_codes(p, bytes);
 }
@@ -576,7 +577,7 @@ SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t ro
     for (std::size_t r = 0; r < R; ++r) total[r] = _mm256_setzero_pd();
     for (std::size_t t = 0; t < m.tiles; t += exact_float_tiles) {
         const std::size_t count = std::min(exact_float_tiles, m.tiles - t);
-        prefetch_codes(base + t * stride, count * stride, m.exact_prefetch);
+        prefetch_codes_tuned(m, base + t * stride, count * stride, intel_exact_code_prefetch);
         for (std::size_t r = 0; r < R; ++r)
             total[r] = exact_tiles<Bits>(tables + r * cpu_layout::exact_table_bytes, base + r * m.tile_bytes, stride, xp, t,
                                          count, total[r]);
@@ -632,7 +633,7 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
     }
     const std::size_t stride = m.tile_stride();
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) prefetch_int8_codes(m, m.row_tiles(row) + t * stride, stride);
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) prefetch_codes_tuned(m, m.row_tiles(row) + t * stride, stride, intel_int8_code_prefetch);
         const std::uint8_t* tiles[R];
         __m256i acc[R];
         for (int r = 0; r < R; ++r) {

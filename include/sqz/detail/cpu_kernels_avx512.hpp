@@ -264,7 +264,7 @@ SQZ_AVX512_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t r
     for (std::size_t t = 0; t < m.tiles; t += avx2::exact_float_tiles) {
         const std::size_t count = std::min(avx2::exact_float_tiles, m.tiles - t);
         if constexpr (R == static_cast<int>(cpu_layout::group_rows))
-            avx2::prefetch_codes(first_tiles[0] + t * stride, count * stride, m.exact_prefetch);
+            avx2::prefetch_codes_tuned(m, first_tiles[0] + t * stride, count * stride, intel_exact_code_prefetch);
         exact_window<Bits, R>(luts, first_tiles, stride, xp, t, count, total);
     }
     for (int r = 0; r < R; ++r) y[row + r] = static_cast<float>(horizontal_sum(total[r]));
@@ -489,7 +489,7 @@ template <int Bits, int R, bool SlotScales, bool Narrow, class Col, sparse_value
     for (std::size_t t = 0; t < m.tiles; ++t) {
         // (At 4 bits the prefetch stays a loop over a run-time length: see int8_chunk_products.)
         if constexpr (R == static_cast<int>(cpu_layout::group_rows) && !Narrow)
-            avx2::prefetch_int8_codes(m, base + t * stride, Bits == 4 ? m.tile_stride() : stride);
+            avx2::prefetch_codes_tuned(m, base + t * stride, Bits == 4 ? m.tile_stride() : stride, intel_int8_code_prefetch);
         const std::int8_t* xq = (Bits == 4 ? a.q : a.q_avx512).data() + t * cpu_layout::tile_columns;
         const std::uint32_t* scales = a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile;
         __m512i acc[R];

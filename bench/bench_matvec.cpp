@@ -74,15 +74,6 @@ struct settings {
     std::size_t cache_bytes = last_level_cache_bytes();  // the cache to defeat (--l3-mib)
 };
 
-int thread_count(const settings& s) {
-#if defined(_OPENMP)
-    return s.threads > 0 ? s.threads : omp_get_max_threads();
-#else
-    (void)s;
-    return 1;
-#endif
-}
-
 constexpr const char* usage =
     "sqz-bench-matvec [--json] [--threads N] [--rounds N] [--shapes RxC,...] [--bits 2,3,4]\n"
     "                 [--sparse 0,0.0045] [--modes exact,int8,int8_tile] [--kernels automatic|avx2,avx512,portable]\n"
@@ -112,7 +103,7 @@ int main(int argc, char** argv) {
         return true;
     });
     if (status >= 0) return status;
-    const int threads = thread_count(cfg);
+    const int threads = resolve_threads(cfg.threads);
     // Every mode with every kernel, timed side by side.
     std::vector<std::pair<sqz::numeric_mode, sqz::cpu_kernel>> runs;
     for (const auto mode : cfg.modes)
@@ -189,9 +180,8 @@ int main(int argc, char** argv) {
                     // The same read over the codes of the copy halfway round the pool: read by a product
                     // copies / 2 products ago and again copies / 2 products on, so from DRAM both times.
                     const auto halfway = pool[(next + copies / 2) % copies].view();
-                    const std::size_t stored_rows = halfway.tiled ? (halfway.rows + 3) / 4 * 4 : halfway.rows;
                     best_pool = std::max(best_pool, probe.measure_at(reinterpret_cast<const char*>(halfway.codes),
-                                                                     stored_rows * halfway.row_bytes, threads));
+                                                                     halfway.code_bytes, threads));
                     auto start = clock_type::now();
                     eigen_gemv();
                     best_eigen = std::min(best_eigen, seconds_since(start));

@@ -84,7 +84,6 @@ ggml_type parse_type(const std::string& name) {
     throw bad_argument("--types " + name + ": unknown ggml type");
 }
 
-
 /// One ggml type on one shape: `copies` quantized weight tensors, each with its own one-node graph
 /// y = W x (x shared) and compute plan, all in one ggml context.
 class ggml_case {

@@ -189,11 +189,7 @@ int main(int argc, char** argv) {
         std::printf("sqz-bench-exact-ceiling: this CPU lacks AVX-512 F/BW/IFMA or GFNI; nothing measured\n");
         return 0;
     }
-#if defined(_OPENMP)
-    if (threads <= 0) threads = omp_get_max_threads();
-#else
-    threads = 1;
-#endif
+    threads = resolve_threads(threads);
     alignas(64) static std::uint8_t codes[code_bytes];
     for (std::size_t i = 0; i < sizeof codes; ++i) codes[i] = static_cast<std::uint8_t>((i * 2654435761u) >> 24);
     alignas(64) static float x[16 * steps_per_chunk];

@@ -106,11 +106,7 @@ int main(int argc, char** argv) {
         std::printf("sqz-bench-stream-window: this CPU lacks the AVX-512 the kernels use; nothing measured\n");
         return 0;
     }
-#if defined(_OPENMP)
-    if (threads <= 0) threads = omp_get_max_threads();
-#else
-    threads = 1;
-#endif
+    threads = resolve_threads(threads);
     // Fresh lines every call: the buffer is at least 4x the last-level cache (bench_common.hpp).
     const std::size_t total = smoke ? std::size_t{64} << 20 : dram_probe::for_cache(last_level_cache_bytes()).bytes();
     const std::size_t call_bytes = smoke ? std::size_t{1} << 20 : std::size_t{16} << 20;  // per thread per call

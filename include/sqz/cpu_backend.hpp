@@ -127,8 +127,7 @@ public:
         const std::size_t lut = quantizes_activations(mode) ? rows_ * (lut_stride_ + 2 * sizeof(T))
                                 : exact_tables_.empty()    ? lut_.size() * sizeof(T)
                                                            : exact_tables_.size();
-        const std::size_t codes = codes_.size() - (tiled_ ? code_padding : 0);  // the padding is never read as codes
-        return codes + lut + col16_.size() * sizeof(std::uint16_t) + col32_.size() * sizeof(std::int32_t) +
+        return stored_code_bytes() + lut + col16_.size() * sizeof(std::uint16_t) + col32_.size() * sizeof(std::int32_t) +
                val16_.size() * sizeof(std::uint16_t) + val_.size() * sizeof(T) + row_ptr_.size() * sizeof(std::int32_t);
     }
 
@@ -143,6 +142,7 @@ public:
         v.row_bytes = row_bytes_;
         v.tile_bytes = tiled_ ? detail::cpu_layout::tile_bytes(bits_) : 0;
         v.codes = codes_.data();
+        v.code_bytes = stored_code_bytes();
         v.lut = lut_.data();
         v.lut_stride = lut_stride_;
         v.exact_tables = exact_tables_.empty() ? nullptr : exact_tables_.data();
@@ -164,6 +164,10 @@ public:
 private:
     static constexpr std::size_t max_16bit_columns = std::size_t{1} << 16;
     static constexpr std::size_t code_padding = 64;
+
+    /// Bytes of codes as stored (row groups padded to four rows), without the trailing padding, which
+    /// is never read as codes.
+    std::size_t stored_code_bytes() const noexcept { return codes_.size() - (tiled_ ? code_padding : 0); }
 
     // The sparse part in its narrowest exact form: columns in 16 bits when they fit, values in 16 bits
     // when every one of them converts to fp16 (or bf16) and back unchanged. Decided once per matrix,

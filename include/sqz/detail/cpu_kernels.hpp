@@ -96,6 +96,7 @@ struct cpu_matrix_view {
     }
     std::size_t tile_stride() const noexcept { return cpu_layout::tile_stride(tile_bytes); }
     const std::uint8_t* codes = nullptr;
+    std::size_t code_bytes = 0;  ///< bytes of codes as stored (row groups padded to four rows)
     const T* lut = nullptr;      ///< rows x lut_stride
     std::size_t lut_stride = 0;  ///< 16 for the tiled layout (zero-padded), 2^bits otherwise
     const std::uint8_t* exact_tables = nullptr;  ///< float, tiled: cpu_layout::fill_exact_table, 64 bytes per row

@@ -963,6 +963,73 @@ TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identica
             }
 }
 
+TEST_CASE("AVX-512 exact kernels: the Intel code prefetch (spread over a tile's steps) leaves the bits as they are",
+          "[matvec][cpu][avx512]") {
+    if (!sqz::detail::cpu_has_avx512()) {
+        WARN("no AVX-512: skipped");
+        return;
+    }
+    // intel_tuning picks where and how far ahead the exact kernels prefetch (at 3 and 4 bits spread over
+    // the steps of each tile); both settings run here, whatever this processor is, against the
+    // brute force and against each other.
+    for (int bits = 1; bits <= 4; ++bits)
+        for (const shape s : {shape{5, 33}, shape{13, 255}, shape{70, 1000}, shape{9, 2049}})
+            for (const auto kind : {sparse_kind::none, sparse_kind::full_rows}) {
+                const auto m = make_matrix(s.rows, s.cols, bits, 620 + static_cast<std::uint64_t>(bits), kind);
+                const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
+                const auto x = random_vector(s.cols, 621);
+                const auto exact = brute_force(m, x);
+                const auto scale = magnitudes(m, x);
+                std::vector<float> y[2];
+                for (const bool intel : {false, true}) {
+                    auto view = p.view();
+                    view.intel_tuning = intel;
+                    auto& out = y[intel ? 1 : 0];
+                    out.resize(static_cast<std::size_t>(s.rows));
+                    sqz::detail::cpu::matvec_view(view, std::span<const float>(x), std::span<float>(out),
+                                                  {.mode = numeric_mode::exact, .kernel = sqz::cpu_kernel::avx512});
+                    require_close(out, exact, scale, 1e-5,
+                                  "bits " + std::to_string(bits) + " intel_tuning " + std::to_string(intel));
+                }
+                for (std::size_t i = 0; i < y[0].size(); ++i)
+                    REQUIRE(std::bit_cast<std::uint32_t>(y[0][i]) == std::bit_cast<std::uint32_t>(y[1][i]));
+            }
+}
+
+TEST_CASE("spread_request_at asks for every line of a tile group once into each level, at evenly spaced steps",
+          "[matvec][cpu]") {
+    // (lines, steps) of the kernels that spread their prefetch (the int8 kernel at 1-4 bits, the
+    // exact kernel at 3 and 4 bits, sqz-bench-stream-window) and a few more.
+    for (const auto& [lines, steps] : {std::pair{8, 16}, std::pair{6, 24}, std::pair{4, 16}, std::pair{2, 16}, std::pair{6, 16},
+                                      std::pair{4, 8}, std::pair{4, 12}, std::pair{3, 7}, std::pair{5, 4}, std::pair{1, 1}}) {
+        INFO("lines " << lines << " steps " << steps);
+        std::vector<int> l1_asks(static_cast<std::size_t>(lines), 0), l2_asks(l1_asks);
+        std::vector<int> request_steps;
+        int previous_line = 0;
+        for (int step = 0; step < steps; ++step) {
+            const auto r = sqz::detail::spread_request_at(lines, steps, step);
+            if (r.line < 0) continue;
+            REQUIRE(r.line < lines);
+            REQUIRE(r.line >= previous_line);  // lines in stream order
+            previous_line = r.line;
+            ++(r.into_l2 ? l2_asks : l1_asks)[static_cast<std::size_t>(r.line)];
+            request_steps.push_back(step);
+        }
+        // Every line once into each level where the steps suffice; with fewer steps than requests,
+        // one request per step, the first lines first.
+        const int made = std::min(steps, 2 * lines);
+        REQUIRE(static_cast<int>(request_steps.size()) == made);
+        for (int line = 0; line < lines; ++line) {
+            const int l2_expected = 2 * line < made ? 1 : 0;
+            const int l1_expected = 2 * line + 1 < made ? 1 : 0;
+            REQUIRE(l2_asks[static_cast<std::size_t>(line)] == l2_expected);
+            REQUIRE(l1_asks[static_cast<std::size_t>(line)] == l1_expected);
+        }
+        const int spacing = steps > 2 * lines ? steps / (2 * lines) : 1;
+        for (std::size_t k = 0; k < request_steps.size(); ++k) REQUIRE(request_steps[k] == static_cast<int>(k) * spacing);
+    }
+}
+
 TEST_CASE("cpu_kernel_used names the kernel the products run", "[matvec][cpu]") {
     using sqz::cpu_kernel;
     const auto tiled = sqz::prepare<sqz::backend::cpu>(make_matrix(8, 300, 3, 601, sparse_kind::none).q);

@@ -30,11 +30,17 @@
 #ifndef SQZ_EXACT_CODE_PREFETCH_INTEL
 #define SQZ_EXACT_CODE_PREFETCH_INTEL 768
 #endif
+#ifndef SQZ_EXACT_SPREAD_PREFETCH_INTEL
+#define SQZ_EXACT_SPREAD_PREFETCH_INTEL 3072
+#endif
 #ifndef SQZ_INT8_CODE_PREFETCH_INTEL
 #define SQZ_INT8_CODE_PREFETCH_INTEL 1024
 #endif
 #ifndef SQZ_INT8_CODE_PREFETCH_L2_INTEL
 #define SQZ_INT8_CODE_PREFETCH_L2_INTEL 4096
+#endif
+#ifndef SQZ_INT8_LOW_BITS_PREFETCH_L2_INTEL
+#define SQZ_INT8_LOW_BITS_PREFETCH_L2_INTEL 4096
 #endif
 #ifndef SQZ_SPARSE_PREFETCH_ROWS
 #define SQZ_SPARSE_PREFETCH_ROWS 12
@@ -65,20 +71,51 @@ struct code_prefetch {
     std::size_t l2 = 0;
 };
 
+/// The request that step `step` of `steps` makes in a tile group's code prefetch spread over a
+/// kernel's steps (avx2::prefetch_spread): request j, made every max(1, steps / (2 lines)) steps, is
+/// for line j / 2 of the group's `lines` lines, into L2 for even j and into L1 for odd j, so that
+/// each line is asked for once into each level, at evenly spaced steps. line = -1: none.
+struct spread_request {
+    int line = -1;
+    bool into_l2 = false;
+};
+constexpr spread_request spread_request_at(int lines, int steps, int step) noexcept {
+    const int requests = 2 * lines;
+    const int spacing = steps > requests ? steps / requests : 1;
+    if (step % spacing != 0 || step / spacing >= requests) return {};
+    const int request = step / spacing;
+    return {request / 2, request % 2 == 0};
+}
+
 /// The kernels' prefetch but on Intel: 2 KB into L1 and 8 KB into L2 (SQZ_CODE_PREFETCH,
 /// SQZ_CODE_PREFETCH_L2; measured on Zen 4, docs/benchmarks.md).
 inline constexpr code_prefetch default_code_prefetch{SQZ_CODE_PREFETCH, SQZ_CODE_PREFETCH_L2};
 
-/// The exact kernels' prefetch on Intel: 768 bytes into L1 and nothing into L2
-/// (SQZ_EXACT_CODE_PREFETCH_INTEL). On a Xeon with AVX-512 that made the exact products 2-24% faster
-/// from DRAM than the default (docs/benchmarks.md, "An Intel host").
+/// The exact kernels' prefetch on Intel before each window of tiles: 768 bytes into L1 and nothing
+/// into L2 (SQZ_EXACT_CODE_PREFETCH_INTEL). On a Xeon with AVX-512 that made the exact products 2-24%
+/// faster from DRAM than the default (docs/benchmarks.md, "An Intel host"). The AVX-512 kernels keep
+/// it at 1 and 2 bits, where they are bound by their instructions: spread over the steps
+/// (intel_exact_spread_prefetch) the 2-bit product was 5-13% slower.
 inline constexpr code_prefetch intel_exact_code_prefetch{SQZ_EXACT_CODE_PREFETCH_INTEL, 0};
 
+/// The 3- and 4-bit AVX-512 exact kernels' prefetch on Intel, spread over a tile's steps
+/// (avx2::prefetch_spread): 3 KB into L1 (SQZ_EXACT_SPREAD_PREFETCH_INTEL). On the Xeon host that
+/// made them 8-20% faster from DRAM than intel_exact_code_prefetch before each window of tiles; 2-6 KB
+/// measured alike (docs/benchmarks.md, "Spread prefetch").
+inline constexpr code_prefetch intel_exact_spread_prefetch{SQZ_EXACT_SPREAD_PREFETCH_INTEL, 0};
+
 /// The int8 kernels' prefetch on Intel: 1 KB into L1 and 4 KB into L2 (SQZ_INT8_CODE_PREFETCH_INTEL,
-/// SQZ_INT8_CODE_PREFETCH_L2_INTEL). On the Xeon host its median times were 0.4-5.4% shorter than the
-/// default's on average over each of three batches, though not in every comparison (docs/benchmarks.md,
-/// "An Intel host"): a small gain on a noisy host.
+/// SQZ_INT8_CODE_PREFETCH_L2_INTEL), before each tile in the AVX2 kernel, spread over the tile's
+/// steps in the AVX-512 kernel at 3 and 4 bits. Before each tile its median times on the Xeon host
+/// were 0.4-5.4% shorter than the default's on average over each of three batches (docs/benchmarks.md,
+/// "An Intel host"); spread, 512 B-2 KB into L1 and 2-8 KB into L2 measured alike ("Spread prefetch").
 inline constexpr code_prefetch intel_int8_code_prefetch{SQZ_INT8_CODE_PREFETCH_INTEL, SQZ_INT8_CODE_PREFETCH_L2_INTEL};
+
+/// The AVX-512 int8 kernel's spread prefetch on Intel at 1 and 2 bits: 4 KB into L2 only
+/// (SQZ_INT8_LOW_BITS_PREFETCH_L2_INTEL). At 2 bits int8_tile mode was 10-15% faster with it than with
+/// intel_int8_code_prefetch, int8 mode 2-5%; at 3 and 4 bits it was slower (docs/benchmarks.md,
+/// "Spread prefetch").
+inline constexpr code_prefetch intel_int8_low_bits_prefetch{0, SQZ_INT8_LOW_BITS_PREFETCH_L2_INTEL};
 
 template <class T>
 struct cpu_matrix_view {

@@ -530,6 +530,24 @@ template <class T>
         prefetch_codes(p, bytes);
 }
 
+/// Step `step` of a tile group's code prefetch spread over its kernel's `Steps` steps, the form the
+/// AVX-512 kernels take on Intel: the request of spread_request_at, `plan`'s distance ahead of the
+/// line (a distance of 0: no request). prefetch_codes asks for all of a tile's lines before its
+/// steps, and on the Xeon host such bursts of 8-16 prefetches held a synthetic stream at 19-21 GB/s
+/// where the same requests, one per 64 bytes, read 26 (docs/benchmarks.md, "Spread prefetch").
+/// `group` null: none. Steps and step are constants in the unrolled kernels, so the schedule folds.
+template <std::size_t Lines, int Steps>
+[[gnu::always_inline]] inline void prefetch_spread(const std::uint8_t* group, code_prefetch plan, int step) noexcept {
+    const spread_request request = spread_request_at(static_cast<int>(Lines), Steps, step);
+    if (group == nullptr || request.line < 0) return;
+    const auto line = reinterpret_cast<std::uintptr_t>(group) + 64 * static_cast<std::uintptr_t>(request.line);
+    if (request.into_l2) {
+        if (plan.l2 != 0) __builtin_prefetch(reinterpret_cast<const void*>(line + plan.l2), 0, 2);
+    } else if (plan.l1 != 0) {
+        __builtin_prefetch(reinterpret_cast<const void*>(line + plan.l1));
+    }
+}
+
 /// Tiles a row's exact kernel multiplies in fp32 before it adds their sum into its double accumulator:
 /// 1024 columns, 32 fp32 partial sums of 32 products each (relative rounding error a few 1e-7 at worst),
 /// and the table load, the horizontal sum and the double conversion paid once per 1024 weights instead

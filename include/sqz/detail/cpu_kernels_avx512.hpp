@@ -25,7 +25,9 @@
 // Both process the four rows of a layout group together as the AVX2 kernels do; the sparse part,
 // the activation quantization and the code prefetch are the AVX2 ones (cpu_kernels_avx2.hpp), except
 // that at 4 bits the int8 kernel adds a group's sparse part itself, one step of eight entries per
-// tile (avx2::group_sparse, with mask registers: masked_sparse_entries).
+// tile (avx2::group_sparse, with mask registers: masked_sparse_entries), and that on Intel both
+// kernels (the exact one at 3 and 4 bits) spread the code prefetch over a tile's steps
+// (avx2::prefetch_spread) instead of asking for a tile's lines before them.
 #pragma once
 
 #include <sqz/detail/cpu_features.hpp>
@@ -178,14 +180,18 @@ SQZ_AVX512_INLINE __m512d add_to_double(__m512d total, __m512 s) noexcept {
 }
 
 /// Consumer for matrix-vector products: two accumulators per row (FMA latency 4, one 512-bit FMA
-/// per cycle: R = 4 rows give 8 independent chains), x loaded once for all rows.
-template <int R>
+/// per cycle: R = 4 rows give 8 independent chains), x loaded once for all rows. With `spread` set
+/// (Intel) each of a tile's 16 steps also takes its step of the group's code prefetch
+/// (avx2::prefetch_spread over the group's Lines lines).
+template <int R, std::size_t Lines = 0>
 struct accumulate_products {
     static constexpr int chains = R == 1 ? 4 : 2;  ///< accumulators per row
     const float* x;  ///< the tile's 256 permuted activations
     __m512 acc[R][chains];
+    const std::uint8_t* spread = nullptr;  ///< the tile group's codes, or null
 
     SQZ_AVX512_INLINE void operator()(int n, const __m512 (&w)[R]) noexcept {
+        if constexpr (Lines > 0) avx2::prefetch_spread<Lines, 16>(spread, intel_exact_spread_prefetch, n);
         __m512 xv = _mm512_load_ps(x + 16 * n);
         if constexpr (R > 1) in_register(xv);
         SQZ_UNROLL
@@ -200,17 +206,20 @@ struct accumulate_products {
 };
 
 /// Rows [row, row + R) over tiles [first, first + count), decoded together (x shared) or, with
-/// R = 1, one row; adds each row's fp32 sum to its double total.
+/// R = 1, one row; adds each row's fp32 sum to its double total. spread: the code prefetch spread
+/// over the steps (Intel, a layout group), else none here.
 template <int Bits, int R>
 SQZ_AVX512_INLINE void exact_window(const __m512 (&luts)[R], const std::uint8_t* const (&first_tiles)[R], std::size_t stride,
-                                    const float* xp, std::size_t first, std::size_t count, __m512d (&total)[R]) noexcept {
-    accumulate_products<R> products{xp, {}};
+                                    const float* xp, std::size_t first, std::size_t count, __m512d (&total)[R],
+                                    bool spread) noexcept {
+    accumulate_products<R, cpu_layout::tile_stride(cpu_layout::tile_bytes(Bits)) / 64> products{xp, {}};
     SQZ_UNROLL
     for (auto& row_acc : products.acc)
         SQZ_UNROLL
         for (auto& a : row_acc) a = _mm512_setzero_ps();
     for (std::size_t u = first; u < first + count; ++u) {
         products.x = xp + u * cpu_layout::tile_columns;
+        products.spread = spread ? first_tiles[0] + u * stride : nullptr;
         const std::uint8_t* tiles[R];
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) tiles[r] = first_tiles[r] + u * stride;
@@ -263,9 +272,11 @@ SQZ_AVX512_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t r
     }
     for (std::size_t t = 0; t < m.tiles; t += avx2::exact_float_tiles) {
         const std::size_t count = std::min(avx2::exact_float_tiles, m.tiles - t);
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows))
+        constexpr bool group = R == static_cast<int>(cpu_layout::group_rows);
+        const bool spread = group && m.intel_tuning && Bits >= 3;
+        if (group && !spread)
             avx2::prefetch_codes_tuned(m, first_tiles[0] + t * stride, count * stride, intel_exact_code_prefetch);
-        exact_window<Bits, R>(luts, first_tiles, stride, xp, t, count, total);
+        exact_window<Bits, R>(luts, first_tiles, stride, xp, t, count, total, spread);
     }
     for (int r = 0; r < R; ++r) y[row + r] = static_cast<float>(horizontal_sum(total[r]));
 }
@@ -368,6 +379,20 @@ SQZ_AVX512_INLINE __m512i pair_scales(const std::uint32_t* scales, int s0, int s
     return _mm512_mask_blend_epi32(0xff00, d0, d1);
 }
 
+/// The steps of the int8 kernel on one tile of R rows: R per step of each chunk, and at 3 bits R per
+/// slot of int8_spare_products.
+template <int Bits, int R>
+inline constexpr int int8_tile_steps = R * (int8_chunks<Bits> * int8_steps<Bits> + (Bits == 3 ? 4 : 0));
+
+/// Step `step` of the int8 kernel's code prefetch on Intel, spread over the tile's steps
+/// (avx2::prefetch_spread); spread: the tile group's codes, or null.
+template <int Bits, int R>
+SQZ_AVX512_INLINE void spread_int8_prefetch(const std::uint8_t* spread, int step) noexcept {
+    constexpr code_prefetch plan = Bits <= 2 ? intel_int8_low_bits_prefetch : intel_int8_code_prefetch;
+    avx2::prefetch_spread<cpu_layout::tile_stride(cpu_layout::tile_bytes(Bits)) / 64, int8_tile_steps<Bits, R>>(
+        spread, plan, step);
+}
+
 /// The products of chunk `Chunk` of one tile of each row, added to acc; xq: the tile's activations, in
 /// int8_slot_order below 4 bits, in column order at 4 bits. At 4 bits the kernel keeps its earlier
 /// form (two loads joined by an insert, a merge-masked broadcast of the scales, the codes reloaded
@@ -382,7 +407,7 @@ SQZ_AVX512_INLINE __m512i pair_scales(const std::uint32_t* scales, int s0, int s
 /// (Narrow), without the code prefetch.
 template <int Bits, int R, int Chunk, bool SlotScales, bool Narrow>
 SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
-                                           const std::uint32_t* scales, __m512i (&acc)[R]) noexcept {
+                                           const std::uint32_t* scales, __m512i (&acc)[R], const std::uint8_t* spread) noexcept {
     constexpr bool byte_dot = !SlotScales && (Bits != 4 || Narrow);  // one vpdpbusd per step
     __m512i codes[R];
     SQZ_UNROLL
@@ -406,6 +431,7 @@ SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::
         }
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
+            spread_int8_prefetch<Bits, R>(spread, (Chunk * int8_steps<Bits> + step) * R + r);
             const __m512i shifted = step == 0 ? codes[r] : _mm512_srli_epi16(codes[r], static_cast<unsigned>(code_step<Bits> * step));
             if constexpr (byte_dot)
                 acc[r] = _mm512_dpbusd_epi32(acc[r], permute_bytes(shifted, luts[r]), x);
@@ -419,7 +445,7 @@ SQZ_AVX512_INLINE void int8_chunk_products(const __m512i (&luts)[R], const std::
 /// and the codes of slots 6 and 7 (spare_bit_codes), which then need no insert into a 512-bit register.
 template <int R, bool SlotScales>
 SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::uint8_t* const (&tiles)[R], const std::int8_t* xq,
-                                           const std::uint32_t* scales, __m256i (&acc)[R]) noexcept {
+                                           const std::uint32_t* scales, __m256i (&acc)[R], const std::uint8_t* spread) noexcept {
     __m256i v2[R], spare[R];
     SQZ_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -434,6 +460,7 @@ SQZ_AVX512_INLINE void int8_spare_products(const __m512i (&luts)[R], const std::
         [[maybe_unused]] const __m256i d = _mm256_set1_epi32(SlotScales ? static_cast<int>(scales[slot]) : 0);
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
+            spread_int8_prefetch<3, R>(spread, int8_steps<3> * R + q * R + r);
             const __m256i codes = q < 2 ? v2[r] : spare[r];
             const __m256i shifted = q % 2 == 0 ? codes : _mm256_srli_epi16(codes, 4);
             const __m256i w = _mm256_maskz_permutexvar_epi8(~__mmask32{0}, shifted, _mm512_castsi512_si256(luts[r]));
@@ -487,9 +514,15 @@ template <int Bits, int R, bool SlotScales, bool Narrow, class Col, sparse_value
     constexpr std::size_t stride = cpu_layout::tile_stride(cpu_layout::tile_bytes(Bits));
     const std::uint8_t* base = m.row_tiles(row);
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        // (At 4 bits the prefetch stays a loop over a run-time length: see int8_chunk_products.)
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows) && !Narrow)
-            avx2::prefetch_codes_tuned(m, base + t * stride, Bits == 4 ? m.tile_stride() : stride, intel_int8_code_prefetch);
+        // The code prefetch for a layout group: on Intel spread over the tile's steps, elsewhere
+        // before them (at 4 bits a loop over a run-time length: see int8_chunk_products).
+        const std::uint8_t* spread = nullptr;
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows) && !Narrow) {
+            if (m.intel_tuning)
+                spread = base + t * stride;
+            else
+                avx2::prefetch_codes(base + t * stride, Bits == 4 ? m.tile_stride() : stride);
+        }
         const std::int8_t* xq = (Bits == 4 ? a.q : a.q_avx512).data() + t * cpu_layout::tile_columns;
         const std::uint32_t* scales = a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile;
         __m512i acc[R];
@@ -498,13 +531,13 @@ template <int Bits, int R, bool SlotScales, bool Narrow, class Col, sparse_value
         const std::uint8_t* tiles[R];
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) tiles[r] = m.row_tiles(row + r) + t * stride;
-        int8_chunk_products<Bits, R, 0, SlotScales, Narrow>(luts, tiles, xq, scales, acc);
-        if constexpr (Bits == 4) int8_chunk_products<Bits, R, 1, SlotScales, Narrow>(luts, tiles, xq, scales, acc);
+        int8_chunk_products<Bits, R, 0, SlotScales, Narrow>(luts, tiles, xq, scales, acc, spread);
+        if constexpr (Bits == 4) int8_chunk_products<Bits, R, 1, SlotScales, Narrow>(luts, tiles, xq, scales, acc, spread);
         // The low half of each row's sums; at 3 bits the products of slots 4-7 are added to it.
         __m256i low[R];
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) low[r] = _mm512_castsi512_si256(acc[r]);
-        if constexpr (Bits == 3) int8_spare_products<R, SlotScales>(luts, tiles, xq, scales, low);
+        if constexpr (Bits == 3) int8_spare_products<R, SlotScales>(luts, tiles, xq, scales, low, spread);
         const __m256 unit = _mm256_set1_ps(a.tile_scale[t]);
         SQZ_UNROLL
         for (int r = 0; r < R; ++r) {

@@ -12,7 +12,11 @@
 // 64-byte line (4: about 115 GB/s from the cache on two Zen 4 cores, 6: about 78, 8: about 59; the
 // 4-bit int8 kernels run 62-95). prefetch = "kernels" asks for the lines ahead with the back end's
 // own code prefetch (sqz::detail::avx2::prefetch_codes: 2 KB into L1, 8 KB into L2 by default),
-// "none" leaves it to the hardware prefetchers.
+// all four lines' requests before the step's work; "burst_intel" does the same with the int8 kernels'
+// Intel distances (1 KB into L1, 4 KB into L2, sqz::detail::intel_int8_code_prefetch) and
+// "spread_intel" makes the same requests one at a time between the step's vpdpbusd
+// (sqz::detail::avx2::prefetch_spread, as the AVX-512 kernels do on Intel); "none" leaves it to the
+// hardware prefetchers.
 //
 // gbps: bytes of codes streamed per second from DRAM (best of the rounds); cache_gbps: the same
 // consumer over 192 KB per thread that stays in L2 (its speed when DRAM is not the limit);
@@ -40,15 +44,30 @@ SQZ_AVX512_WARNINGS_OFF  // GCC bug 105593 (sqz/detail/cpu_features.hpp)
 
 constexpr std::size_t step_bytes = 256;  // codes per step: four 64-byte lines
 
+enum class prefetch_form { none, kernels, burst_intel, spread_intel };
+
+constexpr const char* prefetch_name(prefetch_form f) {
+    switch (f) {
+        case prefetch_form::kernels: return "kernels";
+        case prefetch_form::burst_intel: return "burst_intel";
+        case prefetch_form::spread_intel: return "spread_intel";
+        default: return "none";
+    }
+}
+
 /// Streams [p, p + bytes) in steps of 256 bytes, `Work` vpdpbusd per line against two 64-byte
 /// loads per step from `window` (cycled through its first window_bytes, a multiple of 128).
-template <int Work, bool Prefetch>
+template <int Work, prefetch_form Prefetch>
 [[gnu::noinline]] SQZ_AVX512_TARGET long long consume(const std::uint8_t* p, std::size_t bytes, const std::uint8_t* window, std::size_t window_bytes) {
+    namespace sd = sqz::detail;
+    constexpr std::size_t lines = step_bytes / 64;
+    constexpr int spread_steps = Work / 2 * static_cast<int>(lines);  // one per (k, l) below
     __m512i acc[8];
     for (auto& a : acc) a = _mm512_setzero_si512();
     std::size_t w = 0;
     for (std::size_t i = 0; i < bytes; i += step_bytes) {
-        if constexpr (Prefetch) sqz::detail::avx2::prefetch_codes(p + i, step_bytes);
+        if constexpr (Prefetch == prefetch_form::kernels) sd::avx2::prefetch_codes(p + i, step_bytes);
+        if constexpr (Prefetch == prefetch_form::burst_intel) sd::avx2::prefetch_codes(p + i, step_bytes, sd::intel_int8_code_prefetch);
         const __m512i x0 = _mm512_load_si512(window + w);
         const __m512i x1 = _mm512_load_si512(window + w + 64);
         w = w + 128 == window_bytes ? 0 : w + 128;
@@ -57,6 +76,8 @@ template <int Work, bool Prefetch>
 #pragma GCC unroll 8
         for (int k = 0; k < Work; k += 2) {
             for (int l = 0; l < 4; ++l) {
+                if constexpr (Prefetch == prefetch_form::spread_intel)
+                    sd::avx2::prefetch_spread<lines, spread_steps>(p + i, sd::intel_int8_code_prefetch, k / 2 * 4 + l);
                 acc[l] = _mm512_dpbusd_epi32(acc[l], v[l], l < 2 ? x0 : x1);
                 acc[4 + l] = _mm512_dpbusd_epi32(acc[4 + l], v[l], l < 2 ? x1 : x0);
             }
@@ -71,14 +92,16 @@ using consumer = long long (*)(const std::uint8_t*, std::size_t, const std::uint
 
 struct setting {
     int work;
-    bool prefetch;
+    prefetch_form prefetch;
     consumer run;
 };
 
 template <int Work>
 void add_settings(std::vector<setting>& out) {
-    out.push_back({Work, false, consume<Work, false>});
-    out.push_back({Work, true, consume<Work, true>});
+    out.push_back({Work, prefetch_form::none, consume<Work, prefetch_form::none>});
+    out.push_back({Work, prefetch_form::kernels, consume<Work, prefetch_form::kernels>});
+    out.push_back({Work, prefetch_form::burst_intel, consume<Work, prefetch_form::burst_intel>});
+    out.push_back({Work, prefetch_form::spread_intel, consume<Work, prefetch_form::spread_intel>});
 }
 SQZ_AVX512_WARNINGS_ON
 #endif
@@ -182,21 +205,21 @@ int main(int argc, char** argv) {
     const double cache_total = static_cast<double>(threads) * static_cast<double>(cache_bytes) * cache_passes;
     const std::string thp = transparent_huge_pages();
     if (!json)
-        std::printf("# threads %d, DRAM probe %.2f GB/s, transparent huge pages: %s\n%5s %8s %9s %8s %10s %11s\n", threads,
+        std::printf("# threads %d, DRAM probe %.2f GB/s, transparent huge pages: %s\n%5s %8s %13s %8s %10s %11s\n", threads,
                     dram_gbps, thp.c_str(), "work", "window", "prefetch", "GB/s", "cache_GB/s", "bw_fraction");
     for (std::size_t s = 0; s < settings.size(); ++s)
         for (std::size_t w = 0; w < windows.size(); ++w) {
             const result& r = results[s * windows.size() + w];
             const double gbps = dram_bytes / r.dram_s / 1e9;
             const double cache_gbps = cache_total / r.cache_s / 1e9;
-            const char* prefetch = settings[s].prefetch ? "kernels" : "none";
+            const char* prefetch = prefetch_name(settings[s].prefetch);
             if (json)
                 std::printf("{\"work\":%d,\"window_bytes\":%zu,\"prefetch\":\"%s\",\"threads\":%d,\"gbps\":%.2f,\"cache_gbps\":%.2f,"
                             "\"dram_gbps\":%.2f,\"bw_fraction\":%.3f,\"rounds\":%d,\"thp\":\"%s\"}\n",
                             settings[s].work, windows[w], prefetch, threads, gbps, cache_gbps, dram_gbps, gbps / dram_gbps, rounds,
                             thp.c_str());
             else
-                std::printf("%5d %8zu %9s %8.2f %10.2f %11.3f\n", settings[s].work, windows[w], prefetch, gbps, cache_gbps,
+                std::printf("%5d %8zu %13s %8.2f %10.2f %11.3f\n", settings[s].work, windows[w], prefetch, gbps, cache_gbps,
                             gbps / dram_gbps);
         }
     if (checksum == 42) std::printf("\n");  // keeps the sums alive

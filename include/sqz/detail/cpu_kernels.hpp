@@ -100,7 +100,7 @@ inline constexpr code_prefetch intel_exact_code_prefetch{SQZ_EXACT_CODE_PREFETCH
 
 /// The 3- and 4-bit AVX-512 exact kernels' prefetch on Intel, spread over a tile's steps
 /// (avx2::prefetch_spread): 3 KB into L1 (SQZ_EXACT_SPREAD_PREFETCH_INTEL). On the Xeon host that
-/// made them 8-20% faster from DRAM than intel_exact_code_prefetch before each window of tiles; 2-6 KB
+/// made them 6-19% faster from DRAM than intel_exact_code_prefetch before each window of tiles; 2-6 KB
 /// measured alike (docs/benchmarks.md, "Spread prefetch").
 inline constexpr code_prefetch intel_exact_spread_prefetch{SQZ_EXACT_SPREAD_PREFETCH_INTEL, 0};
 
@@ -112,8 +112,8 @@ inline constexpr code_prefetch intel_exact_spread_prefetch{SQZ_EXACT_SPREAD_PREF
 inline constexpr code_prefetch intel_int8_code_prefetch{SQZ_INT8_CODE_PREFETCH_INTEL, SQZ_INT8_CODE_PREFETCH_L2_INTEL};
 
 /// The AVX-512 int8 kernel's spread prefetch on Intel at 1 and 2 bits: 4 KB into L2 only
-/// (SQZ_INT8_LOW_BITS_PREFETCH_L2_INTEL). At 2 bits int8_tile mode was 10-15% faster with it than with
-/// intel_int8_code_prefetch, int8 mode 2-5%; at 3 and 4 bits it was slower (docs/benchmarks.md,
+/// (SQZ_INT8_LOW_BITS_PREFETCH_L2_INTEL). At 2 bits int8_tile mode was 9-14% faster with it than with
+/// intel_int8_code_prefetch, int8 mode 2-3%; at 4 bits it was 8-13% slower (docs/benchmarks.md,
 /// "Spread prefetch").
 inline constexpr code_prefetch intel_int8_low_bits_prefetch{0, SQZ_INT8_LOW_BITS_PREFETCH_L2_INTEL};
 

@@ -150,15 +150,9 @@ int parse_arguments(int argc, char** argv, const char* program, const char* usag
     return -1;
 }
 
-/// The threads a run uses: `asked`, or OpenMP's default for 0 or less (1 without OpenMP).
-inline int resolve_threads(int asked) {
-#if defined(_OPENMP)
-    return asked > 0 ? asked : omp_get_max_threads();
-#else
-    (void)asked;
-    return 1;
-#endif
-}
+/// The threads a run uses: `asked`, or OpenMP's default for 0 or less (1 without OpenMP), as the
+/// library resolves its own `threads` arguments.
+using sqz::detail::resolve_threads;
 
 /// The size in bytes of a cache size as sysfs writes it ("491520K", "32M", "512"); 0 when unreadable.
 inline std::size_t parse_cache_size(const char* text) {

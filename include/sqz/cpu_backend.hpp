@@ -23,6 +23,7 @@
 #include <sqz/detail/cpu_kernels_avx2.hpp>
 #include <sqz/detail/cpu_kernels_avx512.hpp>
 #include <sqz/detail/cpu_layout.hpp>
+#include <sqz/detail/threads.hpp>
 #include <sqz/error.hpp>
 #include <sqz/half.hpp>
 #include <sqz/quantized_matrix.hpp>
@@ -38,10 +39,6 @@
 #include <span>
 #include <type_traits>
 #include <vector>
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 namespace sqz {
 
@@ -267,11 +264,7 @@ inline constexpr int int8_rows_together = 4;
 
 inline int thread_count(const matvec_options& options) {
     require(options.threads >= 0, "sqz::matvec<cpu>: threads = ", options.threads, " is negative");
-#if defined(_OPENMP)
-    return options.threads > 0 ? options.threads : omp_get_max_threads();
-#else
-    return 1;
-#endif
+    return resolve_threads(options.threads);
 }
 
 /// The SIMD kernels a product runs: none (portable), AVX2, or AVX-512 (its own exact and int8

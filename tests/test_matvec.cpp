@@ -928,6 +928,19 @@ TEST_CASE("AVX-512 exact decoder: weight p of a tile is the LUT entry of the cod
 #endif
 }
 
+namespace {
+
+/// y = A x with the view's per-vendor kernel choices (cpu_matrix_view::intel_tuning) set to `intel`,
+/// so that both vendors' forms run whatever this processor is.
+void matvec_tuned_for(const sqz::cpu_matrix<float>& a, bool intel, const std::vector<float>& x, std::vector<float>& y,
+                      const sqz::matvec_options& options) {
+    auto view = a.view();
+    view.intel_tuning = intel;
+    sqz::detail::cpu::matvec_view(view, std::span<const float>(x), std::span<float>(y), options);
+}
+
+}  // namespace
+
 TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identical results", "[matvec][cpu][avx512]") {
     if (!sqz::detail::cpu_has_avx512()) {
         WARN("no AVX-512: skipped");
@@ -951,10 +964,7 @@ TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identica
                     // chosen per processor (cpu_matrix_view::intel_tuning): both forms and both
                     // prefetch paths are run here, whatever this processor is.
                     for (const bool intel : {false, true}) {
-                        auto view = p.view();
-                        view.intel_tuning = intel;
-                        sqz::detail::cpu::matvec_view(view, std::span<const float>(x), std::span<float>(avx512),
-                                                      {.mode = mode, .kernel = sqz::cpu_kernel::avx512});
+                        matvec_tuned_for(p, intel, x, avx512, {.mode = mode, .kernel = sqz::cpu_kernel::avx512});
                         INFO(sqz::to_string(mode) << " bits " << bits << " shape " << s.rows << "x" << s.cols << " intel_tuning " << intel);
                         for (std::size_t i = 0; i < avx2.size(); ++i)
                             REQUIRE(std::bit_cast<std::uint32_t>(avx512[i]) == std::bit_cast<std::uint32_t>(avx2[i]));
@@ -982,12 +992,9 @@ TEST_CASE("AVX-512 exact kernels: the Intel code prefetch (spread over a tile's 
                 const auto scale = magnitudes(m, x);
                 std::vector<float> y[2];
                 for (const bool intel : {false, true}) {
-                    auto view = p.view();
-                    view.intel_tuning = intel;
                     auto& out = y[intel ? 1 : 0];
                     out.resize(static_cast<std::size_t>(s.rows));
-                    sqz::detail::cpu::matvec_view(view, std::span<const float>(x), std::span<float>(out),
-                                                  {.mode = numeric_mode::exact, .kernel = sqz::cpu_kernel::avx512});
+                    matvec_tuned_for(p, intel, x, out, {.mode = numeric_mode::exact, .kernel = sqz::cpu_kernel::avx512});
                     require_close(out, exact, scale, 1e-5,
                                   "bits " + std::to_string(bits) + " intel_tuning " + std::to_string(intel));
                 }

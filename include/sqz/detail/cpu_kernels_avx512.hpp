@@ -270,10 +270,12 @@ SQZ_AVX512_TARGET void exact_rows(const cpu_matrix_view<float>& m, std::size_t r
         total[r] = _mm512_setzero_pd();
         first_tiles[r] = m.row_tiles(row + r);
     }
+    // A layout group prefetches its codes: on Intel at 3 and 4 bits spread over each tile's steps,
+    // otherwise before each window.
+    constexpr bool group = R == static_cast<int>(cpu_layout::group_rows);
+    const bool spread = group && m.intel_tuning && Bits >= 3;
     for (std::size_t t = 0; t < m.tiles; t += avx2::exact_float_tiles) {
         const std::size_t count = std::min(avx2::exact_float_tiles, m.tiles - t);
-        constexpr bool group = R == static_cast<int>(cpu_layout::group_rows);
-        const bool spread = group && m.intel_tuning && Bits >= 3;
         if (group && !spread)
             avx2::prefetch_codes_tuned(m, first_tiles[0] + t * stride, count * stride, intel_exact_code_prefetch);
         exact_window<Bits, R>(luts, first_tiles, stride, xp, t, count, total, spread);

@@ -1034,7 +1034,13 @@ TEST_CASE("spread_request_at asks for every line of a tile group once into each 
         }
         const int spacing = steps > 2 * lines ? steps / (2 * lines) : 1;
         for (std::size_t k = 0; k < request_steps.size(); ++k) REQUIRE(request_steps[k] == static_cast<int>(k) * spacing);
+        // Steps outside [0, steps) ask for nothing.
+        REQUIRE(sqz::detail::spread_request_at(lines, steps, -1).line == -1);
+        REQUIRE(sqz::detail::spread_request_at(lines, steps, steps).line == -1);
+        REQUIRE(sqz::detail::spread_request_at(lines, steps, steps + 2 * lines).line == -1);
     }
+    // No lines: no requests (and no division by zero).
+    for (int step = 0; step < 4; ++step) REQUIRE(sqz::detail::spread_request_at(0, 4, step).line == -1);
 }
 
 TEST_CASE("cpu_kernel_used names the kernel the products run", "[matvec][cpu]") {

@@ -74,12 +74,14 @@ struct code_prefetch {
 /// The request that step `step` of `steps` makes in a tile group's code prefetch spread over a
 /// kernel's steps (avx2::prefetch_spread): request j, made every max(1, steps / (2 lines)) steps, is
 /// for line j / 2 of the group's `lines` lines, into L2 for even j and into L1 for odd j, so that
-/// each line is asked for once into each level, at evenly spaced steps. line = -1: none.
+/// each line is asked for once into each level, at evenly spaced steps. line = -1: none (also for
+/// no lines, and for a step outside [0, steps)).
 struct spread_request {
     int line = -1;
     bool into_l2 = false;
 };
 constexpr spread_request spread_request_at(int lines, int steps, int step) noexcept {
+    if (lines <= 0 || step < 0 || step >= steps) return {};
     const int requests = 2 * lines;
     const int spacing = steps > requests ? steps / requests : 1;
     if (step % spacing != 0 || step / spacing >= requests) return {};

@@ -107,10 +107,11 @@ inline constexpr code_prefetch intel_exact_code_prefetch{SQZ_EXACT_CODE_PREFETCH
 inline constexpr code_prefetch intel_exact_spread_prefetch{SQZ_EXACT_SPREAD_PREFETCH_INTEL, 0};
 
 /// The int8 kernels' prefetch on Intel: 1 KB into L1 and 4 KB into L2 (SQZ_INT8_CODE_PREFETCH_INTEL,
-/// SQZ_INT8_CODE_PREFETCH_L2_INTEL), before each tile in the AVX2 kernel, spread over the tile's
-/// steps in the AVX-512 kernel at 3 and 4 bits. Before each tile its median times on the Xeon host
+/// SQZ_INT8_CODE_PREFETCH_L2_INTEL), spread over the tile's steps, in the AVX-512 kernel at 3 and 4
+/// bits and in the AVX2 kernel at every width. Before each tile its median times on the Xeon host
 /// were 0.4-5.4% shorter than the default's on average over each of three batches (docs/benchmarks.md,
-/// "An Intel host"); spread, 512 B-2 KB into L1 and 2-8 KB into L2 measured alike ("Spread prefetch").
+/// "An Intel host"); spread, 512 B-2 KB into L1 and 2-8 KB into L2 measured alike ("Spread prefetch",
+/// "The AVX2 int8 kernel on Intel").
 inline constexpr code_prefetch intel_int8_code_prefetch{SQZ_INT8_CODE_PREFETCH_INTEL, SQZ_INT8_CODE_PREFETCH_L2_INTEL};
 
 /// The AVX-512 int8 kernel's spread prefetch on Intel at 1 and 2 bits: 4 KB into L2 only

@@ -531,7 +531,7 @@ template <class T>
 }
 
 /// Step `step` of a tile group's code prefetch spread over its kernel's `Steps` steps, the form the
-/// AVX-512 kernels take on Intel: the request of spread_request_at, `plan`'s distance ahead of the
+/// AVX-512 kernels and the AVX2 int8 kernel take on Intel: the request of spread_request_at, `plan`'s distance ahead of the
 /// line (a distance of 0: no request). prefetch_codes asks for all of a tile's lines before its
 /// steps, and on the Xeon host such bursts of 8-16 prefetches held a synthetic stream at 19-21 GB/s
 /// where the same requests, one per 64 bytes, read 26 (docs/benchmarks.md, "Spread prefetch").
@@ -606,21 +606,41 @@ SQZ_AVX2_TARGET void exact_group(const cpu_matrix_view<float>& m, std::size_t ro
 
 // ---- int8 mode, matvec ----
 
+/// Slots a row multiplies per step of the int8 kernel: below 4 bits a row's two slots share their
+/// mask (slot_pair), so both are multiplied together; at 4 bits they share nothing, and one slot at a
+/// time keeps two registers fewer live (1% faster).
+template <int Bits>
+inline constexpr int int8_slots_together = Bits == 4 ? 1 : 2;
+
+/// The steps of the int8 kernel on one tile of R rows (a row's slots taken together, per pair).
+template <int Bits, int R>
+inline constexpr int int8_tile_steps = R * slot_pairs * 2 / int8_slots_together<Bits>;
+
+/// Step `step` of the int8 kernel's code prefetch on Intel, spread over the tile's steps
+/// (prefetch_spread) with intel_int8_code_prefetch; spread: the tile group's codes, or null.
+template <int Bits, int R>
+[[gnu::always_inline]] inline void spread_int8_prefetch(const std::uint8_t* spread, int step) noexcept {
+    prefetch_spread<cpu_layout::tile_stride(cpu_layout::tile_bytes(Bits)) / 64, int8_tile_steps<Bits, R>>(
+        spread, intel_int8_code_prefetch, step);
+}
+
 /// The products of the slots pair_slots<Bits>(Pair) and the following pairs, added to acc.
 template <int Bits, int R, int Pair>
 SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint8_t* const (&tiles)[R],
-                                       const std::int8_t* xq, const std::uint32_t* scales, __m256i (&acc)[R]) noexcept {
+                                       const std::int8_t* xq, const std::uint32_t* scales, __m256i (&acc)[R],
+                                       const std::uint8_t* spread) noexcept {
     constexpr std::array<int, 2> slots = pair_slots<Bits>(Pair);
-    // Below 4 bits a row's two slots share their mask (slot_pair), so both are multiplied together; at
-    // 4 bits they share nothing, and one slot at a time keeps two registers fewer live (1% faster).
-    constexpr int together = Bits == 4 ? 1 : 2;
+    constexpr int together = int8_slots_together<Bits>;
+    SQZ_UNROLL
     for (int first = 0; first < 2; first += together) {
         __m256i xv[2], dv[2];
         for (int h = first; h < first + together; ++h) {
             xv[h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq + slots[h] * static_cast<int>(cpu_layout::slot_columns)));
             dv[h] = _mm256_set1_epi32(static_cast<int>(scales[slots[h]]));
         }
+        SQZ_UNROLL
         for (int r = 0; r < R; ++r) {
+            spread_int8_prefetch<Bits, R>(spread, (Pair * (2 / together) + first / together) * R + r);
             const code_pair codes = slot_pair<Bits, Pair>(tiles[r]);
             for (int h = first; h < first + together; ++h) {
                 const __m256i w = _mm256_shuffle_epi8(luts[r], h == 0 ? codes.first : codes.second);
@@ -629,7 +649,7 @@ SQZ_AVX2_TARGET inline void int8_slots(const __m256i (&luts)[R], const std::uint
             }
         }
     }
-    if constexpr (Pair + 1 < slot_pairs) int8_slots<Bits, R, Pair + 1>(luts, tiles, xq, scales, acc);
+    if constexpr (Pair + 1 < slot_pairs) int8_slots<Bits, R, Pair + 1>(luts, tiles, xq, scales, acc, spread);
 }
 
 /// Whether the int8 kernels compute a group's sparse part in group_sparse's steps at this width:
@@ -651,7 +671,15 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
     }
     const std::size_t stride = m.tile_stride();
     for (std::size_t t = 0; t < m.tiles; ++t) {
-        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) prefetch_codes_tuned(m, m.row_tiles(row) + t * stride, stride, intel_int8_code_prefetch);
+        // The code prefetch for a layout group: on Intel spread over the tile's steps, elsewhere
+        // before them.
+        const std::uint8_t* spread = nullptr;
+        if constexpr (R == static_cast<int>(cpu_layout::group_rows)) {
+            if (m.intel_tuning)
+                spread = m.row_tiles(row) + t * stride;
+            else
+                prefetch_codes(m.row_tiles(row) + t * stride, stride);
+        }
         const std::uint8_t* tiles[R];
         __m256i acc[R];
         for (int r = 0; r < R; ++r) {
@@ -659,7 +687,7 @@ SQZ_AVX2_TARGET void int8_rows(const cpu_matrix_view<float>& m, std::size_t row,
             acc[r] = _mm256_setzero_si256();
         }
         int8_slots<Bits, R, 0>(luts, tiles, a.q.data() + t * cpu_layout::tile_columns,
-                               a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile, acc);
+                               a.slot_scale_pairs.data() + t * cpu_layout::slots_per_tile, acc, spread);
         const __m256 unit = _mm256_set1_ps(a.tile_scale[t]);
         for (int r = 0; r < R; ++r) total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), unit, total[r]);
     }

@@ -939,6 +939,22 @@ void matvec_tuned_for(const sqz::cpu_matrix<float>& a, bool intel, const std::ve
     sqz::detail::cpu::matvec_view(view, std::span<const float>(x), std::span<float>(y), options);
 }
 
+/// Runs `options` with either vendor's kernel choices (matvec_tuned_for): each result within 1e-5 of
+/// sum_j |w_ij x_j| of `expected` (an independent result), and the two bit for bit the same.
+template <class Expected>
+void require_same_either_tuning(const sqz::cpu_matrix<float>& a, const std::vector<float>& x, const Expected& expected,
+                                const std::vector<double>& scale, const sqz::matvec_options& options, const std::string& what) {
+    std::vector<float> y[2];
+    for (const bool intel : {false, true}) {
+        auto& out = y[intel ? 1 : 0];
+        out.resize(expected.size());
+        matvec_tuned_for(a, intel, x, out, options);
+        require_close(out, expected, scale, 1e-5, what + " intel_tuning " + std::to_string(intel));
+    }
+    for (std::size_t i = 0; i < y[0].size(); ++i)
+        REQUIRE(std::bit_cast<std::uint32_t>(y[0][i]) == std::bit_cast<std::uint32_t>(y[1][i]));
+}
+
 }  // namespace
 
 TEST_CASE("AVX-512 int8 kernels compute the AVX2 kernel's integers: bit-identical results", "[matvec][cpu][avx512]") {
@@ -991,18 +1007,8 @@ TEST_CASE("AVX2 int8 kernel: the Intel code prefetch (spread over a tile's steps
                     const auto x = random_vector(s.cols, 641);
                     std::vector<float> reference(static_cast<std::size_t>(s.rows));
                     sqz::matvec<sqz::backend::reference>(m.q, x, reference, {.mode = mode});
-                    const auto scale = magnitudes(m, x);
-                    std::vector<float> y[2];
-                    for (const bool intel : {false, true}) {
-                        auto& out = y[intel ? 1 : 0];
-                        out.resize(static_cast<std::size_t>(s.rows));
-                        matvec_tuned_for(p, intel, x, out, {.mode = mode, .kernel = sqz::cpu_kernel::avx2});
-                        require_close(out, reference, scale, 1e-5,
-                                      std::string(sqz::to_string(mode)) + " bits " + std::to_string(bits) +
-                                          " intel_tuning " + std::to_string(intel));
-                    }
-                    for (std::size_t i = 0; i < y[0].size(); ++i)
-                        REQUIRE(std::bit_cast<std::uint32_t>(y[0][i]) == std::bit_cast<std::uint32_t>(y[1][i]));
+                    require_same_either_tuning(p, x, reference, magnitudes(m, x), {.mode = mode, .kernel = sqz::cpu_kernel::avx2},
+                                               std::string(sqz::to_string(mode)) + " bits " + std::to_string(bits));
                 }
 }
 
@@ -1021,18 +1027,9 @@ TEST_CASE("AVX-512 exact kernels: the Intel code prefetch (spread over a tile's 
                 const auto m = make_matrix(s.rows, s.cols, bits, 620 + static_cast<std::uint64_t>(bits), kind);
                 const auto p = sqz::prepare<sqz::backend::cpu>(m.q);
                 const auto x = random_vector(s.cols, 621);
-                const auto exact = brute_force(m, x);
-                const auto scale = magnitudes(m, x);
-                std::vector<float> y[2];
-                for (const bool intel : {false, true}) {
-                    auto& out = y[intel ? 1 : 0];
-                    out.resize(static_cast<std::size_t>(s.rows));
-                    matvec_tuned_for(p, intel, x, out, {.mode = numeric_mode::exact, .kernel = sqz::cpu_kernel::avx512});
-                    require_close(out, exact, scale, 1e-5,
-                                  "bits " + std::to_string(bits) + " intel_tuning " + std::to_string(intel));
-                }
-                for (std::size_t i = 0; i < y[0].size(); ++i)
-                    REQUIRE(std::bit_cast<std::uint32_t>(y[0][i]) == std::bit_cast<std::uint32_t>(y[1][i]));
+                require_same_either_tuning(p, x, brute_force(m, x), magnitudes(m, x),
+                                           {.mode = numeric_mode::exact, .kernel = sqz::cpu_kernel::avx512},
+                                           "bits " + std::to_string(bits));
             }
 }
 

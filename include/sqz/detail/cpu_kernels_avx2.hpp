@@ -531,10 +531,11 @@ template <class T>
 }
 
 /// Step `step` of a tile group's code prefetch spread over its kernel's `Steps` steps, the form the
-/// AVX-512 kernels and the AVX2 int8 kernel take on Intel: the request of spread_request_at, `plan`'s distance ahead of the
-/// line (a distance of 0: no request). prefetch_codes asks for all of a tile's lines before its
-/// steps, and on the Xeon host such bursts of 8-16 prefetches held a synthetic stream at 19-21 GB/s
-/// where the same requests, one per 64 bytes, read 26 (docs/benchmarks.md, "Spread prefetch").
+/// AVX-512 kernels and the AVX2 int8 kernel take on Intel: the request of spread_request_at,
+/// `plan`'s distance ahead of the line (a distance of 0: no request). prefetch_codes asks for all
+/// of a tile's lines before its steps, and on the Xeon host such bursts of 8-16 prefetches held a
+/// synthetic stream at 19-21 GB/s where the same requests, one per 64 bytes, read 26
+/// (docs/benchmarks.md, "Spread prefetch").
 /// `group` null: none. Steps and step are constants in the unrolled kernels, so the schedule folds.
 template <std::size_t Lines, int Steps>
 [[gnu::always_inline]] inline void prefetch_spread(const std::uint8_t* group, code_prefetch plan, int step) noexcept {
